@@ -1,0 +1,117 @@
+//! The seam between gateways and workers. A gateway hands room commands to a
+//! [`WorkerLink`]; a worker hands replies and room events to a [`GatewaySink`]. Embedded mode
+//! wires both in-process; cluster mode carries the same envelopes over Redis pub/sub.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::protocol::error::Refusal;
+use crate::protocol::ClientCommand;
+
+/// One client connection, unique across the cluster: the gateway's node id and a local counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnId {
+    pub gateway: u64,
+    pub local: u64,
+}
+
+/// The authenticated sender of a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub user_id: String,
+    pub name: String,
+    pub conn: ConnId,
+}
+
+/// A room command on its way to the room's owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandEnvelope {
+    pub caller: Caller,
+    pub id: Option<String>,
+    pub cmd: ClientCommand,
+}
+
+/// Gateway → worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToWorker {
+    Command(CommandEnvelope),
+    /// The connection is gone: it leaves the room (presence leaves with its last connection).
+    ConnClosed {
+        room: String,
+        conn: ConnId,
+        user_id: String,
+    },
+}
+
+impl ToWorker {
+    /// The room this message is for.
+    pub fn room(&self) -> &str {
+        match self {
+            ToWorker::Command(env) => env.cmd.room().unwrap_or_default(),
+            ToWorker::ConnClosed { room, .. } => room,
+        }
+    }
+}
+
+/// How a reply changes which rooms' events a connection receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Membership {
+    Join(String),
+    Leave(String),
+}
+
+/// Worker → gateway. Frames are encoded once by the worker and shared by every recipient.
+#[derive(Debug, Clone)]
+pub enum ToGateway {
+    /// The answer to one command: the ack or error first, then any replayed events. A
+    /// membership change applies before the frames are queued, so the connection sees every
+    /// room event after its ack and none before.
+    Reply {
+        conn: ConnId,
+        membership: Option<Membership>,
+        frames: Vec<Arc<str>>,
+    },
+    /// A sequenced room event for every member connection on the gateway.
+    RoomEvent {
+        room: Arc<str>,
+        seq: u64,
+        /// Server ms when the event was created, for the delivery latency histogram.
+        created_ms: u64,
+        frame: Arc<str>,
+    },
+    /// An unsequenced frame for some connections only (`signal`).
+    Direct { conns: Vec<ConnId>, frame: Arc<str> },
+    /// The room closed these connections' membership without a command (room unloaded).
+    Evict { room: String, conns: Vec<ConnId> },
+}
+
+/// HTTP reads and room creation, answered by the room's owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Query {
+    /// Create `room` with `user_id` as owner.
+    Create { user_id: String, name: String },
+    /// The snapshot without chat, for `GET /v1/rooms/{code}`.
+    Snapshot,
+    /// Chat history page, newest first.
+    Chat { before: Option<u64>, limit: usize },
+    /// Audit entries, newest first; owner and operators only.
+    Audit { user_id: String, limit: usize },
+}
+
+/// How a gateway reaches the workers.
+#[async_trait]
+pub trait WorkerLink: Send + Sync + 'static {
+    /// Hands a message to the room's owner without waiting for it to run; a full room
+    /// mailbox or an unreachable owner is refused with `unavailable`.
+    async fn send(&self, msg: ToWorker) -> Result<(), Refusal>;
+    /// Asks the room's owner and waits for the answer.
+    async fn query(&self, room: &str, query: Query) -> Result<Value, Refusal>;
+}
+
+/// How a worker reaches the gateways. Must not block: it is called from room actors.
+pub trait GatewaySink: Send + Sync + 'static {
+    fn deliver(&self, msg: ToGateway);
+}

@@ -1,0 +1,345 @@
+//! Configuration: defaults < `lockstep.toml` < `LOCKSTEP_*` environment (nested keys joined
+//! with `__`, e.g. `LOCKSTEP_GATEWAY__LISTEN`). Validated as a whole before any port is bound,
+//! so an operator sees every mistake at once. Passed down as a value, never a global.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole node configuration. Every limit an operator or a load test may tune is here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub auth: AuthConfig,
+    pub presence: PresenceConfig,
+    pub room: RoomConfig,
+    pub store: StoreConfig,
+    pub tls: TlsConfig,
+}
+
+/// WebSocket and HTTP termination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// Address to bind, `host:port`; port 0 picks a free port.
+    pub listen: String,
+    /// Allowed `Origin` values for WebSocket upgrades; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Largest accepted client message, in bytes; larger closes the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Frames buffered per connection before it is closed with 4008 (slow consumer).
+    pub outbound_queue: usize,
+    /// How often the server pings each socket.
+    pub ping_interval_ms: u64,
+    /// New connections (HTTP or WebSocket) per second allowed from one IP, refilled steadily.
+    pub connect_rate_per_ip: f64,
+    /// Burst of new connections one IP may open at once.
+    pub connect_burst_per_ip: f64,
+    /// Commands per second one connection may send (token bucket rate).
+    pub command_rate: f64,
+    /// Command burst per connection.
+    pub command_burst: f64,
+    /// `signal.send` per second per connection.
+    pub signal_rate: f64,
+    /// Rooms one connection may join at once.
+    pub max_rooms_per_connection: usize,
+    /// Open WebSocket connections the node accepts in total.
+    pub max_connections: usize,
+    /// Time to drain on SIGTERM/SIGINT before exiting anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "127.0.0.1:8080".into(),
+            allowed_origins: Vec::new(),
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            ping_interval_ms: 10_000,
+            connect_rate_per_ip: 20.0,
+            connect_burst_per_ip: 100.0,
+            command_rate: 50.0,
+            command_burst: 100.0,
+            signal_rate: 50.0,
+            max_rooms_per_connection: 10,
+            max_connections: 50_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Tokens and guest sign-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// HS256 secret. Empty: embedded mode generates one and keeps it beside the database.
+    pub jwt_secret: String,
+    /// Whether `POST /v1/auth/guest` hands out tokens.
+    pub guest_enabled: bool,
+    /// Lifetime of guest tokens.
+    pub guest_ttl_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: String::new(),
+            guest_enabled: true,
+            guest_ttl_s: 24 * 3600,
+        }
+    }
+}
+
+/// Presence liveness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceConfig {
+    /// A socket silent (no pong, no frame) this long is dropped from presence.
+    pub timeout_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { timeout_ms: 20_000 }
+    }
+}
+
+/// Room rules: the engine's knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoomConfig {
+    /// Upcoming entries a queue may hold.
+    pub queue_max: usize,
+    /// Events kept for `since_seq` recovery (count bound).
+    pub history_max: usize,
+    /// Events kept for `since_seq` recovery (age bound).
+    pub history_ttl_ms: u64,
+    /// How long a new entry waits for every member to be ready.
+    pub ready_timeout_ms: u64,
+    /// How far in the future a start is scheduled so every client starts together.
+    pub start_lead_ms: u64,
+    /// Longest pause the `pause_all` ad policy may impose.
+    pub ad_max_pause_ms: u64,
+    /// Longest chat message, in characters.
+    pub chat_max_chars: usize,
+    /// Chat messages per second per user (token bucket rate).
+    pub chat_rate: f64,
+    /// Chat burst per user.
+    pub chat_burst: f64,
+    /// Chat messages included in a join snapshot.
+    pub chat_snapshot: usize,
+    /// Command ids remembered per room for idempotent retries (count bound).
+    pub idempotency_max: usize,
+    /// Command ids remembered per room (age bound).
+    pub idempotency_ttl_ms: u64,
+    /// Present members per room.
+    pub members_max: usize,
+    /// External chat sources per room.
+    pub sources_max: usize,
+    /// Commands waiting in one room's mailbox before callers get `unavailable`.
+    pub mailbox: usize,
+    /// An empty room is unloaded from memory after this long.
+    pub idle_unload_ms: u64,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            queue_max: 500,
+            history_max: 1_000,
+            history_ttl_ms: 5 * 60 * 1000,
+            ready_timeout_ms: 8_000,
+            start_lead_ms: 250,
+            ad_max_pause_ms: 120_000,
+            chat_max_chars: 500,
+            chat_rate: 2.0,
+            chat_burst: 5.0,
+            chat_snapshot: 50,
+            idempotency_max: 1_000,
+            idempotency_ttl_ms: 5 * 60 * 1000,
+            members_max: 10_000,
+            sources_max: 8,
+            mailbox: 1_024,
+            idle_unload_ms: 60_000,
+        }
+    }
+}
+
+/// The embedded store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// SQLite database file (created with its directory).
+    pub path: PathBuf,
+    /// Most room writes committed in one transaction (group commit).
+    pub batch_max: usize,
+    /// Chat rows kept per room; older rows are pruned.
+    pub chat_keep: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("./data/lockstep.db"),
+            batch_max: 512,
+            chat_keep: 10_000,
+        }
+    }
+}
+
+/// TLS termination with rustls; both paths set turns it on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Why a configuration could not be loaded or is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Layers defaults, the TOML file (if it exists) and the `LOCKSTEP_*` environment.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Self::from_figment(
+            Self::figment()
+                .merge(Toml::file(file))
+                .merge(Env::prefixed("LOCKSTEP_").split("__")),
+        )
+    }
+
+    /// The defaults as a figment, for callers (tests) that merge their own values on top.
+    pub fn figment() -> Figment {
+        Figment::from(Serialized::defaults(Config::default()))
+    }
+
+    /// Extracts and validates.
+    pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The bound listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.gateway.listen.parse().map_err(|e| {
+            ConfigError::Invalid(vec![format!(
+                "gateway.listen `{}` is not host:port ({e})",
+                self.gateway.listen
+            )])
+        })
+    }
+
+    /// Collects every problem, not just the first.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        let g = &self.gateway;
+        if self.gateway.listen.parse::<SocketAddr>().is_err() {
+            errs.push(format!("gateway.listen `{}` is not host:port", g.listen));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&g.max_frame_bytes) {
+            errs.push("gateway.max_frame_bytes must be between 1024 and 16777216".into());
+        }
+        if !(1..=1_000_000).contains(&g.outbound_queue) {
+            errs.push("gateway.outbound_queue must be between 1 and 1000000".into());
+        }
+        if g.ping_interval_ms < 100 {
+            errs.push("gateway.ping_interval_ms must be at least 100".into());
+        }
+        for (name, v) in [
+            ("gateway.connect_rate_per_ip", g.connect_rate_per_ip),
+            ("gateway.connect_burst_per_ip", g.connect_burst_per_ip),
+            ("gateway.command_rate", g.command_rate),
+            ("gateway.command_burst", g.command_burst),
+            ("gateway.signal_rate", g.signal_rate),
+            ("room.chat_rate", self.room.chat_rate),
+            ("room.chat_burst", self.room.chat_burst),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                errs.push(format!("{name} must be a positive number"));
+            }
+        }
+        for (name, v) in [
+            (
+                "gateway.max_rooms_per_connection",
+                g.max_rooms_per_connection,
+            ),
+            ("gateway.max_connections", g.max_connections),
+            ("room.queue_max", self.room.queue_max),
+            ("room.history_max", self.room.history_max),
+            ("room.chat_max_chars", self.room.chat_max_chars),
+            ("room.idempotency_max", self.room.idempotency_max),
+            ("room.members_max", self.room.members_max),
+            ("room.mailbox", self.room.mailbox),
+            ("store.batch_max", self.store.batch_max),
+            ("store.chat_keep", self.store.chat_keep),
+        ] {
+            if v == 0 {
+                errs.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.presence.timeout_ms <= g.ping_interval_ms {
+            errs.push("presence.timeout_ms must be longer than gateway.ping_interval_ms".into());
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 16 {
+            errs.push("auth.jwt_secret must be at least 16 bytes when set".into());
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            errs.push("tls.cert and tls.key must be set together".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn env_and_file_layer_over_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lockstep.toml", "[room]\nqueue_max = 7\nchat_rate = 9.5\n")?;
+            jail.set_env("LOCKSTEP_GATEWAY__LISTEN", "127.0.0.1:9999");
+            jail.set_env("LOCKSTEP_ROOM__CHAT_RATE", "3");
+            let cfg = Config::load(Path::new("lockstep.toml"))
+                .map_err(|e| figment::Error::from(e.to_string()))?;
+            assert_eq!(cfg.room.queue_max, 7);
+            assert_eq!(cfg.room.chat_rate, 3.0);
+            assert_eq!(cfg.gateway.listen, "127.0.0.1:9999");
+            assert_eq!(cfg.room.history_max, 1_000);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut cfg = Config::default();
+        cfg.gateway.listen = "nowhere".into();
+        cfg.gateway.outbound_queue = 0;
+        cfg.tls.cert = Some("c.pem".into());
+        match cfg.validate() {
+            Err(ConfigError::Invalid(errs)) => assert_eq!(errs.len(), 3, "{errs:?}"),
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+}

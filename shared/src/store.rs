@@ -1,0 +1,110 @@
+//! The persistence seam. The worker submits each command's writes as one batch and releases
+//! the command's ack and events only after the batch is durable (DESIGN.md invariant 3).
+//! Implementations group-commit concurrent batches and resolve tickets in submission order.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::protocol::ChatMessage;
+
+/// A room as stored: its durable state (owned by the engine, opaque here) and last seq.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub code: String,
+    pub seq: u64,
+    pub state: Value,
+}
+
+/// One remembered command id with the reply it got, for idempotent retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub user_id: String,
+    pub id: String,
+    pub reply: String,
+    pub ts: u64,
+}
+
+/// One audit log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Assigned by the store; 0 until stored.
+    pub id: u64,
+    pub ts: u64,
+    pub actor: String,
+    pub action: String,
+    pub detail: Value,
+}
+
+/// Everything a room needs to come back after a restart or an owner change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedRoom {
+    pub record: RoomRecord,
+    /// Most recent chat, oldest first.
+    pub chat: Vec<ChatMessage>,
+    /// Remembered command ids, oldest first.
+    pub commands: Vec<CommandRecord>,
+}
+
+/// One write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// Insert or update the room row: its seq, and its state when it changed.
+    Room {
+        code: String,
+        seq: u64,
+        state: Option<Value>,
+    },
+    Chat {
+        room: String,
+        msg: ChatMessage,
+    },
+    Audit {
+        room: String,
+        entry: AuditEntry,
+    },
+    Command {
+        room: String,
+        record: CommandRecord,
+    },
+}
+
+/// Why the store could not do what was asked. Always safe to retry from the client's view.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store refused a write from a stale owner (epoch {0})")]
+    Fenced(u64),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Resolves once the submitted batch is durable (or failed).
+pub type CommitTicket = oneshot::Receiver<Result<(), StoreError>>;
+
+/// Persistence for rooms. Reads used by a loading room are ordered after every batch
+/// submitted before them, so a room never loads stale state.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Queues a batch; the ticket resolves when it is committed.
+    fn submit(&self, batch: Vec<Mutation>) -> CommitTicket;
+    /// Loads a room, or `None` if it was never created.
+    async fn load_room(
+        &self,
+        code: &str,
+        chat_limit: usize,
+        commands_since_ms: u64,
+    ) -> Result<Option<LoadedRoom>, StoreError>;
+    /// Chat history, newest first, ids below `before`.
+    async fn chat_page(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Audit log, newest first.
+    async fn audit(&self, room: &str, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Waits until everything submitted so far is committed.
+    async fn flush(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,78 @@
+//! Room chat (length and per-user rate rules) and the opaque signal relay.
+
+use std::sync::Arc;
+
+use lockstep_shared::bus::{Caller, ToGateway};
+use lockstep_shared::protocol::error::Refusal;
+use lockstep_shared::protocol::server::signal_frame;
+use lockstep_shared::protocol::{ChatMessage, ChatSource, ChatUser, ErrorCode, EventBody};
+use lockstep_shared::store::Mutation;
+use serde_json::{json, Value};
+
+use super::{Ack, Handled, Room, TokenBucket};
+
+impl Room {
+    pub(super) fn chat(&mut self, now: u64, caller: &Caller, text: String) -> Handled {
+        if text.trim().is_empty() {
+            return Err(Refusal::new(ErrorCode::BadRequest, "chat text is empty"));
+        }
+        let max = self.cfg.chat_max_chars;
+        if text.chars().count() > max {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("chat text is longer than {max} characters"),
+            ));
+        }
+        let (rate, burst) = (self.cfg.chat_rate, self.cfg.chat_burst);
+        let bucket = self
+            .chat_buckets
+            .entry(caller.user_id.clone())
+            .or_insert_with(|| TokenBucket::full(burst, now));
+        if !bucket.try_take(rate, burst, now) {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!("at most {rate} chat messages per second"),
+            ));
+        }
+        let msg = ChatMessage {
+            id: self.seq + 1,
+            ts: now,
+            user: ChatUser {
+                user_id: caller.user_id.clone(),
+                name: caller.name.clone(),
+            },
+            text,
+            source: ChatSource::Room,
+            ext: None,
+        };
+        let id = self.emit(now, EventBody::ChatMessage(msg.clone()));
+        self.out.mutations.push(Mutation::Chat {
+            room: self.code.to_string(),
+            msg: msg.clone(),
+        });
+        self.remember_chat(msg);
+        Ok(Ack::with(json!({"id": id})))
+    }
+
+    /// Keeps the last messages for join snapshots.
+    pub(super) fn remember_chat(&mut self, msg: ChatMessage) {
+        self.chat_recent.push_back(msg);
+        while self.chat_recent.len() > self.cfg.chat_snapshot {
+            self.chat_recent.pop_front();
+        }
+    }
+
+    /// Relays `payload` to the target's connections in this room only: no seq, no history.
+    pub(super) fn signal(&mut self, caller: &Caller, to: &str, payload: &Value) -> Handled {
+        let Some(target) = self.members.get(to) else {
+            return Err(Refusal::new(
+                ErrorCode::NotFound,
+                format!("user {to} is not in the room"),
+            ));
+        };
+        let conns = target.conns.iter().copied().collect();
+        let frame: Arc<str> = Arc::from(signal_frame(&self.code, &caller.user_id, payload));
+        self.out.deliveries.push(ToGateway::Direct { conns, frame });
+        Ok(Ack::empty())
+    }
+}

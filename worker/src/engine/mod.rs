@@ -1,0 +1,513 @@
+//! The room engine: a pure state machine. Commands and the current time go in; room events,
+//! replies and store mutations come out. No I/O and no clock reads, so every rule is tested
+//! deterministically and the same engine runs embedded or in a cluster.
+//!
+//! # Layout
+//! - `mod.rs`: the [`Room`] state, the command dispatcher, output assembly.
+//! - `player.rs`: sync clock, scheduled start, ready gate, ad pauses.
+//! - `queue.rs`: queue commands.
+//! - `presence.rs`: join/leave, ready flags, roles, settings, sources.
+//! - `chat.rs`: chat and signal relay.
+//! - `history.rs`, `idempotency.rs`, `bucket.rs`, `youtube.rs`, `durable.rs`: helpers.
+
+mod bucket;
+mod chat;
+mod durable;
+mod history;
+mod idempotency;
+mod player;
+mod presence;
+mod queue;
+pub mod youtube;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use lockstep_shared::bus::{Caller, CommandEnvelope, ConnId, Membership, ToGateway, ToWorker};
+use lockstep_shared::config::RoomConfig;
+use lockstep_shared::protocol::error::Refusal;
+use lockstep_shared::protocol::server::PlayerView;
+use lockstep_shared::protocol::{
+    ack_frame, error_frame, ChatMessage, ClientCommand, Clock, ErrorCode, Event, EventBody, Role,
+    Settings, User,
+};
+use lockstep_shared::store::{AuditEntry, CommandRecord, LoadedRoom, Mutation};
+use serde_json::{json, Value};
+
+pub use bucket::TokenBucket;
+pub use durable::Durable;
+
+/// What one step of the engine produced: deliveries in the order they must reach gateways,
+/// and the writes that must be durable before any of them is delivered.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub deliveries: Vec<ToGateway>,
+    pub mutations: Vec<Mutation>,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty() && self.mutations.is_empty()
+    }
+}
+
+/// A present member: one user, possibly on several connections.
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    conns: BTreeSet<ConnId>,
+    ready: bool,
+    ad: bool,
+}
+
+/// A successful command's answer.
+struct Ack {
+    result: Value,
+    membership: Option<Membership>,
+    /// Frames after the ack (replayed events on recovery).
+    extra: Vec<Arc<str>>,
+}
+
+impl Ack {
+    fn empty() -> Self {
+        Ack::with(json!({}))
+    }
+
+    fn with(result: Value) -> Self {
+        Ack {
+            result,
+            membership: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+type Handled = Result<Ack, Refusal>;
+
+/// One room's whole state.
+#[derive(Debug)]
+pub struct Room {
+    cfg: RoomConfig,
+    code: Arc<str>,
+    d: Durable,
+    seq: u64,
+    members: BTreeMap<String, Member>,
+    history: history::History,
+    idem: idempotency::Idempotency,
+    chat_recent: VecDeque<ChatMessage>,
+    chat_buckets: HashMap<String, TokenBucket>,
+    ready_deadline: Option<u64>,
+    /// Set while the room is paused by the `pause_all` ad policy: when it resumes anyway.
+    ad_resume_at: Option<u64>,
+    out: Output,
+    dirty: bool,
+    seq_at_step_start: u64,
+}
+
+impl Room {
+    /// A new room owned by `owner`, with the default settings (control mode `operators`,
+    /// ad policy `ignore`). The output holds its first write.
+    pub fn create(cfg: RoomConfig, code: &str, owner: &str, now: u64) -> (Room, Output) {
+        let d = Durable {
+            settings: Settings {
+                name: code.to_owned(),
+                control_mode: Default::default(),
+                ad_policy: Default::default(),
+            },
+            owner: owner.to_owned(),
+            operators: BTreeSet::new(),
+            queue: VecDeque::new(),
+            current: None,
+            clock: Clock::default(),
+            next_entry_id: 1,
+            sources: Vec::new(),
+            next_source_id: 1,
+            created_ms: now,
+        };
+        let mut room = Room::from_parts(cfg, code, d, 0);
+        room.dirty = true;
+        room.audit(now, owner, "room.create", json!({}));
+        let out = room.finish();
+        (room, out)
+    }
+
+    /// Rebuilds a room from the store. A room that was waiting on its ready gate waits again.
+    pub fn restore(cfg: RoomConfig, loaded: LoadedRoom, now: u64) -> Result<Room, String> {
+        let d: Durable = serde_json::from_value(loaded.record.state)
+            .map_err(|e| format!("room {} has unreadable state: {e}", loaded.record.code))?;
+        let mut room = Room::from_parts(cfg, &loaded.record.code, d, loaded.record.seq);
+        if room.d.clock.state == lockstep_shared::protocol::PlayState::Starting {
+            room.ready_deadline = Some(now + room.cfg.ready_timeout_ms);
+        }
+        for msg in loaded.chat {
+            room.remember_chat(msg);
+        }
+        for cmd in loaded.commands {
+            room.idem.insert(
+                &cmd.user_id,
+                &cmd.id,
+                Arc::from(cmd.reply),
+                cmd.ts,
+                room.cfg.idempotency_max,
+            );
+        }
+        Ok(room)
+    }
+
+    fn from_parts(cfg: RoomConfig, code: &str, d: Durable, seq: u64) -> Room {
+        Room {
+            cfg,
+            code: Arc::from(code),
+            d,
+            seq,
+            members: BTreeMap::new(),
+            history: Default::default(),
+            idem: Default::default(),
+            chat_recent: VecDeque::new(),
+            chat_buckets: HashMap::new(),
+            ready_deadline: None,
+            ad_resume_at: None,
+            out: Output::default(),
+            dirty: false,
+            seq_at_step_start: seq,
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The durable state, as the store keeps it.
+    pub fn durable(&self) -> &Durable {
+        &self.d
+    }
+
+    /// No one is present: the room may be unloaded.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Every connection currently joined, for eviction on unload.
+    pub fn member_conns(&self) -> Vec<ConnId> {
+        self.members
+            .values()
+            .flat_map(|m| m.conns.iter().copied())
+            .collect()
+    }
+
+    /// The earliest time `tick` has something to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match (self.ready_deadline, self.ad_resume_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Handles one message from a gateway.
+    pub fn handle(&mut self, now: u64, msg: ToWorker) -> Output {
+        match msg {
+            ToWorker::Command(env) => self.command(now, env),
+            ToWorker::ConnClosed { conn, user_id, .. } => self.leave_conn(now, &user_id, conn),
+        }
+        self.run_timers(now);
+        self.finish()
+    }
+
+    /// Advances timers: ready-gate timeout, ad-pause maximum, window expiry.
+    pub fn tick(&mut self, now: u64) -> Output {
+        self.run_timers(now);
+        self.history.expire(now, self.cfg.history_ttl_ms);
+        self.idem.expire(now, self.cfg.idempotency_ttl_ms);
+        let (rate, burst) = (self.cfg.chat_rate, self.cfg.chat_burst);
+        self.chat_buckets
+            .retain(|_, b| !b.is_full(rate, burst, now));
+        self.finish()
+    }
+
+    fn run_timers(&mut self, now: u64) {
+        if self.ready_deadline.is_some_and(|d| now >= d) {
+            self.start_playback(now, "system");
+        }
+        if self.ad_resume_at.is_some_and(|d| now >= d) {
+            self.end_ad_pause(now, true);
+        }
+    }
+
+    fn command(&mut self, now: u64, env: CommandEnvelope) {
+        let CommandEnvelope { caller, id, cmd } = env;
+        let cacheable = id.is_some() && !matches!(cmd, ClientCommand::RoomJoin { .. });
+        if let (true, Some(id)) = (cacheable, id.as_deref()) {
+            if let Some(frame) = self.idem.get(&caller.user_id, id) {
+                self.reply(caller.conn, None, vec![frame]);
+                return;
+            }
+        }
+        match self.dispatch(now, &caller, cmd) {
+            Ok(ack) => {
+                let frame: Arc<str> = Arc::from(ack_frame(id.as_deref(), &ack.result));
+                if let (true, Some(id)) = (cacheable, id) {
+                    self.idem.insert(
+                        &caller.user_id,
+                        &id,
+                        frame.clone(),
+                        now,
+                        self.cfg.idempotency_max,
+                    );
+                    self.out.mutations.push(Mutation::Command {
+                        room: self.code.to_string(),
+                        record: CommandRecord {
+                            user_id: caller.user_id.clone(),
+                            id,
+                            reply: frame.to_string(),
+                            ts: now,
+                        },
+                    });
+                }
+                let mut frames = Vec::with_capacity(1 + ack.extra.len());
+                frames.push(frame);
+                frames.extend(ack.extra);
+                self.reply(caller.conn, ack.membership, frames);
+            }
+            Err(refusal) => {
+                let frame = error_frame(id.as_deref(), refusal.code, &refusal.message);
+                self.reply(caller.conn, None, vec![Arc::from(frame)]);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now: u64, caller: &Caller, cmd: ClientCommand) -> Handled {
+        use ClientCommand::*;
+        if let RoomJoin { since_seq, .. } = cmd {
+            return self.join(now, caller, since_seq);
+        }
+        self.require_member(caller)?;
+        match cmd {
+            TimeSync { .. } => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "time.sync is answered by the gateway",
+            )),
+            RoomJoin { .. } => unreachable_join(),
+            RoomLeave { .. } => {
+                self.leave_conn(now, &caller.user_id, caller.conn);
+                Ok(Ack {
+                    membership: Some(Membership::Leave(self.code.to_string())),
+                    ..Ack::empty()
+                })
+            }
+            UserReady { ready, .. } => self.set_ready(now, caller, ready),
+            PlayerPlay { .. } => self.with_control(caller, |r| r.play(now, caller)),
+            PlayerPause { .. } => self.with_control(caller, |r| r.pause(now, caller)),
+            PlayerSeek {
+                position_ms, play, ..
+            } => self.with_control(caller, |r| r.seek(now, caller, position_ms, play)),
+            PlayerRestart { .. } => self.with_control(caller, |r| r.restart(now, caller)),
+            PlayerSkip { .. } => self.with_control(caller, |r| r.skip(now, caller)),
+            PlayerEnded { entry_id, .. } => self.ended(now, caller, entry_id),
+            PlayerAd { active, .. } => self.ad(now, caller, active),
+            QueueAdd { url, title, .. } => {
+                self.with_control(caller, |r| r.queue_add(now, caller, &url, title))
+            }
+            QueueRemove { entry_id, .. } => {
+                self.with_control(caller, |r| r.queue_remove(now, caller, entry_id))
+            }
+            QueueMove {
+                entry_id, index, ..
+            } => self.with_control(caller, |r| r.queue_move(now, caller, entry_id, index)),
+            ChatSend { text, .. } => self.chat(now, caller, text),
+            RoomSettings {
+                control_mode,
+                ad_policy,
+                name,
+                ..
+            } => self.settings(now, caller, control_mode, ad_policy, name),
+            RoomRole { user_id, role, .. } => self.set_role(now, caller, &user_id, role),
+            RoomSources { add, remove, .. } => self.sources(now, caller, add, remove),
+            SignalSend { to, payload, .. } => self.signal(caller, &to, &payload),
+        }
+    }
+
+    fn with_control(&mut self, caller: &Caller, f: impl FnOnce(&mut Room) -> Handled) -> Handled {
+        let role = self.role_of(&caller.user_id);
+        if !self.d.settings.control_mode.allows(role) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "control mode `{}` does not allow role `{}`",
+                    enum_str(&self.d.settings.control_mode),
+                    enum_str(&role)
+                ),
+            ));
+        }
+        f(self)
+    }
+
+    fn require_member(&self, caller: &Caller) -> Result<(), Refusal> {
+        match self.members.get(&caller.user_id) {
+            Some(m) if m.conns.contains(&caller.conn) => Ok(()),
+            _ => Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("join room {} first", self.code),
+            )),
+        }
+    }
+
+    fn role_of(&self, user_id: &str) -> Role {
+        if user_id == self.d.owner {
+            Role::Owner
+        } else if self.d.operators.contains(user_id) {
+            Role::Operator
+        } else {
+            Role::Participant
+        }
+    }
+
+    fn user_view(&self, user_id: &str) -> Option<User> {
+        self.members.get(user_id).map(|m| User {
+            user_id: user_id.to_owned(),
+            name: m.name.clone(),
+            role: self.role_of(user_id),
+            ready: m.ready,
+        })
+    }
+
+    fn player_view(&self) -> PlayerView {
+        PlayerView {
+            clock: self.d.clock.clone(),
+            entry: self.d.current.clone(),
+        }
+    }
+
+    /// The join snapshot (DESIGN.md §3); `with_chat` false for the HTTP room body.
+    pub fn snapshot(&self, with_chat: bool) -> Value {
+        let members: Vec<User> = self
+            .members
+            .keys()
+            .filter_map(|id| self.user_view(id))
+            .collect();
+        let mut snap = json!({
+            "room": &*self.code,
+            "settings": self.d.settings,
+            "members": members,
+            "player": self.player_view(),
+            "queue": self.d.queue,
+        });
+        if with_chat {
+            let chat: Vec<Value> = self
+                .chat_recent
+                .iter()
+                .map(|m| {
+                    serde_json::to_value(Event {
+                        room: self.code.to_string(),
+                        seq: m.id,
+                        ts: m.ts,
+                        body: EventBody::ChatMessage(m.clone()),
+                    })
+                    .unwrap_or(Value::Null)
+                })
+                .collect();
+            snap["chat"] = Value::Array(chat);
+        }
+        snap
+    }
+
+    /// Whether `user_id` may read the audit log.
+    pub fn may_read_audit(&self, user_id: &str) -> bool {
+        matches!(self.role_of(user_id), Role::Owner | Role::Operator)
+    }
+
+    fn emit(&mut self, now: u64, body: EventBody) -> u64 {
+        self.seq += 1;
+        let event = Event {
+            room: self.code.to_string(),
+            seq: self.seq,
+            ts: now,
+            body,
+        };
+        let frame: Arc<str> = Arc::from(event.to_frame());
+        self.history.push(
+            self.seq,
+            now,
+            frame.clone(),
+            self.cfg.history_max,
+            self.cfg.history_ttl_ms,
+        );
+        self.out.deliveries.push(ToGateway::RoomEvent {
+            room: self.code.clone(),
+            seq: self.seq,
+            created_ms: now,
+            frame,
+        });
+        self.seq
+    }
+
+    fn emit_player(&mut self, now: u64) {
+        let view = self.player_view();
+        self.emit(now, EventBody::PlayerState(view));
+    }
+
+    fn emit_queue(&mut self, now: u64) {
+        let entries = self.d.queue.iter().cloned().collect();
+        self.emit(now, EventBody::QueueUpdate { entries });
+    }
+
+    fn reply(&mut self, conn: ConnId, membership: Option<Membership>, frames: Vec<Arc<str>>) {
+        self.out.deliveries.push(ToGateway::Reply {
+            conn,
+            membership,
+            frames,
+        });
+    }
+
+    fn audit(&mut self, now: u64, actor: &str, action: &str, detail: Value) {
+        self.out.mutations.push(Mutation::Audit {
+            room: self.code.to_string(),
+            entry: AuditEntry {
+                id: 0,
+                ts: now,
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                detail,
+            },
+        });
+    }
+
+    fn finish(&mut self) -> Output {
+        if self.dirty || self.seq != self.seq_at_step_start {
+            let state = if self.dirty {
+                serde_json::to_value(&self.d).ok()
+            } else {
+                None
+            };
+            self.out.mutations.insert(
+                0,
+                Mutation::Room {
+                    code: self.code.to_string(),
+                    seq: self.seq,
+                    state,
+                },
+            );
+        }
+        self.dirty = false;
+        self.seq_at_step_start = self.seq;
+        std::mem::take(&mut self.out)
+    }
+}
+
+fn unreachable_join() -> Handled {
+    Err(Refusal::new(ErrorCode::Internal, "join dispatched twice"))
+}
+
+/// The wire spelling of a unit enum, for messages.
+fn enum_str<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}

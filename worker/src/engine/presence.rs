@@ -1,0 +1,311 @@
+//! Presence (per user, across connections), ready flags, roles, settings and sources.
+
+use std::collections::BTreeSet;
+
+use lockstep_shared::bus::{Caller, ConnId, Membership};
+use lockstep_shared::protocol::error::Refusal;
+use lockstep_shared::protocol::{
+    AdPolicy, ControlMode, ErrorCode, EventBody, Role, Source, SourceSpec,
+};
+use serde_json::json;
+
+use super::{Ack, Handled, Member, Room};
+
+/// Longest room name, in characters.
+pub const MAX_ROOM_NAME_CHARS: usize = 100;
+
+impl Room {
+    /// Joining is itself the `presence.join` event; a second connection of a present user
+    /// joins silently. With `since_seq` covered by history, the missed events are replayed.
+    pub(super) fn join(&mut self, now: u64, caller: &Caller, since_seq: Option<u64>) -> Handled {
+        let code = self.code.to_string();
+        match self.members.get_mut(&caller.user_id) {
+            Some(member) => {
+                member.conns.insert(caller.conn);
+            }
+            None => {
+                if self.members.len() >= self.cfg.members_max {
+                    return Err(Refusal::new(ErrorCode::Conflict, "the room is full"));
+                }
+                self.members.insert(
+                    caller.user_id.clone(),
+                    Member {
+                        name: caller.name.clone(),
+                        conns: BTreeSet::from([caller.conn]),
+                        ready: false,
+                        ad: false,
+                    },
+                );
+                if let Some(user) = self.user_view(&caller.user_id) {
+                    self.emit(now, EventBody::PresenceJoin { user });
+                }
+            }
+        }
+        let membership = Some(Membership::Join(code));
+        if let Some(replay) = since_seq.and_then(|s| self.history.replay(s, self.seq)) {
+            return Ok(Ack {
+                result: json!({"seq": self.seq, "recovered": true}),
+                membership,
+                extra: replay,
+            });
+        }
+        Ok(Ack {
+            result: json!({"seq": self.seq, "snapshot": self.snapshot(true)}),
+            membership,
+            extra: Vec::new(),
+        })
+    }
+
+    /// A connection leaves; the user leaves presence with their last connection.
+    pub(super) fn leave_conn(&mut self, now: u64, user_id: &str, conn: ConnId) {
+        let Some(member) = self.members.get_mut(user_id) else {
+            return;
+        };
+        if !member.conns.remove(&conn) || !member.conns.is_empty() {
+            return;
+        }
+        self.members.remove(user_id);
+        self.emit(
+            now,
+            EventBody::PresenceLeave {
+                user_id: user_id.to_owned(),
+            },
+        );
+        self.maybe_end_ad_pause(now);
+        self.check_ready_gate(now);
+    }
+
+    pub(super) fn set_ready(&mut self, now: u64, caller: &Caller, ready: bool) -> Handled {
+        let changed = match self.members.get_mut(&caller.user_id) {
+            Some(m) if m.ready != ready => {
+                m.ready = ready;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            if let Some(user) = self.user_view(&caller.user_id) {
+                self.emit(now, EventBody::PresenceUpdate { user });
+            }
+            self.check_ready_gate(now);
+        }
+        Ok(Ack::empty())
+    }
+
+    pub(super) fn set_role(
+        &mut self,
+        now: u64,
+        caller: &Caller,
+        target: &str,
+        role: Role,
+    ) -> Handled {
+        self.require_owner(caller)?;
+        if target == self.d.owner {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "the owner's role cannot change",
+            ));
+        }
+        let changed = match role {
+            Role::Owner => {
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    "role must be `operator` or `participant`",
+                ))
+            }
+            Role::Operator => self.d.operators.insert(target.to_owned()),
+            Role::Participant => self.d.operators.remove(target),
+        };
+        if changed {
+            self.dirty = true;
+            if let Some(user) = self.user_view(target) {
+                self.emit(now, EventBody::PresenceUpdate { user });
+            }
+            self.audit(
+                now,
+                &caller.user_id,
+                "room.role",
+                json!({"user_id": target, "role": role}),
+            );
+        }
+        Ok(Ack::empty())
+    }
+
+    pub(super) fn settings(
+        &mut self,
+        now: u64,
+        caller: &Caller,
+        control_mode: Option<ControlMode>,
+        ad_policy: Option<AdPolicy>,
+        name: Option<String>,
+    ) -> Handled {
+        self.require_owner(caller)?;
+        let mut next = self.d.settings.clone();
+        if let Some(name) = name {
+            let name = name.trim().to_owned();
+            let chars = name.chars().count();
+            if chars == 0 || chars > MAX_ROOM_NAME_CHARS {
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    format!("name must be 1-{MAX_ROOM_NAME_CHARS} characters"),
+                ));
+            }
+            next.name = name;
+        }
+        if let Some(mode) = control_mode {
+            next.control_mode = mode;
+        }
+        if let Some(policy) = ad_policy {
+            next.ad_policy = policy;
+        }
+        if next != self.d.settings {
+            let leaving_pause_all =
+                next.ad_policy == AdPolicy::Ignore && self.ad_resume_at.is_some();
+            self.d.settings = next.clone();
+            self.dirty = true;
+            self.emit(
+                now,
+                EventBody::RoomSettings {
+                    settings: next.clone(),
+                },
+            );
+            self.audit(now, &caller.user_id, "room.settings", json!(next));
+            if leaving_pause_all {
+                self.end_ad_pause(now, false);
+            }
+        }
+        Ok(Ack::with(json!({"settings": self.d.settings})))
+    }
+
+    /// Records external chat sources; the owner's ingestion runners follow this list.
+    pub(super) fn sources(
+        &mut self,
+        now: u64,
+        caller: &Caller,
+        add: Option<SourceSpec>,
+        remove: Option<String>,
+    ) -> Handled {
+        if !matches!(self.role_of(&caller.user_id), Role::Owner | Role::Operator) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only the owner and operators manage sources",
+            ));
+        }
+        match (add, remove) {
+            (Some(spec), None) => {
+                validate_source(&spec)?;
+                if self.d.sources.iter().any(|s| s.spec == spec) {
+                    return Err(Refusal::new(ErrorCode::Conflict, "source already attached"));
+                }
+                if self.d.sources.len() >= self.cfg.sources_max {
+                    return Err(Refusal::new(
+                        ErrorCode::Conflict,
+                        format!("at most {} sources per room", self.cfg.sources_max),
+                    ));
+                }
+                let source_id = format!("s{}", self.d.next_source_id);
+                self.d.next_source_id += 1;
+                let platform = spec.platform().to_owned();
+                self.d.sources.push(Source {
+                    source_id: source_id.clone(),
+                    spec,
+                });
+                self.dirty = true;
+                self.emit(
+                    now,
+                    EventBody::SourceStatus {
+                        source_id: source_id.clone(),
+                        platform,
+                        state: "connecting".into(),
+                        error: None,
+                    },
+                );
+                self.audit(
+                    now,
+                    &caller.user_id,
+                    "room.sources.add",
+                    json!({"source_id": source_id}),
+                );
+                Ok(Ack::with(json!({"source_id": source_id})))
+            }
+            (None, Some(source_id)) => {
+                let index = self
+                    .d
+                    .sources
+                    .iter()
+                    .position(|s| s.source_id == source_id)
+                    .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such source"))?;
+                let source = self.d.sources.remove(index);
+                self.dirty = true;
+                self.emit(
+                    now,
+                    EventBody::SourceStatus {
+                        source_id: source.source_id.clone(),
+                        platform: source.spec.platform().to_owned(),
+                        state: "removed".into(),
+                        error: None,
+                    },
+                );
+                self.audit(
+                    now,
+                    &caller.user_id,
+                    "room.sources.remove",
+                    json!({"source_id": source.source_id}),
+                );
+                Ok(Ack::empty())
+            }
+            _ => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "give exactly one of `add` or `remove`",
+            )),
+        }
+    }
+
+    fn require_owner(&self, caller: &Caller) -> Result<(), Refusal> {
+        if caller.user_id == self.d.owner {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only the room owner may do this",
+            ))
+        }
+    }
+}
+
+fn validate_source(spec: &SourceSpec) -> Result<(), Refusal> {
+    let ok = match spec {
+        SourceSpec::Twitch { channel } => {
+            (1..=25).contains(&channel.len())
+                && channel
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        }
+        SourceSpec::Youtube {
+            video_id: Some(v),
+            channel_id: None,
+        } => {
+            v.len() == 11
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }
+        SourceSpec::Youtube {
+            video_id: None,
+            channel_id: Some(c),
+        } => {
+            c.len() == 24
+                && c.starts_with("UC")
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }
+        SourceSpec::Youtube { .. } => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "source must be a Twitch login, an 11-character YouTube video id, or a UC… channel id",
+        ))
+    }
+}

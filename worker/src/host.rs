@@ -1,0 +1,147 @@
+//! The rooms this worker runs: routes each message to its room's actor, starting the actor
+//! on first use. Sending and retiring happen under the same shard lock, so no message is ever
+//! sent to an actor that has decided to stop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lockstep_shared::bus::{GatewaySink, Query, ToWorker, WorkerLink};
+use lockstep_shared::config::RoomConfig;
+use lockstep_shared::metrics as names;
+use lockstep_shared::protocol::error::Refusal;
+use lockstep_shared::protocol::ErrorCode;
+use lockstep_shared::shard::shard_of;
+use lockstep_shared::store::Store;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::room_actor::{self, RoomMsg};
+
+/// Lock stripes for the room map.
+const STRIPES: u32 = 64;
+/// How long an HTTP query waits for its room.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State shared by the host and its room actors.
+pub struct HostShared {
+    pub(crate) cfg: RoomConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) sink: Arc<dyn GatewaySink>,
+    pub(crate) cancel: CancellationToken,
+    stripes: Vec<Mutex<HashMap<String, mpsc::Sender<RoomMsg>>>>,
+    tracker: TaskTracker,
+}
+
+impl HostShared {
+    /// Removes the room if its mailbox is empty; the actor must then stop.
+    pub(crate) fn try_retire(&self, code: &str, rx: &mpsc::Receiver<RoomMsg>) -> bool {
+        let Ok(mut map) = self.stripe(code).lock() else {
+            return false;
+        };
+        if rx.is_empty() {
+            map.remove(code);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn stripe(&self, code: &str) -> &Mutex<HashMap<String, mpsc::Sender<RoomMsg>>> {
+        &self.stripes[shard_of(code, STRIPES) as usize]
+    }
+}
+
+/// The worker side of the bus in one process.
+#[derive(Clone)]
+pub struct Host {
+    shared: Arc<HostShared>,
+}
+
+impl Host {
+    pub fn new(
+        cfg: RoomConfig,
+        store: Arc<dyn Store>,
+        sink: Arc<dyn GatewaySink>,
+        cancel: CancellationToken,
+    ) -> Host {
+        Host {
+            shared: Arc::new(HostShared {
+                cfg,
+                store,
+                sink,
+                cancel,
+                stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    fn route(&self, code: &str, msg: RoomMsg) -> Result<(), Refusal> {
+        let shared = &self.shared;
+        if shared.cancel.is_cancelled() {
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "node is shutting down",
+            ));
+        }
+        let mut map = shared
+            .stripe(code)
+            .lock()
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "room map poisoned"))?;
+        let tx = map.entry(code.to_owned()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(shared.cfg.mailbox);
+            let task = room_actor::run(code.to_owned(), shared.clone(), rx);
+            shared.tracker.spawn(task);
+            tx
+        });
+        match tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(names::WORKER_MAILBOX_FULL).increment(1);
+                Err(Refusal::new(ErrorCode::Unavailable, "room is busy; retry"))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                map.remove(code);
+                Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    "room restarting; retry",
+                ))
+            }
+        }
+    }
+
+    /// Stops every room after its in-flight writes are released, then flushes the store.
+    pub async fn shutdown(&self) {
+        self.shared.cancel.cancel();
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+        if let Err(e) = self.shared.store.flush().await {
+            tracing::error!(cause = %e, "store flush failed at shutdown");
+        }
+    }
+}
+
+#[async_trait]
+impl WorkerLink for Host {
+    async fn send(&self, msg: ToWorker) -> Result<(), Refusal> {
+        let code = msg.room().to_owned();
+        self.route(&code, RoomMsg::Gateway(msg))
+    }
+
+    async fn query(&self, room: &str, query: Query) -> Result<Value, Refusal> {
+        let (tx, rx) = oneshot::channel();
+        self.route(room, RoomMsg::Query(query, tx))?;
+        match tokio::time::timeout(QUERY_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(Refusal::new(ErrorCode::Unavailable, "room stopped; retry")),
+            Err(_) => Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "room did not answer in time",
+            )),
+        }
+    }
+}

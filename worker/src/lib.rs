@@ -1,0 +1,19 @@
+//! The worker: owns rooms. A pure room engine wrapped by a thin actor shell that talks to
+//! the store and the gateways.
+//!
+//! # Layout
+//! - `engine/`: the room state machine (no I/O, no clock reads).
+//! - `room_actor`: one task per room feeding the engine messages and time.
+//! - `releaser`: releases a room's acks and events only after their writes commit.
+//! - `host`: the room registry, the worker side of the bus.
+//! - `store/`: the embedded SQLite store.
+//! - `clock`: the wall clock, read only by the shell.
+
+pub mod clock;
+pub mod engine;
+pub mod host;
+mod releaser;
+mod room_actor;
+pub mod store;
+
+pub use host::Host;

@@ -1,0 +1,315 @@
+//! One task per room: owns the engine, feeds it messages and time, submits its writes and
+//! hands the output to the releaser. Fed by a bounded mailbox; stops on the shutdown token,
+//! when its room is missing, or after it has been empty for `idle_unload_ms`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockstep_shared::bus::{Query, ToGateway, ToWorker};
+use lockstep_shared::metrics as names;
+use lockstep_shared::protocol::error::Refusal;
+use lockstep_shared::protocol::{error_frame, ErrorCode};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
+
+use crate::clock::now_ms;
+use crate::engine::{Output, Room};
+use crate::host::HostShared;
+use crate::releaser::{self, Pending, QueryReply};
+
+/// What a room's mailbox carries.
+pub enum RoomMsg {
+    Gateway(ToWorker),
+    Query(Query, oneshot::Sender<Result<Value, Refusal>>),
+}
+
+enum State {
+    /// The store has no such room (yet).
+    Missing,
+    Loaded(Box<Room>),
+    /// The store could not be read; every message is answered `unavailable`.
+    Failed,
+}
+
+/// Housekeeping cadence: history expiry, idle unload checks.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+struct Actor {
+    code: String,
+    host: Arc<HostShared>,
+    state: State,
+    releaser: mpsc::Sender<Pending>,
+    releaser_task: tokio::task::JoinHandle<()>,
+    poisoned: Arc<AtomicBool>,
+}
+
+/// Runs the room until shutdown, retirement or a closed mailbox.
+pub async fn run(code: String, host: Arc<HostShared>, rx: mpsc::Receiver<RoomMsg>) {
+    let span = tracing::info_span!("room", room = %code);
+    async move {
+        metrics::gauge!(names::WORKER_ROOMS_ACTIVE).increment(1.0);
+        let (releaser, releaser_task, poisoned) = start_releaser(&host);
+        let mut actor = Actor {
+            code,
+            host,
+            state: State::Missing,
+            releaser,
+            releaser_task,
+            poisoned,
+        };
+        actor.state = actor.load().await;
+        actor.main_loop(rx).await;
+        let Actor {
+            releaser,
+            releaser_task,
+            ..
+        } = actor;
+        drop(releaser);
+        let _ = releaser_task.await;
+        metrics::gauge!(names::WORKER_ROOMS_ACTIVE).decrement(1.0);
+    }
+    .instrument(span)
+    .await
+}
+
+fn start_releaser(
+    host: &Arc<HostShared>,
+) -> (
+    mpsc::Sender<Pending>,
+    tokio::task::JoinHandle<()>,
+    Arc<AtomicBool>,
+) {
+    let (tx, rx) = mpsc::channel(host.cfg.mailbox);
+    let poisoned = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(releaser::run(rx, host.sink.clone(), poisoned.clone()));
+    (tx, task, poisoned)
+}
+
+impl Actor {
+    async fn load(&self) -> State {
+        let since = now_ms().saturating_sub(self.host.cfg.idempotency_ttl_ms);
+        match self
+            .host
+            .store
+            .load_room(&self.code, self.host.cfg.chat_snapshot, since)
+            .await
+        {
+            Ok(None) => State::Missing,
+            Ok(Some(loaded)) => match Room::restore(self.host.cfg.clone(), loaded, now_ms()) {
+                Ok(room) => {
+                    metrics::counter!(names::WORKER_ROOM_LOADS).increment(1);
+                    State::Loaded(Box::new(room))
+                }
+                Err(e) => {
+                    tracing::error!(cause = %e, "room state unreadable");
+                    State::Failed
+                }
+            },
+            Err(e) => {
+                tracing::warn!(cause = %e, "room load failed");
+                State::Failed
+            }
+        }
+    }
+
+    async fn main_loop(&mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        let mut idle_since = Instant::now();
+        loop {
+            let deadline = match &self.state {
+                State::Loaded(room) => room.next_deadline(),
+                _ => None,
+            };
+            let wake = deadline
+                .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now_ms())));
+            tokio::select! {
+                biased;
+                _ = self.host.cancel.cancelled() => return,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return };
+                    idle_since = Instant::now();
+                    if self.poisoned.load(Ordering::SeqCst) {
+                        self.reload().await;
+                    }
+                    self.on_message(msg).await;
+                }
+                _ = async { if let Some(w) = wake { sleep_until(w).await } else { std::future::pending::<()>().await } } => {
+                    self.tick().await;
+                }
+                _ = housekeeping.tick() => {
+                    self.tick().await;
+                    let idle_for = Duration::from_millis(self.host.cfg.idle_unload_ms);
+                    let idle = match &self.state {
+                        State::Loaded(room) => room.is_empty() && room.next_deadline().is_none() && idle_since.elapsed() >= idle_for,
+                        State::Missing | State::Failed => true,
+                    };
+                    if idle && self.host.try_retire(&self.code, &rx) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn tick(&mut self) {
+        if let State::Loaded(room) = &mut self.state {
+            let out = room.tick(now_ms());
+            if !out.is_empty() {
+                self.release(out, None).await;
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: RoomMsg) {
+        let now = now_ms();
+        match (&mut self.state, msg) {
+            (State::Loaded(room), RoomMsg::Gateway(m)) => {
+                let out = room.handle(now, m);
+                self.release(out, None).await;
+            }
+            (State::Loaded(room), RoomMsg::Query(q, reply)) => {
+                let answer = answer_query(room.as_ref(), q);
+                match answer {
+                    QueryAnswer::Now(result) => {
+                        self.release(Output::default(), Some((reply, result))).await
+                    }
+                    QueryAnswer::Store(kind) => self.spawn_store_query(kind, reply),
+                }
+            }
+            (State::Missing, RoomMsg::Query(Query::Create { user_id, .. }, reply)) => {
+                let (room, out) = Room::create(self.host.cfg.clone(), &self.code, &user_id, now);
+                self.state = State::Loaded(Box::new(room));
+                let code = self.code.clone();
+                self.release(out, Some((reply, Ok(json!({"code": code})))))
+                    .await;
+            }
+            (state, RoomMsg::Gateway(ToWorker::Command(env))) => {
+                let (code, message) = match state {
+                    State::Failed => (ErrorCode::Unavailable, "room could not be loaded; retry"),
+                    _ => (ErrorCode::NotFound, "no such room"),
+                };
+                let frame = error_frame(env.id.as_deref(), code, message);
+                let out = Output {
+                    deliveries: vec![ToGateway::Reply {
+                        conn: env.caller.conn,
+                        membership: None,
+                        frames: vec![Arc::from(frame)],
+                    }],
+                    mutations: Vec::new(),
+                };
+                self.release(out, None).await;
+            }
+            (_, RoomMsg::Gateway(ToWorker::ConnClosed { .. })) => {}
+            (state, RoomMsg::Query(_, reply)) => {
+                let refusal = match state {
+                    State::Failed => {
+                        Refusal::new(ErrorCode::Unavailable, "room could not be loaded; retry")
+                    }
+                    _ => Refusal::new(ErrorCode::NotFound, "no such room"),
+                };
+                let _ = reply.send(Err(refusal));
+            }
+        }
+    }
+
+    /// Store reads queue behind this room's earlier writes, so they see every acked change.
+    fn spawn_store_query(&self, kind: StoreQuery, reply: oneshot::Sender<Result<Value, Refusal>>) {
+        let store = self.host.store.clone();
+        let room = self.code.clone();
+        tokio::spawn(async move {
+            let result = match kind {
+                StoreQuery::Chat { before, limit } => {
+                    store.chat_page(&room, before, limit).await.map(|messages| {
+                        let next_before = (messages.len() == limit)
+                            .then(|| messages.last().map(|m| m.id))
+                            .flatten();
+                        json!({"messages": messages, "next_before": next_before})
+                    })
+                }
+                StoreQuery::Audit { limit } => store
+                    .audit(&room, limit)
+                    .await
+                    .map(|entries| json!({"entries": entries})),
+            };
+            let _ =
+                reply.send(result.map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string())));
+        });
+    }
+
+    async fn release(&mut self, out: Output, query: Option<QueryReply>) {
+        for d in &out.deliveries {
+            if let ToGateway::RoomEvent { .. } = d {
+                metrics::counter!(names::WORKER_EVENTS).increment(1);
+            }
+        }
+        let ticket = (!out.mutations.is_empty()).then(|| self.host.store.submit(out.mutations));
+        let pending = Pending {
+            ticket,
+            deliveries: out.deliveries,
+            query,
+        };
+        // Bounded: a room whose store lags stops taking commands (its mailbox fills and
+        // callers get `unavailable`) instead of buffering without limit.
+        let _ = self.releaser.send(pending).await;
+    }
+
+    /// After a failed commit: wait for everything in flight, reload from the store, and
+    /// evict members (their clients rejoin with `since_seq`).
+    async fn reload(&mut self) {
+        tracing::warn!("reloading room after a failed commit");
+        let (tx, task, poisoned) = start_releaser(&self.host);
+        let old_tx = std::mem::replace(&mut self.releaser, tx);
+        let old_task = std::mem::replace(&mut self.releaser_task, task);
+        self.poisoned = poisoned;
+        drop(old_tx);
+        let _ = old_task.await;
+        if let State::Loaded(room) = &self.state {
+            let conns = room.member_conns();
+            if !conns.is_empty() {
+                self.host.sink.deliver(ToGateway::Evict {
+                    room: self.code.clone(),
+                    conns,
+                });
+            }
+        }
+        self.state = self.load().await;
+    }
+}
+
+fn answer_query(room: &Room, q: Query) -> QueryAnswer {
+    match q {
+        Query::Create { .. } => QueryAnswer::Now(Err(Refusal::new(
+            ErrorCode::Conflict,
+            "room already exists",
+        ))),
+        Query::Snapshot => {
+            let mut snap = room.snapshot(false);
+            snap["seq"] = json!(room.seq());
+            QueryAnswer::Now(Ok(snap))
+        }
+        Query::Chat { before, limit } => QueryAnswer::Store(StoreQuery::Chat { before, limit }),
+        Query::Audit { user_id, limit } => {
+            if room.may_read_audit(&user_id) {
+                QueryAnswer::Store(StoreQuery::Audit { limit })
+            } else {
+                QueryAnswer::Now(Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "only the owner and operators may read the audit log",
+                )))
+            }
+        }
+    }
+}
+
+enum QueryAnswer {
+    Now(Result<Value, Refusal>),
+    Store(StoreQuery),
+}
+
+enum StoreQuery {
+    Chat { before: Option<u64>, limit: usize },
+    Audit { limit: usize },
+}

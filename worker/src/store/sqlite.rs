@@ -1,0 +1,529 @@
+//! The embedded SQLite store. A single writer thread owns the connection: batches queued
+//! while a transaction runs are committed together (group commit), and reads queue behind
+//! earlier writes so a room never loads stale state. WAL with `synchronous=NORMAL`: a commit
+//! survives a process crash (`kill -9`); an OS crash may lose the last commits.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use lockstep_shared::metrics as names;
+use lockstep_shared::protocol::ChatMessage;
+use lockstep_shared::store::{
+    AuditEntry, CommandRecord, CommitTicket, LoadedRoom, Mutation, RoomRecord, Store, StoreError,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+use tokio::sync::{mpsc, oneshot};
+
+/// Jobs waiting for the writer thread; submitters wait (async) when it is full.
+const QUEUE_CAPACITY: usize = 8_192;
+
+/// Ordered, checksummed-by-position schema versions; append only.
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!("schema.sql"))])
+}
+
+type ReadFn = Box<dyn FnOnce(&Connection) + Send>;
+
+enum Job {
+    Commit(Vec<Mutation>, oneshot::Sender<Result<(), StoreError>>),
+    Read(ReadFn),
+}
+
+/// Handle to the writer thread; cheap to share.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Settings for the embedded store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub batch_max: usize,
+    pub chat_keep: usize,
+    pub command_ttl_ms: u64,
+}
+
+impl SqliteStore {
+    /// Opens (creating file and directory) and migrates the database, then starts the writer.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = Connection::open(path).map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
+        migrations()
+            .to_latest(&mut conn)
+            .map_err(|e| StoreError::Corrupt(format!("migration failed: {e}")))?;
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("lockstep-sqlite".into())
+            .spawn(move || Writer::new(conn, options).run(rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
+        Ok(SqliteStore { jobs: tx })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Read(Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        }));
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
+        let (tx, rx) = oneshot::channel();
+        if let Err(err) = self.jobs.try_send(Job::Commit(batch, tx)) {
+            let (job, reason) = match err {
+                mpsc::error::TrySendError::Full(job) => (job, "store queue is full"),
+                mpsc::error::TrySendError::Closed(job) => (job, "store writer stopped"),
+            };
+            if let Job::Commit(_, tx) = job {
+                let _ = tx.send(Err(StoreError::Unavailable(reason.into())));
+            }
+        }
+        rx
+    }
+
+    async fn load_room(
+        &self,
+        code: &str,
+        chat_limit: usize,
+        commands_since_ms: u64,
+    ) -> Result<Option<LoadedRoom>, StoreError> {
+        let code = code.to_owned();
+        self.read(move |conn| load_room(conn, &code, chat_limit, commands_since_ms))
+            .await
+    }
+
+    async fn chat_page(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let room = room.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT msg FROM chat WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+            let rows = stmt
+                .query_map(params![room, before, limit as i64], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row.map_err(unavailable)?).map_err(corrupt)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit(&self, room: &str, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let room = room.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, ts, actor, action, detail FROM audit WHERE room = ?1 \
+                     ORDER BY id DESC LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![room, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, ts, actor, action, detail) = row.map_err(unavailable)?;
+                out.push(AuditEntry {
+                    id: id as u64,
+                    ts: ts as u64,
+                    actor,
+                    action,
+                    detail: serde_json::from_str(&detail).map_err(corrupt)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.read(|_| Ok(())).await
+    }
+}
+
+fn load_room(
+    conn: &Connection,
+    code: &str,
+    chat_limit: usize,
+    commands_since_ms: u64,
+) -> Result<Option<LoadedRoom>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT seq, state FROM rooms WHERE code = ?1",
+            params![code],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    let Some((seq, state)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached("SELECT msg FROM chat WHERE room = ?1 ORDER BY id DESC LIMIT ?2")
+        .map_err(unavailable)?;
+    let mut chat: Vec<ChatMessage> = Vec::new();
+    for row in stmt
+        .query_map(params![code, chat_limit as i64], |r| r.get::<_, String>(0))
+        .map_err(unavailable)?
+    {
+        chat.push(serde_json::from_str(&row.map_err(unavailable)?).map_err(corrupt)?);
+    }
+    chat.reverse();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT user_id, id, reply, ts FROM commands WHERE room = ?1 AND ts >= ?2 ORDER BY ts",
+        )
+        .map_err(unavailable)?;
+    let commands = stmt
+        .query_map(params![code, commands_since_ms as i64], |r| {
+            Ok(CommandRecord {
+                user_id: r.get(0)?,
+                id: r.get(1)?,
+                reply: r.get(2)?,
+                ts: r.get::<_, i64>(3)? as u64,
+            })
+        })
+        .map_err(unavailable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    Ok(Some(LoadedRoom {
+        record: RoomRecord {
+            code: code.to_owned(),
+            seq: seq as u64,
+            state: serde_json::from_str(&state).map_err(corrupt)?,
+        },
+        chat,
+        commands,
+    }))
+}
+
+/// The thread that owns the connection.
+struct Writer {
+    conn: Connection,
+    options: SqliteOptions,
+    chat_since_prune: HashMap<String, usize>,
+    commits: u64,
+}
+
+impl Writer {
+    fn new(conn: Connection, options: SqliteOptions) -> Self {
+        Writer {
+            conn,
+            options,
+            chat_since_prune: HashMap::new(),
+            commits: 0,
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut next: Option<Job> = None;
+        loop {
+            let job = match next.take() {
+                Some(job) => job,
+                None => match rx.blocking_recv() {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            match job {
+                Job::Read(f) => f(&self.conn),
+                Job::Commit(batch, done) => {
+                    let mut size = batch.len();
+                    let mut batches = vec![batch];
+                    let mut waiters = vec![done];
+                    while size < self.options.batch_max {
+                        match rx.try_recv() {
+                            Ok(Job::Commit(b, d)) => {
+                                size += b.len();
+                                batches.push(b);
+                                waiters.push(d);
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let started = Instant::now();
+                    let result = self.commit(&batches);
+                    metrics::histogram!(names::STORE_COMMIT_LATENCY)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(names::STORE_BATCH_SIZE).record(size as f64);
+                    if let Err(e) = &result {
+                        metrics::counter!(names::STORE_ERRORS).increment(1);
+                        tracing::error!(cause = %e, batches = waiters.len(), "store commit failed");
+                    }
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self, batches: &[Vec<Mutation>]) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(unavailable)?;
+        let mut newest_ts = 0u64;
+        for m in batches.iter().flatten() {
+            match m {
+                Mutation::Room { code, seq, state } => match state {
+                    Some(state) => {
+                        tx.prepare_cached(
+                            "INSERT INTO rooms (code, seq, state, updated_ms) VALUES (?1, ?2, ?3, 0) \
+                             ON CONFLICT(code) DO UPDATE SET seq = excluded.seq, state = excluded.state",
+                        )
+                        .and_then(|mut s| s.execute(params![code, *seq as i64, state.to_string()]))
+                        .map_err(unavailable)?;
+                    }
+                    None => {
+                        tx.prepare_cached("UPDATE rooms SET seq = ?2 WHERE code = ?1")
+                            .and_then(|mut s| s.execute(params![code, *seq as i64]))
+                            .map_err(unavailable)?;
+                    }
+                },
+                Mutation::Chat { room, msg } => {
+                    newest_ts = newest_ts.max(msg.ts);
+                    let json = serde_json::to_string(msg).map_err(corrupt)?;
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO chat (room, id, ts, msg) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .and_then(|mut s| s.execute(params![room, msg.id as i64, msg.ts as i64, json]))
+                    .map_err(unavailable)?;
+                    *self.chat_since_prune.entry(room.clone()).or_default() += 1;
+                }
+                Mutation::Audit { room, entry } => {
+                    tx.prepare_cached(
+                        "INSERT INTO audit (room, ts, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            room,
+                            entry.ts as i64,
+                            entry.actor,
+                            entry.action,
+                            entry.detail.to_string()
+                        ])
+                    })
+                    .map_err(unavailable)?;
+                }
+                Mutation::Command { room, record } => {
+                    newest_ts = newest_ts.max(record.ts);
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO commands (room, user_id, id, reply, ts) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            room,
+                            record.user_id,
+                            record.id,
+                            record.reply,
+                            record.ts as i64
+                        ])
+                    })
+                    .map_err(unavailable)?;
+                }
+            }
+        }
+        prune(
+            &mut self.chat_since_prune,
+            &self.options,
+            self.commits,
+            &tx,
+            newest_ts,
+        )?;
+        tx.commit().map_err(unavailable)?;
+        self.commits += 1;
+        Ok(())
+    }
+}
+
+/// Keeps chat and command tables bounded: every room keeps its newest `chat_keep` rows.
+fn prune(
+    chat_since_prune: &mut HashMap<String, usize>,
+    options: &SqliteOptions,
+    commits: u64,
+    tx: &rusqlite::Transaction<'_>,
+    newest_ts: u64,
+) -> Result<(), StoreError> {
+    {
+        let keep = options.chat_keep;
+        let due: Vec<String> = chat_since_prune
+            .iter()
+            .filter(|(_, n)| **n >= (keep / 10).max(1))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in due {
+            chat_since_prune.remove(&room);
+            tx.prepare_cached(
+                "DELETE FROM chat WHERE room = ?1 AND id <= \
+                 (SELECT id FROM chat WHERE room = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )
+            .and_then(|mut s| s.execute(params![room, keep as i64]))
+            .map_err(unavailable)?;
+        }
+        if commits % 1_000 == 0 && newest_ts > 0 {
+            let cutoff = newest_ts.saturating_sub(options.command_ttl_ms);
+            tx.prepare_cached("DELETE FROM commands WHERE ts < ?1")
+                .and_then(|mut s| s.execute(params![cutoff as i64]))
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_shared::protocol::{ChatSource, ChatUser};
+
+    fn options() -> SqliteOptions {
+        SqliteOptions {
+            batch_max: 64,
+            chat_keep: 20,
+            command_ttl_ms: 60_000,
+        }
+    }
+
+    fn msg(id: u64) -> ChatMessage {
+        ChatMessage {
+            id,
+            ts: id,
+            user: ChatUser {
+                user_id: "u".into(),
+                name: "U".into(),
+            },
+            text: format!("m{id}"),
+            source: ChatSource::Room,
+            ext: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trips_room_chat_audit_and_commands() {
+        let dir = std::env::temp_dir().join(format!("lockstep-store-{}", std::process::id()));
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        let store = SqliteStore::open(&path, options());
+        let Ok(store) = store else {
+            panic!("open failed")
+        };
+        let mut batch = vec![Mutation::Room {
+            code: "r".into(),
+            seq: 3,
+            state: Some(serde_json::json!({"k": 1})),
+        }];
+        for id in 1..=30 {
+            batch.push(Mutation::Chat {
+                room: "r".into(),
+                msg: msg(id),
+            });
+        }
+        batch.push(Mutation::Audit {
+            room: "r".into(),
+            entry: AuditEntry {
+                id: 0,
+                ts: 5,
+                actor: "u".into(),
+                action: "x".into(),
+                detail: serde_json::json!({}),
+            },
+        });
+        batch.push(Mutation::Command {
+            room: "r".into(),
+            record: CommandRecord {
+                user_id: "u".into(),
+                id: "c1".into(),
+                reply: "ack".into(),
+                ts: 10,
+            },
+        });
+        assert_eq!(store.submit(batch).await.ok(), Some(Ok(())));
+        assert_eq!(
+            store
+                .submit(vec![Mutation::Room {
+                    code: "r".into(),
+                    seq: 4,
+                    state: None
+                }])
+                .await
+                .ok(),
+            Some(Ok(()))
+        );
+        let loaded = store.load_room("r", 5, 0).await.ok().flatten();
+        let Some(loaded) = loaded else {
+            panic!("room missing")
+        };
+        assert_eq!(loaded.record.seq, 4);
+        assert_eq!(loaded.record.state["k"], 1);
+        let ids: Vec<u64> = loaded.chat.iter().map(|m| m.id).collect();
+        assert_eq!(ids, vec![26, 27, 28, 29, 30]);
+        assert_eq!(loaded.commands.len(), 1);
+        // Pruned to chat_keep (20) rows.
+        let page = store.chat_page("r", None, 200).await.unwrap_or_default();
+        assert!(page.len() <= 21 && page.len() >= 20, "{}", page.len());
+        let page = store.chat_page("r", Some(28), 2).await.unwrap_or_default();
+        assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![27, 26]);
+        assert_eq!(store.audit("r", 10).await.map(|a| a.len()), Ok(1));
+        assert_eq!(store.load_room("nope", 5, 0).await, Ok(None));
+        drop(store);
+        // Reopen: migrations are idempotent and data persists.
+        let again = SqliteStore::open(&path, options());
+        let Ok(again) = again else {
+            panic!("reopen failed")
+        };
+        assert!(again.load_room("r", 5, 0).await.ok().flatten().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
