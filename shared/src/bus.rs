@@ -56,7 +56,8 @@ impl ToWorker {
     }
 }
 
-/// How a reply changes which rooms' events a connection receives.
+/// How a reply changes which rooms' events a connection receives. A refused `room.join`
+/// answers with `Leave`, so the gateway forgets the attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Membership {
     Join(String),
@@ -71,6 +72,8 @@ pub enum ToGateway {
     /// room event after its ack and none before.
     Reply {
         conn: ConnId,
+        /// The command's `id`, for the gateway's latency measurement.
+        id: Option<String>,
         membership: Option<Membership>,
         frames: Vec<Arc<str>>,
     },

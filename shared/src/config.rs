@@ -316,6 +316,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn env_and_file_layer_over_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("lockstep.toml", "[room]\nqueue_max = 7\nchat_rate = 9.5\n")?;

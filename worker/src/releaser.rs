@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use lockstep_shared::bus::{GatewaySink, ToGateway};
+use lockstep_shared::bus::{GatewaySink, Membership, ToGateway};
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{error_frame, ErrorCode};
 use lockstep_shared::store::CommitTicket;
@@ -53,11 +53,18 @@ pub async fn run(
                 poisoned.store(true, Ordering::SeqCst);
                 tracing::warn!(cause = %err, "commit failed; answering unavailable");
                 for d in p.deliveries {
-                    if let ToGateway::Reply { conn, frames, .. } = d {
-                        let id = frames
-                            .first()
-                            .and_then(|f| serde_json::from_str::<Value>(f).ok())
-                            .and_then(|v| v["id"].as_str().map(str::to_owned));
+                    if let ToGateway::Reply {
+                        conn,
+                        id,
+                        membership,
+                        ..
+                    } = d
+                    {
+                        // A join that did not commit did not happen.
+                        let membership = match membership {
+                            Some(Membership::Join(room)) => Some(Membership::Leave(room)),
+                            other => other,
+                        };
                         let frame = error_frame(
                             id.as_deref(),
                             ErrorCode::Unavailable,
@@ -65,7 +72,8 @@ pub async fn run(
                         );
                         sink.deliver(ToGateway::Reply {
                             conn,
-                            membership: None,
+                            id,
+                            membership,
                             frames: vec![Arc::from(frame)],
                         });
                     }

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstep_shared::bus::{Query, ToGateway, ToWorker};
+use lockstep_shared::bus::{Membership, Query, ToGateway, ToWorker};
 use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::error::Refusal;
-use lockstep_shared::protocol::{error_frame, ErrorCode};
+use lockstep_shared::protocol::{error_frame, ClientCommand, ErrorCode};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
@@ -192,10 +192,13 @@ impl Actor {
                     _ => (ErrorCode::NotFound, "no such room"),
                 };
                 let frame = error_frame(env.id.as_deref(), code, message);
+                let membership = matches!(env.cmd, ClientCommand::RoomJoin { .. })
+                    .then(|| Membership::Leave(self.code.clone()));
                 let out = Output {
                     deliveries: vec![ToGateway::Reply {
                         conn: env.caller.conn,
-                        membership: None,
+                        id: env.id.clone(),
+                        membership,
                         frames: vec![Arc::from(frame)],
                     }],
                     mutations: Vec::new(),

@@ -245,13 +245,15 @@ impl Room {
         let cacheable = id.is_some() && !matches!(cmd, ClientCommand::RoomJoin { .. });
         if let (true, Some(id)) = (cacheable, id.as_deref()) {
             if let Some(frame) = self.idem.get(&caller.user_id, id) {
-                self.reply(caller.conn, None, vec![frame]);
+                self.reply(caller.conn, Some(id), None, vec![frame]);
                 return;
             }
         }
+        let is_join = matches!(cmd, ClientCommand::RoomJoin { .. });
+        let reply_id = id.clone();
         match self.dispatch(now, &caller, cmd) {
             Ok(ack) => {
-                let frame: Arc<str> = Arc::from(ack_frame(id.as_deref(), &ack.result));
+                let frame: Arc<str> = Arc::from(ack_frame(reply_id.as_deref(), &ack.result));
                 if let (true, Some(id)) = (cacheable, id) {
                     self.idem.insert(
                         &caller.user_id,
@@ -273,11 +275,17 @@ impl Room {
                 let mut frames = Vec::with_capacity(1 + ack.extra.len());
                 frames.push(frame);
                 frames.extend(ack.extra);
-                self.reply(caller.conn, ack.membership, frames);
+                self.reply(caller.conn, reply_id.as_deref(), ack.membership, frames);
             }
             Err(refusal) => {
-                let frame = error_frame(id.as_deref(), refusal.code, &refusal.message);
-                self.reply(caller.conn, None, vec![Arc::from(frame)]);
+                let frame = error_frame(reply_id.as_deref(), refusal.code, &refusal.message);
+                let membership = is_join.then(|| Membership::Leave(self.code.to_string()));
+                self.reply(
+                    caller.conn,
+                    reply_id.as_deref(),
+                    membership,
+                    vec![Arc::from(frame)],
+                );
             }
         }
     }
@@ -457,9 +465,16 @@ impl Room {
         self.emit(now, EventBody::QueueUpdate { entries });
     }
 
-    fn reply(&mut self, conn: ConnId, membership: Option<Membership>, frames: Vec<Arc<str>>) {
+    fn reply(
+        &mut self,
+        conn: ConnId,
+        id: Option<&str>,
+        membership: Option<Membership>,
+        frames: Vec<Arc<str>>,
+    ) {
         self.out.deliveries.push(ToGateway::Reply {
             conn,
+            id: id.map(str::to_owned),
             membership,
             frames,
         });

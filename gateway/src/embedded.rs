@@ -1,0 +1,166 @@
+//! Embedded mode: gateway and worker in one process, the in-process bus, the SQLite store.
+//! The default of `cargo run --release`, and what the integration tests start on port 0.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lockstep_shared::config::Config;
+use lockstep_shared::protocol::server::draining_frame;
+use lockstep_worker::store::sqlite::{SqliteOptions, SqliteStore};
+use lockstep_worker::Host;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::fanout::{close, Fanout};
+use crate::server::{accept_loop, tls_acceptor};
+use crate::state::AppState;
+use crate::telemetry::metrics_handle;
+
+/// How long clients get to see `server.draining` before their sockets close.
+const DRAIN_NOTICE: Duration = Duration::from_millis(500);
+
+/// A running embedded node.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    state: Arc<AppState>,
+    host: Host,
+    stop_accepting: CancellationToken,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds and starts serving; returns once the port is bound.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    cfg.validate()?;
+    let cfg = Arc::new(cfg);
+    let secret = jwt_secret(&cfg)?;
+    let store = SqliteStore::open(
+        &cfg.store.path,
+        SqliteOptions {
+            batch_max: cfg.store.batch_max,
+            chat_keep: cfg.store.chat_keep,
+            command_ttl_ms: cfg.room.idempotency_ttl_ms,
+        },
+    )
+    .with_context(|| format!("open store {}", cfg.store.path.display()))?;
+    let fanout = Arc::new(Fanout::new(rand::random::<u64>() >> 1));
+    let host = Host::new(
+        cfg.room.clone(),
+        Arc::new(store),
+        fanout.clone(),
+        CancellationToken::new(),
+    );
+    let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+        _ => None,
+    };
+    let state = Arc::new(AppState::new(
+        cfg.clone(),
+        Auth::new(&secret),
+        fanout,
+        Arc::new(host.clone()),
+        metrics_handle(),
+    ));
+    let listener = TcpListener::bind(cfg.listen_addr()?)
+        .await
+        .with_context(|| format!("bind {}", cfg.gateway.listen))?;
+    let addr = listener.local_addr()?;
+    let stop_accepting = CancellationToken::new();
+    let is_tls = tls.is_some();
+    let accept_task = tokio::spawn(accept_loop(
+        listener,
+        state.clone(),
+        tls,
+        stop_accepting.clone(),
+    ));
+    tracing::info!(%addr, tls = is_tls, store = %cfg.store.path.display(), version = env!("CARGO_PKG_VERSION"), "lockstep listening (embedded mode)");
+    Ok(Running {
+        addr,
+        tls: is_tls,
+        state,
+        host,
+        stop_accepting,
+        accept_task,
+    })
+}
+
+impl Running {
+    /// Graceful shutdown: stop accepting, tell clients `server.draining`, close their
+    /// sockets, let every room release its committed output, flush the store. Gives up
+    /// (with a warning) after `gateway.shutdown_grace_ms`.
+    pub async fn shutdown(self) {
+        let grace = Duration::from_millis(self.state.cfg.gateway.shutdown_grace_ms);
+        let drain = async {
+            self.state.draining.store(true, Ordering::SeqCst);
+            self.stop_accepting.cancel();
+            let _ = self.accept_task.await;
+            let grace_ms = self.state.cfg.gateway.shutdown_grace_ms;
+            self.state
+                .fanout
+                .broadcast(Arc::from(draining_frame(grace_ms)));
+            tokio::time::sleep(DRAIN_NOTICE.min(grace / 2)).await;
+            self.state.fanout.close_all(close::GOING_AWAY);
+            self.host.shutdown().await;
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown grace period ran out"
+            );
+        } else {
+            tracing::info!("shutdown complete");
+        }
+    }
+}
+
+/// The configured secret, or one generated once and kept beside the database.
+fn jwt_secret(cfg: &Config) -> anyhow::Result<Vec<u8>> {
+    if !cfg.auth.jwt_secret.is_empty() {
+        return Ok(cfg.auth.jwt_secret.as_bytes().to_vec());
+    }
+    let path = cfg
+        .store
+        .path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("jwt.secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let s = existing.trim();
+        if s.len() >= 32 {
+            return Ok(s.as_bytes().to_vec());
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let secret: String = lockstep_shared::ids::id_from_random(&rand::random::<[u8; 32]>())
+        + &lockstep_shared::ids::id_from_random(&rand::random::<[u8; 32]>());
+    write_private(&path, &secret)?;
+    tracing::info!(path = %path.display(), "generated a JWT secret for embedded mode");
+    Ok(secret.into_bytes())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.write_all(content.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    std::fs::write(path, content).with_context(|| format!("write {}", path.display()))
+}

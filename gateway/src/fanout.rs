@@ -1,0 +1,278 @@
+//! Local fan-out: which of this gateway's connections are in which room, and a bounded
+//! outbound queue per connection. Delivery never waits: a full queue closes that connection
+//! with 4008 (it resumes by `seq`), so one slow client never slows a room (invariant 6).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use lockstep_shared::bus::{ConnId, GatewaySink, Membership, ToGateway};
+use lockstep_shared::metrics as names;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Close codes this gateway uses.
+pub mod close {
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Protocol violation.
+    pub const PROTOCOL: u16 = 1002;
+    /// Message over `gateway.max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The room was reloaded; rejoin with `since_seq`.
+    pub const RESTART: u16 = 1012;
+    /// No pong (or any frame) within `presence.timeout_ms`.
+    pub const PONG_TIMEOUT: u16 = 4002;
+    /// Outbound queue overflowed: the client read too slowly.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// Most command ids tracked per connection for latency; older ones are simply not measured.
+const MAX_INFLIGHT: usize = 1_024;
+
+/// A frame queued for one socket.
+pub struct OutFrame {
+    pub text: Arc<str>,
+    /// Server ms when the room event was created; 0 for replies and direct frames.
+    pub created_ms: u64,
+}
+
+/// Asks a connection to close with a code; the first code wins.
+#[derive(Default)]
+pub struct Closer {
+    code: AtomicU16,
+    token: CancellationToken,
+}
+
+impl Closer {
+    pub fn close(&self, code: u16) {
+        let _ = self
+            .code
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    pub fn code(&self) -> u16 {
+        self.code.load(Ordering::SeqCst)
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+/// What the fan-out knows about one connection.
+pub struct ConnEntry {
+    pub tx: mpsc::Sender<OutFrame>,
+    pub closer: Arc<Closer>,
+    /// Rooms joined or being joined; each gets a `ConnClosed` when the socket goes.
+    pub rooms: Mutex<HashSet<String>>,
+    /// Command id → (type, received) for the ack latency histogram.
+    pub inflight: Mutex<HashMap<String, (&'static str, Instant)>>,
+}
+
+impl ConnEntry {
+    pub fn new(tx: mpsc::Sender<OutFrame>, closer: Arc<Closer>) -> ConnEntry {
+        ConnEntry {
+            tx,
+            closer,
+            rooms: Mutex::new(HashSet::new()),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queues a frame, closing the connection with 4008 when its queue is full.
+    pub fn push(&self, text: Arc<str>, created_ms: u64) {
+        let depth = self.tx.max_capacity() - self.tx.capacity();
+        metrics::histogram!(names::GATEWAY_OUTBOUND_QUEUE_DEPTH).record(depth as f64);
+        match self.tx.try_send(OutFrame { text, created_ms }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.closer.code() == 0 {
+                    metrics::counter!(names::GATEWAY_OUTBOUND_OVERFLOW).increment(1);
+                }
+                self.closer.close(close::SLOW_CONSUMER);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Remembers when a command was received, for its reply's latency.
+    pub fn track(&self, id: &str, kind: &'static str) {
+        if let Ok(mut map) = self.inflight.lock() {
+            if map.len() < MAX_INFLIGHT {
+                map.insert(id.to_owned(), (kind, Instant::now()));
+            }
+        }
+    }
+
+    fn observe_reply(&self, id: &str) {
+        let found = self.inflight.lock().ok().and_then(|mut m| m.remove(id));
+        if let Some((kind, started)) = found {
+            metrics::histogram!(names::GATEWAY_COMMAND_LATENCY, "type" => kind)
+                .record(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// This gateway's connections and room memberships.
+pub struct Fanout {
+    gateway_id: u64,
+    conns: RwLock<HashMap<u64, Arc<ConnEntry>>>,
+    rooms: RwLock<HashMap<String, HashMap<u64, Arc<ConnEntry>>>>,
+}
+
+impl Fanout {
+    pub fn new(gateway_id: u64) -> Fanout {
+        Fanout {
+            gateway_id,
+            conns: RwLock::new(HashMap::new()),
+            rooms: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn gateway_id(&self) -> u64 {
+        self.gateway_id
+    }
+
+    pub fn register(&self, local: u64, entry: Arc<ConnEntry>) {
+        if let Ok(mut conns) = self.conns.write() {
+            conns.insert(local, entry);
+        }
+    }
+
+    /// Forgets a connection; returns the rooms it was in or joining.
+    pub fn unregister(&self, local: u64) -> Vec<String> {
+        let entry = self.conns.write().ok().and_then(|mut c| c.remove(&local));
+        let Some(entry) = entry else {
+            return Vec::new();
+        };
+        let rooms: Vec<String> = entry
+            .rooms
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default();
+        if let Ok(mut map) = self.rooms.write() {
+            for room in &rooms {
+                if let Some(members) = map.get_mut(room) {
+                    members.remove(&local);
+                    if members.is_empty() {
+                        map.remove(room);
+                    }
+                }
+            }
+        }
+        rooms
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.read().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Sends one frame to every connection (`server.draining`).
+    pub fn broadcast(&self, text: Arc<str>) {
+        let entries: Vec<Arc<ConnEntry>> = self
+            .conns
+            .read()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default();
+        for e in entries {
+            e.push(text.clone(), 0);
+        }
+    }
+
+    /// Closes every connection with `code`.
+    pub fn close_all(&self, code: u16) {
+        if let Ok(conns) = self.conns.read() {
+            for e in conns.values() {
+                e.closer.close(code);
+            }
+        }
+    }
+
+    fn local(&self, conn: ConnId) -> Option<Arc<ConnEntry>> {
+        if conn.gateway != self.gateway_id {
+            return None;
+        }
+        self.conns.read().ok()?.get(&conn.local).cloned()
+    }
+
+    fn set_membership(&self, local: u64, entry: &Arc<ConnEntry>, membership: Membership) {
+        let Ok(mut map) = self.rooms.write() else {
+            return;
+        };
+        match membership {
+            Membership::Join(room) => {
+                map.entry(room).or_default().insert(local, entry.clone());
+            }
+            Membership::Leave(room) => {
+                if let Some(members) = map.get_mut(&room) {
+                    members.remove(&local);
+                    if members.is_empty() {
+                        map.remove(&room);
+                    }
+                }
+                if let Ok(mut rooms) = entry.rooms.lock() {
+                    rooms.remove(&room);
+                }
+            }
+        }
+    }
+}
+
+impl GatewaySink for Fanout {
+    fn deliver(&self, msg: ToGateway) {
+        match msg {
+            ToGateway::Reply {
+                conn,
+                id,
+                membership,
+                frames,
+            } => {
+                let Some(entry) = self.local(conn) else {
+                    return;
+                };
+                if let Some(m) = membership {
+                    self.set_membership(conn.local, &entry, m);
+                }
+                if let Some(id) = id {
+                    entry.observe_reply(&id);
+                }
+                for f in frames {
+                    entry.push(f, 0);
+                }
+            }
+            ToGateway::RoomEvent {
+                room,
+                created_ms,
+                frame,
+                ..
+            } => {
+                let Ok(map) = self.rooms.read() else {
+                    return;
+                };
+                if let Some(members) = map.get(&*room) {
+                    for entry in members.values() {
+                        entry.push(frame.clone(), created_ms);
+                    }
+                }
+            }
+            ToGateway::Direct { conns, frame } => {
+                for conn in conns {
+                    if let Some(entry) = self.local(conn) {
+                        entry.push(frame.clone(), 0);
+                    }
+                }
+            }
+            ToGateway::Evict { room, conns } => {
+                for conn in conns {
+                    if let Some(entry) = self.local(conn) {
+                        self.set_membership(conn.local, &entry, Membership::Leave(room.clone()));
+                        entry.closer.close(close::RESTART);
+                    }
+                }
+            }
+        }
+    }
+}
