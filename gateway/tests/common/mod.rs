@@ -1,0 +1,345 @@
+//! Test harness: starts the real embedded node on 127.0.0.1:0 with a private database, and
+//! drives it with a real WebSocket client (tokio-tungstenite) and a raw HTTP/1.1 client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::Serialized;
+use futures_util::{SinkExt, StreamExt};
+use lockstep_gateway::embedded::{self, Running};
+use lockstep_shared::config::Config;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+/// How long any single expected frame may take to arrive.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A private data directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "lockstep-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (N.fetch_add(1, Ordering::Relaxed) << 32)
+}
+
+/// A running node plus its data directory.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub running: Option<Running>,
+    pub dir: PathBuf,
+}
+
+/// The config tests start from: port 0, private db, fixed secret, limits out of the way.
+pub fn test_config(dir: &std::path::Path) -> figment::Figment {
+    Config::figment()
+        .merge(Serialized::default("gateway.listen", "127.0.0.1:0"))
+        .merge(Serialized::default("store.path", dir.join("lockstep.db")))
+        .merge(Serialized::default("auth.jwt_secret", SECRET))
+        .merge(Serialized::default(
+            "gateway.connect_burst_per_ip",
+            10_000.0,
+        ))
+        .merge(Serialized::default("gateway.connect_rate_per_ip", 10_000.0))
+}
+
+pub async fn start(
+    dir: &std::path::Path,
+    tweak: impl FnOnce(figment::Figment) -> figment::Figment,
+) -> Node {
+    if std::env::var("RUST_LOG").is_ok() {
+        lockstep_gateway::telemetry::init_tracing();
+    }
+    let cfg = Config::from_figment(tweak(test_config(dir))).expect("valid test config");
+    let running = embedded::start(cfg).await.expect("node starts");
+    Node {
+        addr: running.addr,
+        running: Some(running),
+        dir: dir.to_path_buf(),
+    }
+}
+
+impl Node {
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Signs in as a guest: (token, user_id).
+    pub async fn guest(&self, name: &str) -> (String, String) {
+        let (status, body) = http(
+            self.addr,
+            "POST",
+            "/v1/auth/guest",
+            None,
+            Some(&json!({"name": name})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        (
+            body["token"].as_str().unwrap().to_owned(),
+            body["user"]["user_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn create_room(&self, token: &str) -> String {
+        let (status, body) = http(self.addr, "POST", "/v1/rooms", Some(token), None).await;
+        assert_eq!(status, 201, "{body}");
+        body["code"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn connect(&self, token: &str) -> Client {
+        Client::connect(self.addr, token).await
+    }
+
+    /// A signed-in guest connected and joined to `room`.
+    pub async fn member(&self, name: &str, room: &str) -> (Client, String, Value) {
+        let (token, user) = self.guest(name).await;
+        let mut c = self.connect(&token).await;
+        let ack = c.join(room, None).await;
+        (c, user, ack)
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection. Returns (status, JSON body or
+/// `{"raw": text}`).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let value = serde_json::from_str(body).unwrap_or_else(|_| json!({"raw": body}));
+    (status, value)
+}
+
+/// Status of a WebSocket upgrade attempt that is expected to fail.
+pub async fn upgrade_status(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        let name: tokio_tungstenite::tungstenite::http::HeaderName = k.parse().unwrap();
+        req.headers_mut().insert(name, v.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A real WebSocket client speaking protocol v1.
+pub struct Client {
+    pub ws: Ws,
+    next: u64,
+    /// Frames read while waiting for a reply, returned by later `recv` calls in order.
+    backlog: std::collections::VecDeque<Value>,
+}
+
+/// How a socket ended.
+#[derive(Debug, PartialEq)]
+pub enum Ended {
+    Close(u16),
+    Dropped,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, token: &str) -> Client {
+        let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("websocket connects");
+        Client {
+            ws,
+            next: 0,
+            backlog: Default::default(),
+        }
+    }
+
+    pub fn from_stream(ws: Ws) -> Client {
+        Client {
+            ws,
+            next: 0,
+            backlog: Default::default(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    /// Sends a command with a fresh id; returns the id.
+    pub async fn send(&mut self, mut cmd: Value) -> String {
+        self.next += 1;
+        let id = format!("c{}", self.next);
+        cmd["id"] = json!(id);
+        self.send_raw(&cmd.to_string()).await;
+        id
+    }
+
+    /// The next frame: first any kept while waiting for a reply, then from the socket.
+    pub async fn recv(&mut self) -> Value {
+        match self.backlog.pop_front() {
+            Some(v) => v,
+            None => self.read_socket().await,
+        }
+    }
+
+    /// The next text frame as JSON (pings are answered by tungstenite as we read).
+    async fn read_socket(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("frame within the wait")
+                .expect("socket open")
+                .expect("frame ok");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Close(c) => panic!("socket closed unexpectedly: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips frames until one matches.
+    pub async fn recv_until(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.recv().await;
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// The reply (ack or error) with `id`; other frames stay queued for `recv`.
+    pub async fn reply(&mut self, id: &str) -> Value {
+        let is_reply = |v: &Value| (v["type"] == "ack" || v["type"] == "error") && v["id"] == id;
+        if let Some(pos) = self.backlog.iter().position(is_reply) {
+            return self.backlog.remove(pos).unwrap();
+        }
+        loop {
+            let v = self.read_socket().await;
+            if is_reply(&v) {
+                return v;
+            }
+            self.backlog.push_back(v);
+        }
+    }
+
+    /// Sends and waits for the reply.
+    pub async fn call(&mut self, cmd: Value) -> Value {
+        let id = self.send(cmd).await;
+        self.reply(&id).await
+    }
+
+    /// Sends and expects an ack; returns its result.
+    pub async fn ok(&mut self, cmd: Value) -> Value {
+        let r = self.call(cmd.clone()).await;
+        assert_eq!(r["type"], "ack", "{cmd} -> {r}");
+        r["result"].clone()
+    }
+
+    pub async fn join(&mut self, room: &str, since_seq: Option<u64>) -> Value {
+        let mut cmd = json!({"type": "room.join", "room": room});
+        if let Some(s) = since_seq {
+            cmd["since_seq"] = json!(s);
+        }
+        self.ok(cmd).await
+    }
+
+    /// Next event of a type.
+    pub async fn event(&mut self, kind: &str) -> Value {
+        self.recv_until(|v| v["type"] == kind).await
+    }
+
+    /// Reads until the socket ends; returns the close code.
+    pub async fn closed(&mut self) -> Ended {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close within the wait")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Ended::Close(u16::from(frame.code))
+                }
+                Some(Ok(Message::Close(None))) => return Ended::Close(1005),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ended::Dropped,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Drain until the server's close arrives so the server has seen it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+pub fn close_code(code: CloseCode) -> u16 {
+    u16::from(code)
+}
