@@ -35,7 +35,7 @@ struct Ctrl {
 /// Most frames written before one flush.
 const WRITE_BATCH: usize = 128;
 /// How long the final close frame may take to write.
-const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves an upgraded socket until it closes.
 pub async fn serve(ws: WebSocket<Io>, claims: Claims, state: Arc<AppState>) {
@@ -236,7 +236,7 @@ impl Reader {
         let now = now_ms();
         if let ClientCommand::TimeSync { t0 } = cmd {
             let ack = ack_frame(id.as_deref(), &json!({"t0": t0, "server_ts": now}));
-            self.entry.push(Arc::from(ack), 0);
+            self.entry.push(OutFrame::Direct(Arc::from(ack)));
             return Ok(());
         }
         let allowed = if let ClientCommand::SignalSend { .. } = cmd {
@@ -295,7 +295,7 @@ impl Reader {
 
     fn reply_error(&self, id: Option<&str>, code: ErrorCode, message: &str) {
         self.entry
-            .push(Arc::from(error_frame(id, code, message)), 0);
+            .push(OutFrame::Direct(Arc::from(error_frame(id, code, message))));
     }
 }
 
@@ -364,6 +364,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     .await;
 }
 
+async fn write_text<W: AsyncWrite + Unpin>(
+    ws: &mut fastwebsockets::WebSocketWrite<W>,
+    text: &str,
+) -> Result<(), WebSocketError> {
+    ws.write_frame(Frame::text(Payload::Borrowed(text.as_bytes())))
+        .await
+}
+
 async fn write_flush<W: AsyncWrite + Unpin>(
     ws: &mut fastwebsockets::WebSocketWrite<W>,
     frame: Frame<'_>,
@@ -383,14 +391,25 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     let work = async {
         let mut next = Some(first);
         let mut n = 0;
-        while let Some(f) = next.take() {
-            ws.write_frame(Frame::text(Payload::Borrowed(f.text.as_bytes())))
-                .await?;
-            if f.created_ms > 0 {
-                let lag = now_ms().saturating_sub(f.created_ms) as f64 / 1000.0;
-                metrics::histogram!(names::GATEWAY_EVENT_DELIVERY_LATENCY).record(lag);
+        while let Some(item) = next.take() {
+            match item {
+                OutFrame::Event { text, created_ms } => {
+                    write_text(ws, &text).await?;
+                    let lag = now_ms().saturating_sub(created_ms) as f64 / 1000.0;
+                    metrics::histogram!(names::GATEWAY_EVENT_DELIVERY_LATENCY).record(lag);
+                    n += 1;
+                }
+                OutFrame::Direct(text) => {
+                    write_text(ws, &text).await?;
+                    n += 1;
+                }
+                OutFrame::Batch(frames) => {
+                    for text in &frames {
+                        write_text(ws, text).await?;
+                    }
+                    n += frames.len();
+                }
             }
-            n += 1;
             if n < WRITE_BATCH {
                 next = out_rx.try_recv().ok();
             }

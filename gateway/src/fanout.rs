@@ -31,11 +31,15 @@ pub mod close {
 /// Most command ids tracked per connection for latency; older ones are simply not measured.
 const MAX_INFLIGHT: usize = 1_024;
 
-/// A frame queued for one socket.
-pub struct OutFrame {
-    pub text: Arc<str>,
-    /// Server ms when the room event was created; 0 for replies and direct frames.
-    pub created_ms: u64,
+/// One item of a socket's outbound queue.
+pub enum OutFrame {
+    /// A room event; `created_ms` (server ms) feeds the delivery latency histogram.
+    Event { text: Arc<str>, created_ms: u64 },
+    /// A reply or direct frame.
+    Direct(Arc<str>),
+    /// A reply followed by replayed events: one queue slot, so a recovery replay (bounded
+    /// by the room history) never overflows the queue by itself.
+    Batch(Vec<Arc<str>>),
 }
 
 /// Asks a connection to close with a code; the first code wins.
@@ -83,10 +87,10 @@ impl ConnEntry {
     }
 
     /// Queues a frame, closing the connection with 4008 when its queue is full.
-    pub fn push(&self, text: Arc<str>, created_ms: u64) {
+    pub fn push(&self, item: OutFrame) {
         let depth = self.tx.max_capacity() - self.tx.capacity();
         metrics::histogram!(names::GATEWAY_OUTBOUND_QUEUE_DEPTH).record(depth as f64);
-        match self.tx.try_send(OutFrame { text, created_ms }) {
+        match self.tx.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if self.closer.code() == 0 {
@@ -178,7 +182,7 @@ impl Fanout {
             .map(|c| c.values().cloned().collect())
             .unwrap_or_default();
         for e in entries {
-            e.push(text.clone(), 0);
+            e.push(OutFrame::Direct(text.clone()));
         }
     }
 
@@ -239,8 +243,12 @@ impl GatewaySink for Fanout {
                 if let Some(id) = id {
                     entry.observe_reply(&id);
                 }
-                for f in frames {
-                    entry.push(f, 0);
+                let item = match frames.len() {
+                    1 => frames.into_iter().next().map(OutFrame::Direct),
+                    _ => Some(OutFrame::Batch(frames)),
+                };
+                if let Some(item) = item {
+                    entry.push(item);
                 }
             }
             ToGateway::RoomEvent {
@@ -254,14 +262,17 @@ impl GatewaySink for Fanout {
                 };
                 if let Some(members) = map.get(&*room) {
                     for entry in members.values() {
-                        entry.push(frame.clone(), created_ms);
+                        entry.push(OutFrame::Event {
+                            text: frame.clone(),
+                            created_ms,
+                        });
                     }
                 }
             }
             ToGateway::Direct { conns, frame } => {
                 for conn in conns {
                     if let Some(entry) = self.local(conn) {
-                        entry.push(frame.clone(), 0);
+                        entry.push(OutFrame::Direct(frame.clone()));
                     }
                 }
             }

@@ -58,6 +58,12 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let sndbuf = state.cfg.gateway.socket_send_buffer;
+        if sndbuf > 0 {
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(sndbuf) {
+                tracing::debug!(cause = %e, "could not set the socket send buffer");
+            }
+        }
         let allowed = state.ip_limiter.allow(peer.ip(), now_ms());
         let state = state.clone();
         let tls = tls.clone();

@@ -51,6 +51,9 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Time to drain on SIGTERM/SIGINT before exiting anyway.
     pub shutdown_grace_ms: u64,
+    /// Kernel send buffer per socket in bytes (SO_SNDBUF); 0 keeps the OS default. Smaller
+    /// bounds per-connection memory and detects slow consumers sooner.
+    pub socket_send_buffer: usize,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +72,7 @@ impl Default for GatewayConfig {
             max_rooms_per_connection: 10,
             max_connections: 50_000,
             shutdown_grace_ms: 10_000,
+            socket_send_buffer: 0,
         }
     }
 }

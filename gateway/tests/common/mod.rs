@@ -248,8 +248,10 @@ impl Client {
 
     /// The next text frame as JSON (pings are answered by tungstenite as we read).
     async fn read_socket(&mut self) -> Value {
+        // One deadline for the whole wait: pings must not keep extending it.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("frame within the wait")
                 .expect("socket open")
@@ -287,6 +289,11 @@ impl Client {
         }
     }
 
+    /// Forgets frames kept while waiting for replies.
+    pub fn drain_backlog(&mut self) {
+        self.backlog.clear();
+    }
+
     /// Sends and waits for the reply.
     pub async fn call(&mut self, cmd: Value) -> Value {
         let id = self.send(cmd).await;
@@ -315,8 +322,9 @@ impl Client {
 
     /// Reads until the socket ends; returns the close code.
     pub async fn closed(&mut self) -> Ended {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
+            match tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("close within the wait")
             {
