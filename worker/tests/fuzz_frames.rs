@@ -136,10 +136,12 @@ fn caller(i: usize) -> Caller {
 
 #[test]
 fn random_and_mutated_frames_never_break_the_room() {
-    let mut cfg = RoomConfig::default();
-    cfg.queue_max = 20;
-    cfg.chat_rate = 1_000.0;
-    cfg.chat_burst = 1_000.0;
+    let cfg = RoomConfig {
+        queue_max: 20,
+        chat_rate: 1_000.0,
+        chat_burst: 1_000.0,
+        ..Default::default()
+    };
     let (mut room, _) = Room::create(cfg, "r1", "owner", 0);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut now = 1_000u64;
