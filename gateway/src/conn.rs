@@ -234,11 +234,6 @@ impl Reader {
         let ClientFrame { id, cmd } = frame;
         let cfg = &self.state.cfg.gateway;
         let now = now_ms();
-        if let ClientCommand::TimeSync { t0 } = cmd {
-            let ack = ack_frame(id.as_deref(), &json!({"t0": t0, "server_ts": now}));
-            self.entry.push(OutFrame::Direct(Arc::from(ack)));
-            return Ok(());
-        }
         let allowed = if let ClientCommand::SignalSend { .. } = cmd {
             self.signals.try_take(cfg.signal_rate, cfg.signal_rate, now)
         } else {
@@ -252,6 +247,11 @@ impl Reader {
                 "too many commands; slow down",
             );
             return Err(ErrorCode::RateLimited);
+        }
+        if let ClientCommand::TimeSync { t0 } = cmd {
+            let ack = ack_frame(id.as_deref(), &json!({"t0": t0, "server_ts": now}));
+            self.entry.push(OutFrame::Direct(Arc::from(ack)));
+            return Ok(());
         }
         let room = cmd.room().unwrap_or_default().to_owned();
         let mut new_join = false;
@@ -389,6 +389,9 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     token: &tokio_util::sync::CancellationToken,
 ) -> Result<(), WebSocketError> {
     let work = async {
+        // What is queued when the writer wakes up: sampled once per batch, not per push.
+        let depth = 1 + out_rx.len();
+        metrics::histogram!(names::GATEWAY_OUTBOUND_QUEUE_DEPTH).record(depth as f64);
         let mut next = Some(first);
         let mut n = 0;
         while let Some(item) = next.take() {

@@ -88,8 +88,6 @@ impl ConnEntry {
 
     /// Queues a frame, closing the connection with 4008 when its queue is full.
     pub fn push(&self, item: OutFrame) {
-        let depth = self.tx.max_capacity() - self.tx.capacity();
-        metrics::histogram!(names::GATEWAY_OUTBOUND_QUEUE_DEPTH).record(depth as f64);
         match self.tx.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
