@@ -149,6 +149,30 @@ pub struct ChatMessage {
     pub ext: Option<serde_json::Value>,
 }
 
+impl ChatMessage {
+    /// The `chat.message` event body: the message without `ts`, which the event carries.
+    pub fn body(&self) -> ChatBody {
+        ChatBody {
+            id: self.id,
+            user: self.user.clone(),
+            text: self.text.clone(),
+            source: self.source,
+            ext: self.ext.clone(),
+        }
+    }
+}
+
+/// The fields of a `chat.message` event besides the event envelope (`room`, `seq`, `ts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatBody {
+    pub id: u64,
+    pub user: ChatUser,
+    pub text: String,
+    pub source: ChatSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext: Option<serde_json::Value>,
+}
+
 /// An external chat source a room asks to follow (`room.sources` `add`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "platform", rename_all = "snake_case")]

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ErrorCode;
-use super::model::{ChatMessage, Clock, Entry, Settings, User};
+use super::model::{ChatBody, Clock, Entry, Settings, User};
 
 /// A sequenced room event: `{"type","room","seq","ts",...body}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ pub enum EventBody {
     #[serde(rename = "queue.update")]
     QueueUpdate { entries: Vec<Entry> },
     #[serde(rename = "chat.message")]
-    ChatMessage(ChatMessage),
+    ChatMessage(ChatBody),
     #[serde(rename = "room.settings")]
     RoomSettings { settings: Settings },
     #[serde(rename = "source.status")]
@@ -148,6 +148,33 @@ mod tests {
         assert_eq!(v["entry_id"], 4);
         assert_eq!(v["at"], 20);
         assert!(v["entry"].is_null());
+    }
+
+    #[test]
+    fn chat_event_has_one_ts() {
+        use crate::protocol::model::{ChatMessage, ChatSource, ChatUser};
+        let msg = ChatMessage {
+            id: 9,
+            ts: 77,
+            user: ChatUser {
+                user_id: "u".into(),
+                name: "U".into(),
+            },
+            text: "hi".into(),
+            source: ChatSource::Room,
+            ext: None,
+        };
+        let ev = Event {
+            room: "r".into(),
+            seq: 9,
+            ts: 77,
+            body: EventBody::ChatMessage(msg.body()),
+        };
+        let frame = ev.to_frame();
+        assert_eq!(frame.matches("\"ts\"").count(), 1, "{frame}");
+        let v: Value = serde_json::from_str(&frame).unwrap_or(Value::Null);
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["source"], "room");
     }
 
     #[test]

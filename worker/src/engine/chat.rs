@@ -45,7 +45,7 @@ impl Room {
             source: ChatSource::Room,
             ext: None,
         };
-        let id = self.emit(now, EventBody::ChatMessage(msg.clone()));
+        let id = self.emit(now, EventBody::ChatMessage(msg.body()));
         self.out.mutations.push(Mutation::Chat {
             room: self.code.to_string(),
             msg: msg.clone(),

@@ -415,7 +415,7 @@ impl Room {
                         room: self.code.to_string(),
                         seq: m.id,
                         ts: m.ts,
-                        body: EventBody::ChatMessage(m.clone()),
+                        body: EventBody::ChatMessage(m.body()),
                     })
                     .unwrap_or(Value::Null)
                 })
