@@ -238,10 +238,7 @@ async fn health_ready_and_metrics() {
     let mut node = start(&dir.0, |f| f).await;
     assert_eq!(http(node.addr, "GET", "/healthz", None, None).await.0, 200);
     assert_eq!(http(node.addr, "GET", "/readyz", None, None).await.0, 200);
-    let (token, _) = node.guest("M").await;
-    let room = node.create_room(&token).await;
-    let mut c = node.connect(&token).await;
-    c.join(&room, None).await;
+    let (mut c, _token, room) = node.owner("M").await;
     c.ok(json!({"type": "chat.send", "room": room, "text": "hi"}))
         .await;
     let (_, body) = http(node.addr, "GET", "/metrics", None, None).await;

@@ -19,10 +19,7 @@ async fn recovers_missed_events_by_since_seq_after_a_drop() {
         f.merge(Serialized::default("room.chat_burst", 100.0))
     })
     .await;
-    let (token, _) = node.guest("Owner").await;
-    let room = node.create_room(&token).await;
-    let mut owner = node.connect(&token).await;
-    owner.join(&room, None).await;
+    let (mut owner, _token, room) = node.owner("Owner").await;
     let (bt, _) = node.guest("Bob").await;
     let mut bob = node.connect(&bt).await;
     let ack = bob.join(&room, None).await;
@@ -80,10 +77,7 @@ async fn slow_client_is_closed_with_4008_while_others_keep_receiving() {
             .merge(Serialized::default("room.history_max", 10_000))
     })
     .await;
-    let (token, _) = node.guest("Sender").await;
-    let room = node.create_room(&token).await;
-    let mut sender = node.connect(&token).await;
-    sender.join(&room, None).await;
+    let (mut sender, _token, room) = node.owner("Sender").await;
     let (mut fast, _, _) = node.member("Fast", &room).await;
 
     // The slow client: a tiny receive buffer, and it does not read for a while.
@@ -258,10 +252,7 @@ async fn state_survives_a_restart() {
 async fn graceful_shutdown_warns_clients_then_closes() {
     let dir = TempDir::new("drain");
     let mut node = start(&dir.0, |f| f).await;
-    let (token, _) = node.guest("Owner").await;
-    let room = node.create_room(&token).await;
-    let mut c = node.connect(&token).await;
-    c.join(&room, None).await;
+    let (mut c, _token, _room) = node.owner("Owner").await;
     let stopping = {
         let running = node.running.take().unwrap();
         tokio::spawn(running.shutdown())

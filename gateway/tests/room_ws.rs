@@ -95,10 +95,7 @@ async fn second_connection_of_a_user_is_silent() {
 #[tokio::test]
 async fn three_clients_see_one_identical_seq_stream() {
     let (_d, mut node) = node("sync").await;
-    let (token, _) = node.guest("Owner").await;
-    let room = node.create_room(&token).await;
-    let mut owner = node.connect(&token).await;
-    owner.join(&room, None).await;
+    let (mut owner, _token, room) = node.owner("Owner").await;
     let (mut b, _, _) = node.member("B", &room).await;
     let (mut c, _, cack) = node.member("C", &room).await;
     let start = cack["seq"].as_u64().unwrap();
@@ -151,10 +148,7 @@ async fn three_clients_see_one_identical_seq_stream() {
 #[tokio::test]
 async fn control_modes_and_roles() {
     let (_d, mut node) = node("modes").await;
-    let (token, _) = node.guest("Owner").await;
-    let room = node.create_room(&token).await;
-    let mut owner = node.connect(&token).await;
-    owner.join(&room, None).await;
+    let (mut owner, _token, room) = node.owner("Owner").await;
     let (mut op, op_id, _) = node.member("Op", &room).await;
     let (mut pat, _, _) = node.member("Pat", &room).await;
     owner
@@ -210,10 +204,7 @@ async fn queue_and_ready_gate() {
         f.merge(Serialized::default("room.ready_timeout_ms", 1500))
     })
     .await;
-    let (token, _) = node.guest("Owner").await;
-    let room = node.create_room(&token).await;
-    let mut owner = node.connect(&token).await;
-    owner.join(&room, None).await;
+    let (mut owner, _token, room) = node.owner("Owner").await;
     let (mut b, _, _) = node.member("B", &room).await;
     let bad = owner
         .call(json!({"type": "queue.add", "room": room, "url": "https://example.com/video"}))
@@ -290,10 +281,7 @@ async fn chat_rules_and_rate_limit() {
             .merge(Serialized::default("room.chat_burst", 3.0))
     })
     .await;
-    let (token, _) = node.guest("Owner").await;
-    let room = node.create_room(&token).await;
-    let mut a = node.connect(&token).await;
-    a.join(&room, None).await;
+    let (mut a, _token, room) = node.owner("Owner").await;
     let (mut b, _, _) = node.member("B", &room).await;
     let long = a
         .call(json!({"type": "chat.send", "room": room, "text": "x".repeat(501)}))
@@ -321,10 +309,7 @@ async fn chat_rules_and_rate_limit() {
 #[tokio::test]
 async fn retried_command_id_is_acked_again_with_one_effect() {
     let (_d, mut node) = node("idem").await;
-    let (token, _) = node.guest("Owner").await;
-    let room = node.create_room(&token).await;
-    let mut a = node.connect(&token).await;
-    a.join(&room, None).await;
+    let (mut a, token, room) = node.owner("Owner").await;
     let cmd =
         json!({"id": "retry-1", "type": "chat.send", "room": room, "text": "once"}).to_string();
     a.send_raw(&cmd).await;
@@ -355,10 +340,7 @@ async fn retried_command_id_is_acked_again_with_one_effect() {
 #[tokio::test]
 async fn signal_reaches_only_its_target() {
     let (_d, mut node) = node("signal").await;
-    let (token, _) = node.guest("Owner").await;
-    let room = node.create_room(&token).await;
-    let mut a = node.connect(&token).await;
-    a.join(&room, None).await;
+    let (mut a, _token, room) = node.owner("Owner").await;
     let (mut b, bob, _) = node.member("B", &room).await;
     let (mut c, _, _) = node.member("C", &room).await;
     let payload = json!({"sdp": "v=0 offer", "candidates": [1, 2]});
@@ -475,10 +457,7 @@ async fn missed_pongs_drop_a_member_from_presence() {
             .merge(Serialized::default("presence.timeout_ms", 800))
     })
     .await;
-    let (token, _) = node.guest("Owner").await;
-    let room = node.create_room(&token).await;
-    let mut a = node.connect(&token).await;
-    a.join(&room, None).await;
+    let (mut a, _token, room) = node.owner("Owner").await;
     let (silent, silent_id, _) = node.member("Silent", &room).await;
     // `silent` never reads, so tungstenite never answers the pings.
     let leave = a.event("presence.leave").await;

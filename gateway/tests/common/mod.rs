@@ -127,6 +127,15 @@ impl Node {
         Client::connect(self.addr, token).await
     }
 
+    /// A guest who created a room and joined it: (client, token, room code).
+    pub async fn owner(&self, name: &str) -> (Client, String, String) {
+        let (token, _) = self.guest(name).await;
+        let room = self.create_room(&token).await;
+        let mut c = self.connect(&token).await;
+        c.join(&room, None).await;
+        (c, token, room)
+    }
+
     /// A signed-in guest connected and joined to `room`.
     pub async fn member(&self, name: &str, room: &str) -> (Client, String, Value) {
         let (token, user) = self.guest(name).await;
