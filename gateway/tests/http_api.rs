@@ -317,3 +317,53 @@ async fn connection_attempts_per_ip_are_limited() {
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn loaded_rooms_are_bounded_and_unload_when_idle() {
+    let dir = TempDir::new("maxrooms");
+    let mut node = start(&dir.0, |f| {
+        f.merge(Serialized::default("room.max_loaded", 2))
+            .merge(Serialized::default("room.idle_unload_ms", 300))
+    })
+    .await;
+    let (token, _) = node.guest("Owner").await;
+    let first = node.create_room(&token).await;
+    node.create_room(&token).await;
+    let (status, body) = http(node.addr, "POST", "/v1/rooms", Some(&token), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable"))
+    );
+    // Empty rooms leave memory after idle_unload_ms; then there is room again, and an
+    // unloaded room loads back from the store on demand.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, _) = http(node.addr, "POST", "/v1/rooms", Some(&token), None).await;
+        if status == 201 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "rooms never unloaded");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, snap) = http(
+            node.addr,
+            "GET",
+            &format!("/v1/rooms/{first}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        if status == 200 {
+            assert_eq!(snap["room"], first.as_str());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first room never reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    node.stop().await;
+}

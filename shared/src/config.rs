@@ -149,6 +149,9 @@ pub struct RoomConfig {
     pub mailbox: usize,
     /// An empty room is unloaded from memory after this long.
     pub idle_unload_ms: u64,
+    /// Rooms a worker keeps loaded at once; beyond it, commands for other rooms get
+    /// `unavailable` until some unload.
+    pub max_loaded: usize,
 }
 
 impl Default for RoomConfig {
@@ -170,6 +173,7 @@ impl Default for RoomConfig {
             sources_max: 8,
             mailbox: 1_024,
             idle_unload_ms: 60_000,
+            max_loaded: 100_000,
         }
     }
 }
@@ -286,6 +290,7 @@ impl Config {
             ("room.idempotency_max", self.room.idempotency_max),
             ("room.members_max", self.room.members_max),
             ("room.mailbox", self.room.mailbox),
+            ("room.max_loaded", self.room.max_loaded),
             ("store.batch_max", self.store.batch_max),
             ("store.chat_keep", self.store.chat_keep),
         ] {

@@ -3,6 +3,7 @@
 //! sent to an actor that has decided to stop.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub struct HostShared {
     pub(crate) cancel: CancellationToken,
     stripes: Vec<Mutex<HashMap<String, mpsc::Sender<RoomMsg>>>>,
     tracker: TaskTracker,
+    /// Rooms loaded now, bounded by `room.max_loaded`.
+    loaded: AtomicUsize,
 }
 
 impl HostShared {
@@ -43,7 +46,9 @@ impl HostShared {
             return false;
         };
         if rx.is_empty() {
-            map.remove(code);
+            if map.remove(code).is_some() {
+                self.loaded.fetch_sub(1, Ordering::SeqCst);
+            }
             true
         } else {
             false
@@ -76,6 +81,7 @@ impl Host {
                 cancel,
                 stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
                 tracker: TaskTracker::new(),
+                loaded: AtomicUsize::new(0),
             }),
         }
     }
@@ -92,12 +98,22 @@ impl Host {
             .stripe(code)
             .lock()
             .map_err(|_| Refusal::new(ErrorCode::Internal, "room map poisoned"))?;
-        let tx = map.entry(code.to_owned()).or_insert_with(|| {
+        if !map.contains_key(code) {
+            if shared.loaded.load(Ordering::SeqCst) >= shared.cfg.max_loaded {
+                return Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    "this node has too many rooms loaded; retry later",
+                ));
+            }
+            shared.loaded.fetch_add(1, Ordering::SeqCst);
             let (tx, rx) = mpsc::channel(shared.cfg.mailbox);
             let task = room_actor::run(code.to_owned(), shared.clone(), rx);
             shared.tracker.spawn(task);
-            tx
-        });
+            map.insert(code.to_owned(), tx);
+        }
+        let Some(tx) = map.get(code) else {
+            return Err(Refusal::new(ErrorCode::Internal, "room vanished"));
+        };
         match tx.try_send(msg) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -105,7 +121,9 @@ impl Host {
                 Err(Refusal::new(ErrorCode::Unavailable, "room is busy; retry"))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                map.remove(code);
+                if map.remove(code).is_some() {
+                    shared.loaded.fetch_sub(1, Ordering::SeqCst);
+                }
                 Err(Refusal::new(
                     ErrorCode::Unavailable,
                     "room restarting; retry",
