@@ -1,14 +1,42 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then runs every test in the workspace and
 # closes with one summary line ("tests: N passed, N failed").
-# Today the suite needs only a Rust toolchain; cluster tests will add redis-server and
-# postgresql here (from Debian's packages when missing).
+#
+# Needs: a Rust toolchain; redis-server and the PostgreSQL server binaries (initdb, pg_ctl),
+# which the tests start privately on free loopback ports. Missing ones are installed from
+# Debian's packages when run as root; otherwise set LOCKSTEP_TEST_REDIS_URL and
+# LOCKSTEP_TEST_PG_URL to servers the tests may use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "ops/test.sh: cargo is required (install Rust from https://rustup.rs)" >&2
   exit 1
+fi
+
+have_pg_server() {
+  command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+missing=()
+if [ -z "${LOCKSTEP_TEST_REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+  missing+=(redis-server)
+fi
+if [ -z "${LOCKSTEP_TEST_PG_URL:-}" ] && ! have_pg_server; then
+  missing+=(postgresql)
+fi
+if ! command -v psql >/dev/null 2>&1; then
+  missing+=(postgresql-client)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "ops/test.sh: installing ${missing[*]} from Debian's packages"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  else
+    echo "ops/test.sh: missing ${missing[*]}: install them, or set LOCKSTEP_TEST_REDIS_URL / LOCKSTEP_TEST_PG_URL" >&2
+    exit 1
+  fi
 fi
 
 log=$(mktemp)

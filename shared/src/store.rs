@@ -49,11 +49,13 @@ pub struct LoadedRoom {
 /// One write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
-    /// Insert or update the room row: its seq, and its state when it changed.
+    /// Insert or update the room row: its seq, and its state when it changed. `epoch` is
+    /// the writer's lease epoch: a store refuses it when a newer owner has written (fencing).
     Room {
         code: String,
         seq: u64,
         state: Option<Value>,
+        epoch: u64,
     },
     Chat {
         room: String,

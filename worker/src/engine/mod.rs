@@ -494,7 +494,7 @@ impl Room {
     }
 
     fn finish(&mut self) -> Output {
-        if self.dirty || self.seq != self.seq_at_step_start {
+        if self.dirty || self.seq != self.seq_at_step_start || !self.out.mutations.is_empty() {
             let state = if self.dirty {
                 serde_json::to_value(&self.d).ok()
             } else {
@@ -506,6 +506,7 @@ impl Room {
                     code: self.code.to_string(),
                     seq: self.seq,
                     state,
+                    epoch: 0,
                 },
             );
         }

@@ -1,6 +1,8 @@
-//! Store implementations. `sqlite` is the embedded default: one writer thread that
-//! group-commits every batch queued while the previous transaction ran.
+//! Store implementations: `sqlite` for embedded mode, `postgres` for the cluster. Both
+//! group-commit and order reads behind earlier writes.
 
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -317,7 +317,9 @@ impl Writer {
         let mut newest_ts = 0u64;
         for m in batches.iter().flatten() {
             match m {
-                Mutation::Room { code, seq, state } => match state {
+                Mutation::Room {
+                    code, seq, state, ..
+                } => match state {
                     Some(state) => {
                         tx.prepare_cached(
                             "INSERT INTO rooms (code, seq, state, updated_ms) VALUES (?1, ?2, ?3, 0) \
@@ -463,6 +465,7 @@ mod tests {
             code: "r".into(),
             seq: 3,
             state: Some(serde_json::json!({"k": 1})),
+            epoch: 0,
         }];
         for id in 1..=30 {
             batch.push(Mutation::Chat {
@@ -495,7 +498,8 @@ mod tests {
                 .submit(vec![Mutation::Room {
                     code: "r".into(),
                     seq: 4,
-                    state: None
+                    state: None,
+                    epoch: 0,
                 }])
                 .await
                 .ok(),

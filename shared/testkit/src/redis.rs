@@ -1,0 +1,89 @@
+//! A private `redis-server`, or the server `LOCKSTEP_TEST_REDIS_URL` names.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::util::{find_binary, free_port, temp_dir, wait_for_port};
+
+/// A Redis server for one test.
+pub struct Redis {
+    url: String,
+    port: u16,
+    child: Option<Child>,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Redis {
+    /// Starts a private server (no persistence) or uses the configured URL. Panics with a
+    /// clear message when neither is possible: a test that needs Redis cannot run without.
+    pub fn start() -> Redis {
+        if let Ok(url) = std::env::var("LOCKSTEP_TEST_REDIS_URL") {
+            return Redis {
+                url,
+                port: 0,
+                child: None,
+                dir: None,
+            };
+        }
+        let bin = find_binary("redis-server", &[]).unwrap_or_else(|| {
+            panic!("redis-server not found: install it (apt-get install redis-server; ops/test.sh does) or set LOCKSTEP_TEST_REDIS_URL")
+        });
+        let dir = temp_dir("redis");
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut redis = Redis {
+                url: format!("redis://127.0.0.1:{port}"),
+                port,
+                child: Some(child),
+                dir: Some(dir.clone()),
+            };
+            if wait_for_port(port, Duration::from_secs(10)) {
+                return redis;
+            }
+            redis.stop();
+        }
+        panic!("redis-server did not start on a free port");
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the private server (simulates an outage); `restart` brings it back on the same port.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(d) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}

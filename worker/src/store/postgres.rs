@@ -1,0 +1,363 @@
+//! The cluster store: PostgreSQL through deadpool-postgres. One writer task group-commits
+//! every batch queued while the previous transaction ran; each room's batch runs under a
+//! savepoint so a fenced (stale-owner) batch fails alone. Reads queue behind earlier writes,
+//! like the SQLite store, so a room never loads stale state. Migrations (refinery) run at
+//! start-up.
+
+use std::time::Instant;
+
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Config as PoolSettings, Pool, PoolConfig, Runtime};
+use lockstep_shared::metrics as names;
+use lockstep_shared::protocol::ChatMessage;
+use lockstep_shared::store::{
+    AuditEntry, CommandRecord, CommitTicket, LoadedRoom, Mutation, RoomRecord, Store, StoreError,
+};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// Jobs waiting for the writer; submitters get `unavailable` when it is full.
+const QUEUE_CAPACITY: usize = 8_192;
+
+type ReadJob = Box<dyn FnOnce(Pool) -> tokio::task::JoinHandle<()> + Send>;
+
+enum Job {
+    Commit(Vec<Mutation>, oneshot::Sender<Result<(), StoreError>>),
+    Read(ReadJob),
+}
+
+/// Handle to the Postgres writer; cheap to share.
+pub struct PostgresStore {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Settings for the Postgres store.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    pub url: String,
+    pub pool_size: usize,
+    pub batch_max: usize,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl PostgresStore {
+    /// Connects, migrates, and starts the writer task.
+    pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let mut settings = PoolSettings::new();
+        settings.url = Some(options.url.clone());
+        settings.pool = Some(PoolConfig::new(options.pool_size.max(2)));
+        let pool = settings
+            .create_pool(Some(Runtime::Tokio1), NoTls)
+            .map_err(unavailable)?;
+        {
+            let mut client = pool.get().await.map_err(unavailable)?;
+            let client: &mut tokio_postgres::Client = &mut client;
+            embedded::migrations::runner()
+                .run_async(client)
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("migration failed: {e}")))?;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(writer(pool, rx, options.batch_max.max(1)));
+        Ok(PostgresStore { jobs: tx })
+    }
+
+    async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |pool| {
+            tokio::spawn(async move {
+                let _ = tx.send(f(pool).await);
+            })
+        });
+        self.jobs
+            .send(Job::Read(job))
+            .await
+            .map_err(|_| unavailable("store writer stopped"))?;
+        rx.await.map_err(|_| unavailable("store writer stopped"))?
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
+        let (tx, rx) = oneshot::channel();
+        if let Err(err) = self.jobs.try_send(Job::Commit(batch, tx)) {
+            let (job, reason) = match err {
+                mpsc::error::TrySendError::Full(job) => (job, "store queue is full"),
+                mpsc::error::TrySendError::Closed(job) => (job, "store writer stopped"),
+            };
+            if let Job::Commit(_, tx) = job {
+                let _ = tx.send(Err(unavailable(reason)));
+            }
+        }
+        rx
+    }
+
+    async fn load_room(
+        &self,
+        code: &str,
+        chat_limit: usize,
+        commands_since_ms: u64,
+    ) -> Result<Option<LoadedRoom>, StoreError> {
+        let code = code.to_owned();
+        self.read(move |pool| async move {
+            let client = pool.get().await.map_err(unavailable)?;
+            let Some(row) = client
+                .query_opt("SELECT seq, state FROM rooms WHERE code = $1", &[&code])
+                .await
+                .map_err(unavailable)?
+            else {
+                return Ok(None);
+            };
+            let seq: i64 = row.get(0);
+            let state: Value = row.get(1);
+            let rows = client
+                .query(
+                    "SELECT msg FROM chat WHERE room = $1 ORDER BY id DESC LIMIT $2",
+                    &[&code, &(chat_limit as i64)],
+                )
+                .await
+                .map_err(unavailable)?;
+            let mut chat: Vec<ChatMessage> = rows
+                .iter()
+                .map(|r| serde_json::from_value(r.get::<_, Value>(0)))
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            chat.reverse();
+            let rows = client
+                .query(
+                    "SELECT user_id, id, reply, ts FROM commands WHERE room = $1 AND ts >= $2 ORDER BY ts",
+                    &[&code, &(commands_since_ms as i64)],
+                )
+                .await
+                .map_err(unavailable)?;
+            let commands = rows
+                .iter()
+                .map(|r| CommandRecord {
+                    user_id: r.get(0),
+                    id: r.get(1),
+                    reply: r.get(2),
+                    ts: r.get::<_, i64>(3) as u64,
+                })
+                .collect();
+            Ok(Some(LoadedRoom {
+                record: RoomRecord { code, seq: seq as u64, state },
+                chat,
+                commands,
+            }))
+        })
+        .await
+    }
+
+    async fn chat_page(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let room = room.to_owned();
+        self.read(move |pool| async move {
+            let client = pool.get().await.map_err(unavailable)?;
+            let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+            let rows = client
+                .query(
+                    "SELECT msg FROM chat WHERE room = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                    &[&room, &before, &(limit as i64)],
+                )
+                .await
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| serde_json::from_value(r.get::<_, Value>(0)))
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .await
+    }
+
+    async fn audit(&self, room: &str, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let room = room.to_owned();
+        self.read(move |pool| async move {
+            let client = pool.get().await.map_err(unavailable)?;
+            let rows = client
+                .query(
+                    "SELECT id, ts, actor, action, detail FROM audit WHERE room = $1 ORDER BY id DESC LIMIT $2",
+                    &[&room, &(limit as i64)],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(rows
+                .iter()
+                .map(|r| AuditEntry {
+                    id: r.get::<_, i64>(0) as u64,
+                    ts: r.get::<_, i64>(1) as u64,
+                    actor: r.get(2),
+                    action: r.get(3),
+                    detail: r.get(4),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.read(|_| async { Ok(()) }).await
+    }
+}
+
+/// Collects batches, commits them together, answers each ticket in submission order.
+async fn writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        match job {
+            Job::Read(f) => {
+                // Reads run concurrently once every earlier commit is done; the task
+                // answers its caller through a oneshot, so its handle is not needed.
+                drop(f(pool.clone()));
+            }
+            Job::Commit(batch, done) => {
+                let mut size = batch.len();
+                let mut batches = vec![batch];
+                let mut waiters = vec![done];
+                while size < batch_max {
+                    match rx.try_recv() {
+                        Ok(Job::Commit(b, d)) => {
+                            size += b.len();
+                            batches.push(b);
+                            waiters.push(d);
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let started = Instant::now();
+                let results = commit(&pool, &batches).await;
+                metrics::histogram!(names::STORE_COMMIT_LATENCY)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!(names::STORE_BATCH_SIZE).record(size as f64);
+                for (w, r) in waiters.into_iter().zip(results) {
+                    if let Err(e) = &r {
+                        metrics::counter!(names::STORE_ERRORS).increment(1);
+                        tracing::warn!(cause = %e, "store batch refused");
+                    }
+                    let _ = w.send(r);
+                }
+            }
+        }
+    }
+}
+
+/// One transaction; a savepoint per batch so a fenced batch fails alone.
+async fn commit(pool: &Pool, batches: &[Vec<Mutation>]) -> Vec<Result<(), StoreError>> {
+    let all_fail = |e: StoreError| batches.iter().map(|_| Err(e.clone())).collect();
+    let mut client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => return all_fail(unavailable(e)),
+    };
+    let mut tx = match client.transaction().await {
+        Ok(t) => t,
+        Err(e) => return all_fail(unavailable(e)),
+    };
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let sp = match tx.savepoint("batch").await {
+            Ok(sp) => sp,
+            Err(e) => return all_fail(unavailable(e)),
+        };
+        match apply(&sp, batch).await {
+            Ok(()) => match sp.commit().await {
+                Ok(()) => results.push(Ok(())),
+                Err(e) => return all_fail(unavailable(e)),
+            },
+            Err(StoreError::Fenced(epoch)) => {
+                if let Err(e) = sp.rollback().await {
+                    return all_fail(unavailable(e));
+                }
+                results.push(Err(StoreError::Fenced(epoch)));
+            }
+            Err(e) => return all_fail(e),
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => results,
+        Err(e) => all_fail(unavailable(e)),
+    }
+}
+
+async fn apply(c: &impl GenericClient, batch: &[Mutation]) -> Result<(), StoreError> {
+    for m in batch {
+        match m {
+            Mutation::Room {
+                code,
+                seq,
+                state,
+                epoch,
+            } => {
+                let n = c
+                    .execute(
+                        "INSERT INTO rooms (code, seq, state, epoch) VALUES ($1, $2, COALESCE($3, '{}'::jsonb), $4) \
+                         ON CONFLICT (code) DO UPDATE SET seq = EXCLUDED.seq, \
+                         state = COALESCE($3, rooms.state), epoch = EXCLUDED.epoch, updated_at = now() \
+                         WHERE rooms.epoch <= EXCLUDED.epoch",
+                        &[code, &(*seq as i64), state, &(*epoch as i64)],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if n == 0 {
+                    return Err(StoreError::Fenced(*epoch));
+                }
+            }
+            Mutation::Chat { room, msg } => {
+                let json =
+                    serde_json::to_value(msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                c.execute(
+                    "INSERT INTO chat (room, id, ts, msg) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (room, id) DO UPDATE SET ts = EXCLUDED.ts, msg = EXCLUDED.msg",
+                    &[room, &(msg.id as i64), &(msg.ts as i64), &json],
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+            Mutation::Audit { room, entry } => {
+                c.execute(
+                    "INSERT INTO audit (room, ts, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
+                    &[room, &(entry.ts as i64), &entry.actor, &entry.action, &entry.detail],
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+            Mutation::Command { room, record } => {
+                c.execute(
+                    "INSERT INTO commands (room, user_id, id, reply, ts) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (room, user_id, id) DO UPDATE SET reply = EXCLUDED.reply, ts = EXCLUDED.ts",
+                    &[room, &record.user_id, &record.id, &record.reply, &(record.ts as i64)],
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+        }
+    }
+    Ok(())
+}
