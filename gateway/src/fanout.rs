@@ -274,6 +274,21 @@ impl GatewaySink for Fanout {
                     }
                 }
             }
+            ToGateway::RoomReset { room } => {
+                let members: Vec<(u64, Arc<ConnEntry>)> = self
+                    .rooms
+                    .read()
+                    .ok()
+                    .and_then(|m| {
+                        m.get(&room)
+                            .map(|c| c.iter().map(|(k, v)| (*k, v.clone())).collect())
+                    })
+                    .unwrap_or_default();
+                for (local, entry) in members {
+                    self.set_membership(local, &entry, Membership::Leave(room.clone()));
+                    entry.closer.close(close::RESTART);
+                }
+            }
             ToGateway::Evict { room, conns } => {
                 for conn in conns {
                     if let Some(entry) = self.local(conn) {

@@ -44,6 +44,11 @@ pub enum ToWorker {
         conn: ConnId,
         user_id: String,
     },
+    /// A gateway stopped heartbeating: every connection it held leaves the room.
+    GatewayGone {
+        room: String,
+        gateway: u64,
+    },
 }
 
 impl ToWorker {
@@ -51,7 +56,7 @@ impl ToWorker {
     pub fn room(&self) -> &str {
         match self {
             ToWorker::Command(env) => env.cmd.room().unwrap_or_default(),
-            ToWorker::ConnClosed { room, .. } => room,
+            ToWorker::ConnClosed { room, .. } | ToWorker::GatewayGone { room, .. } => room,
         }
     }
 }
@@ -65,7 +70,7 @@ pub enum Membership {
 }
 
 /// Worker → gateway. Frames are encoded once by the worker and shared by every recipient.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToGateway {
     /// The answer to one command: the ack or error first, then any replayed events. A
     /// membership change applies before the frames are queued, so the connection sees every
@@ -84,11 +89,17 @@ pub enum ToGateway {
         /// Server ms when the event was created, for the delivery latency histogram.
         created_ms: u64,
         frame: Arc<str>,
+        /// Gateways holding members of the room when the event was made: in a cluster the
+        /// event is published to these only (invariant 5).
+        gateways: Arc<[u64]>,
     },
     /// An unsequenced frame for some connections only (`signal`).
     Direct { conns: Vec<ConnId>, frame: Arc<str> },
-    /// The room closed these connections' membership without a command (room unloaded).
+    /// The room closed these connections' membership without a command (room reloaded).
     Evict { room: String, conns: Vec<ConnId> },
+    /// A worker (re)loaded the room after an owner change: every local member's socket is
+    /// closed with 1012 so its client rejoins with `since_seq`.
+    RoomReset { room: String },
 }
 
 /// HTTP reads and room creation, answered by the room's owner.

@@ -19,6 +19,7 @@ pub struct Config {
     pub room: RoomConfig,
     pub store: StoreConfig,
     pub tls: TlsConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// WebSocket and HTTP termination.
@@ -200,6 +201,46 @@ impl Default for StoreConfig {
     }
 }
 
+/// Cluster mode: separate gateway and worker processes over Redis, rooms in Postgres.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// Redis for the bus, shard leases and liveness.
+    pub redis_url: String,
+    /// Postgres for room state (workers only).
+    pub postgres_url: String,
+    /// Connections in a worker's Postgres pool.
+    pub postgres_pool: usize,
+    /// This node's name in logs and liveness keys; empty picks a random one.
+    pub node_id: String,
+    /// Virtual shards rooms are hashed onto; every node must agree.
+    pub shards: u32,
+    /// A shard lease expires this long after its owner's last renewal.
+    pub lease_ttl_ms: u64,
+    /// How often workers renew leases and every node heartbeats.
+    pub heartbeat_ms: u64,
+    /// A gateway silent this long is dead: its members leave presence.
+    pub gateway_timeout_ms: u64,
+    /// Where a worker serves /healthz, /readyz and /metrics.
+    pub worker_listen: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            postgres_url: "postgres://postgres@127.0.0.1:5432/lockstep".into(),
+            postgres_pool: 16,
+            node_id: String::new(),
+            shards: crate::shard::DEFAULT_SHARDS,
+            lease_ttl_ms: 3_000,
+            heartbeat_ms: 500,
+            gateway_timeout_ms: 5_000,
+            worker_listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
 /// TLS termination with rustls; both paths set turns it on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -303,6 +344,27 @@ impl Config {
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 16 {
             errs.push("auth.jwt_secret must be at least 16 bytes when set".into());
+        }
+        let c = &self.cluster;
+        if c.shards == 0 {
+            errs.push("cluster.shards must be at least 1".into());
+        }
+        if c.heartbeat_ms == 0 || c.lease_ttl_ms < 3 * c.heartbeat_ms {
+            errs.push("cluster.lease_ttl_ms must be at least 3 × cluster.heartbeat_ms (and heartbeat > 0)".into());
+        }
+        if c.gateway_timeout_ms < 2 * c.heartbeat_ms {
+            errs.push(
+                "cluster.gateway_timeout_ms must be at least 2 × cluster.heartbeat_ms".into(),
+            );
+        }
+        if c.worker_listen.parse::<SocketAddr>().is_err() {
+            errs.push(format!(
+                "cluster.worker_listen `{}` is not host:port",
+                c.worker_listen
+            ));
+        }
+        if c.postgres_pool == 0 {
+            errs.push("cluster.postgres_pool must be at least 1".into());
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             errs.push("tls.cert and tls.key must be set together".into());

@@ -7,12 +7,14 @@
 //!   (stable error codes).
 //! - `config`: the figment-layered configuration and its validation.
 //! - `bus`: envelopes between gateway and worker and the traits both sides implement.
+//! - `cluster`: Redis channel and key names, wire envelopes, rendezvous placement.
 //! - `store`: the persistence trait and its records.
 //! - `shard`: room → shard mapping.
 //! - `metrics`: every metric name the nodes export.
 //! - `ids`: room codes and user ids.
 
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod ids;
 pub mod metrics;

@@ -91,12 +91,15 @@ pub type CommitTicket = oneshot::Receiver<Result<(), StoreError>>;
 pub trait Store: Send + Sync + 'static {
     /// Queues a batch; the ticket resolves when it is committed.
     fn submit(&self, batch: Vec<Mutation>) -> CommitTicket;
-    /// Loads a room, or `None` if it was never created.
+    /// Loads a room, or `None` if it was never created. A store with fencing first claims
+    /// the room for `epoch`, so an older owner's later writes are refused; a room already
+    /// claimed by a newer epoch is `Fenced`.
     async fn load_room(
         &self,
         code: &str,
         chat_limit: usize,
         commands_since_ms: u64,
+        epoch: u64,
     ) -> Result<Option<LoadedRoom>, StoreError>;
     /// Chat history, newest first, ids below `before`.
     async fn chat_page(

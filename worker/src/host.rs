@@ -27,14 +27,36 @@ const STRIPES: u32 = 64;
 /// How long an HTTP query waits for its room.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Which rooms this worker may serve, and under which fencing epoch.
+pub trait Ownership: Send + Sync + 'static {
+    /// The lease epoch of the room's shard if this worker owns it now.
+    fn epoch(&self, room: &str) -> Option<u64>;
+}
+
+/// Embedded mode: one process owns every room, epoch 0.
+pub struct OwnsEverything;
+
+impl Ownership for OwnsEverything {
+    fn epoch(&self, _room: &str) -> Option<u64> {
+        Some(0)
+    }
+}
+
+/// A loaded room: its mailbox and its task.
+struct Slot {
+    tx: mpsc::Sender<RoomMsg>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// State shared by the host and its room actors.
 pub struct HostShared {
     pub(crate) cfg: RoomConfig,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) sink: Arc<dyn GatewaySink>,
     pub(crate) cancel: CancellationToken,
-    stripes: Vec<Mutex<HashMap<String, mpsc::Sender<RoomMsg>>>>,
+    stripes: Vec<Mutex<HashMap<String, Slot>>>,
     tracker: TaskTracker,
+    ownership: Arc<dyn Ownership>,
     /// Rooms loaded now, bounded by `room.max_loaded`.
     loaded: AtomicUsize,
 }
@@ -55,7 +77,7 @@ impl HostShared {
         }
     }
 
-    fn stripe(&self, code: &str) -> &Mutex<HashMap<String, mpsc::Sender<RoomMsg>>> {
+    fn stripe(&self, code: &str) -> &Mutex<HashMap<String, Slot>> {
         &self.stripes[shard_of(code, STRIPES) as usize]
     }
 }
@@ -67,11 +89,23 @@ pub struct Host {
 }
 
 impl Host {
+    /// A host that owns every room (embedded mode).
     pub fn new(
         cfg: RoomConfig,
         store: Arc<dyn Store>,
         sink: Arc<dyn GatewaySink>,
         cancel: CancellationToken,
+    ) -> Host {
+        Host::with_ownership(cfg, store, sink, cancel, Arc::new(OwnsEverything))
+    }
+
+    /// A host that serves only the rooms `ownership` grants (cluster mode).
+    pub fn with_ownership(
+        cfg: RoomConfig,
+        store: Arc<dyn Store>,
+        sink: Arc<dyn GatewaySink>,
+        cancel: CancellationToken,
+        ownership: Arc<dyn Ownership>,
     ) -> Host {
         Host {
             shared: Arc::new(HostShared {
@@ -82,6 +116,7 @@ impl Host {
                 stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
                 tracker: TaskTracker::new(),
                 loaded: AtomicUsize::new(0),
+                ownership,
             }),
         }
     }
@@ -99,6 +134,12 @@ impl Host {
             .lock()
             .map_err(|_| Refusal::new(ErrorCode::Internal, "room map poisoned"))?;
         if !map.contains_key(code) {
+            let Some(epoch) = shared.ownership.epoch(code) else {
+                return Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    "this worker does not own the room right now; retry",
+                ));
+            };
             if shared.loaded.load(Ordering::SeqCst) >= shared.cfg.max_loaded {
                 return Err(Refusal::new(
                     ErrorCode::Unavailable,
@@ -107,11 +148,11 @@ impl Host {
             }
             shared.loaded.fetch_add(1, Ordering::SeqCst);
             let (tx, rx) = mpsc::channel(shared.cfg.mailbox);
-            let task = room_actor::run(code.to_owned(), shared.clone(), rx);
-            shared.tracker.spawn(task);
-            map.insert(code.to_owned(), tx);
+            let task = room_actor::run(code.to_owned(), epoch, shared.clone(), rx);
+            let task = shared.tracker.spawn(task);
+            map.insert(code.to_owned(), Slot { tx, task });
         }
-        let Some(tx) = map.get(code) else {
+        let Some(tx) = map.get(code).map(|s| &s.tx) else {
             return Err(Refusal::new(ErrorCode::Internal, "room vanished"));
         };
         match tx.try_send(msg) {
@@ -130,6 +171,33 @@ impl Host {
                 ))
             }
         }
+    }
+
+    /// Stops the rooms `matches` selects: their mailboxes close, each finishes what it has
+    /// queued and released. Await the handles before giving the rooms to another owner.
+    pub fn unload_where(&self, matches: impl Fn(&str) -> bool) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for stripe in &self.shared.stripes {
+            let Ok(mut map) = stripe.lock() else { continue };
+            let codes: Vec<String> = map.keys().filter(|c| matches(c)).cloned().collect();
+            for code in codes {
+                if let Some(slot) = map.remove(&code) {
+                    self.shared.loaded.fetch_sub(1, Ordering::SeqCst);
+                    tasks.push(slot.task);
+                }
+            }
+        }
+        tasks
+    }
+
+    /// Codes of the rooms loaded now.
+    pub fn loaded_rooms(&self) -> Vec<String> {
+        self.shared
+            .stripes
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|m| m.keys().cloned().collect::<Vec<_>>()))
+            .flatten()
+            .collect()
     }
 
     /// Stops every room after its in-flight writes are released, then flushes the store.

@@ -10,6 +10,7 @@ use lockstep_shared::bus::{Membership, Query, ToGateway, ToWorker};
 use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{error_frame, ClientCommand, ErrorCode};
+use lockstep_shared::store::Mutation;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
@@ -39,6 +40,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 struct Actor {
     code: String,
+    /// The shard lease epoch this actor writes under (0 in embedded mode).
+    epoch: u64,
     host: Arc<HostShared>,
     state: State,
     releaser: mpsc::Sender<Pending>,
@@ -47,13 +50,14 @@ struct Actor {
 }
 
 /// Runs the room until shutdown, retirement or a closed mailbox.
-pub async fn run(code: String, host: Arc<HostShared>, rx: mpsc::Receiver<RoomMsg>) {
+pub async fn run(code: String, epoch: u64, host: Arc<HostShared>, rx: mpsc::Receiver<RoomMsg>) {
     let span = tracing::info_span!("room", room = %code);
     async move {
         metrics::gauge!(names::WORKER_ROOMS_ACTIVE).increment(1.0);
         let (releaser, releaser_task, poisoned) = start_releaser(&host);
         let mut actor = Actor {
             code,
+            epoch,
             host,
             state: State::Missing,
             releaser,
@@ -94,13 +98,18 @@ impl Actor {
         match self
             .host
             .store
-            .load_room(&self.code, self.host.cfg.chat_snapshot, since)
+            .load_room(&self.code, self.host.cfg.chat_snapshot, since, self.epoch)
             .await
         {
             Ok(None) => State::Missing,
             Ok(Some(loaded)) => match Room::restore(self.host.cfg.clone(), loaded, now_ms()) {
                 Ok(room) => {
                     metrics::counter!(names::WORKER_ROOM_LOADS).increment(1);
+                    // Members connected through an earlier owner are not present here:
+                    // their gateways close them (1012) so the clients rejoin by seq.
+                    self.host.sink.deliver(ToGateway::RoomReset {
+                        room: self.code.clone(),
+                    });
                     State::Loaded(Box::new(room))
                 }
                 Err(e) => {
@@ -205,7 +214,7 @@ impl Actor {
                 };
                 self.release(out, None).await;
             }
-            (_, RoomMsg::Gateway(ToWorker::ConnClosed { .. })) => {}
+            (_, RoomMsg::Gateway(ToWorker::ConnClosed { .. } | ToWorker::GatewayGone { .. })) => {}
             (state, RoomMsg::Query(_, reply)) => {
                 let refusal = match state {
                     State::Failed => {
@@ -248,7 +257,13 @@ impl Actor {
                 metrics::counter!(names::WORKER_EVENTS).increment(1);
             }
         }
-        let ticket = (!out.mutations.is_empty()).then(|| self.host.store.submit(out.mutations));
+        let mut mutations = out.mutations;
+        for m in &mut mutations {
+            if let Mutation::Room { epoch, .. } = m {
+                *epoch = self.epoch;
+            }
+        }
+        let ticket = (!mutations.is_empty()).then(|| self.host.store.submit(mutations));
         let pending = Pending {
             ticket,
             deliveries: out.deliveries,

@@ -73,7 +73,7 @@ async fn conformance(store: Arc<dyn Store>) {
         epoch: 0,
     };
     assert_eq!(store.submit(vec![seq_only]).await.unwrap(), Ok(()));
-    let loaded = store.load_room("r", 5, 0).await.unwrap().unwrap();
+    let loaded = store.load_room("r", 5, 0, 0).await.unwrap().unwrap();
     assert_eq!(loaded.record.seq, 4);
     assert_eq!(loaded.record.state, json!({"v": 3}));
     assert_eq!(
@@ -82,7 +82,7 @@ async fn conformance(store: Arc<dyn Store>) {
     );
     assert_eq!(loaded.commands.len(), 1);
     assert!(store
-        .load_room("r", 5, 11)
+        .load_room("r", 5, 11, 0)
         .await
         .unwrap()
         .unwrap()
@@ -95,7 +95,7 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].detail, json!({"a": 1}));
     assert!(audit[0].id > 0);
-    assert_eq!(store.load_room("missing", 5, 0).await.unwrap(), None);
+    assert_eq!(store.load_room("missing", 5, 0, 0).await.unwrap(), None);
 
     // Many batches submitted at once all commit, and a read queued after them sees them all.
     let tickets: Vec<_> = (0..200u64)
@@ -109,7 +109,7 @@ async fn conformance(store: Arc<dyn Store>) {
             ])
         })
         .collect();
-    let read = store.load_room("g", 500, 0);
+    let read = store.load_room("g", 500, 0, 0);
     let loaded = read.await.unwrap().unwrap();
     assert_eq!(loaded.record.seq, 200, "read ordered after earlier submits");
     assert_eq!(loaded.chat.len(), 200);
@@ -154,7 +154,7 @@ async fn postgres_store_conforms() {
     let again = open_pg(pg.url()).await;
     assert_eq!(
         again
-            .load_room("r", 5, 0)
+            .load_room("r", 5, 0, 0)
             .await
             .unwrap()
             .unwrap()
@@ -181,7 +181,7 @@ async fn postgres_refuses_writes_from_a_stale_owner() {
     let other = store.submit(vec![room("o", 1, 1)]);
     assert_eq!(stale.await.unwrap(), Err(StoreError::Fenced(4)));
     assert_eq!(other.await.unwrap(), Ok(()));
-    let loaded = store.load_room("f", 10, 0).await.unwrap().unwrap();
+    let loaded = store.load_room("f", 10, 0, 5).await.unwrap().unwrap();
     assert_eq!(loaded.record.seq, 1);
     assert!(loaded.chat.is_empty());
     // The current owner and newer ones write.
@@ -219,7 +219,7 @@ async fn postgres_outage_fails_writes_then_recovers() {
     assert!(recovered, "writes resume after Postgres returns");
     assert_eq!(
         store
-            .load_room("x", 1, 0)
+            .load_room("x", 1, 0, 0)
             .await
             .unwrap()
             .unwrap()

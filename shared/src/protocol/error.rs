@@ -51,7 +51,7 @@ impl ErrorCode {
 }
 
 /// A refused command: the code plus a human-readable message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,

@@ -105,6 +105,8 @@ pub struct Room {
     out: Output,
     dirty: bool,
     seq_at_step_start: u64,
+    /// Gateways holding members; `None` after membership changed.
+    gateway_cache: Option<Arc<[u64]>>,
 }
 
 impl Room {
@@ -173,6 +175,7 @@ impl Room {
             out: Output::default(),
             dirty: false,
             seq_at_step_start: seq,
+            gateway_cache: None,
         }
     }
 
@@ -202,6 +205,21 @@ impl Room {
             .collect()
     }
 
+    /// The gateways holding members, recomputed only when membership changed.
+    fn gateways(&mut self) -> Arc<[u64]> {
+        if let Some(g) = &self.gateway_cache {
+            return g.clone();
+        }
+        let set: BTreeSet<u64> = self
+            .members
+            .values()
+            .flat_map(|m| m.conns.iter().map(|c| c.gateway))
+            .collect();
+        let g: Arc<[u64]> = set.into_iter().collect();
+        self.gateway_cache = Some(g.clone());
+        g
+    }
+
     /// The earliest time `tick` has something to do.
     pub fn next_deadline(&self) -> Option<u64> {
         match (self.ready_deadline, self.ad_resume_at) {
@@ -215,6 +233,7 @@ impl Room {
         match msg {
             ToWorker::Command(env) => self.command(now, env),
             ToWorker::ConnClosed { conn, user_id, .. } => self.leave_conn(now, &user_id, conn),
+            ToWorker::GatewayGone { gateway, .. } => self.drop_gateway(now, gateway),
         }
         self.run_timers(now);
         self.finish()
@@ -446,11 +465,13 @@ impl Room {
             self.cfg.history_max,
             self.cfg.history_ttl_ms,
         );
+        let gateways = self.gateways();
         self.out.deliveries.push(ToGateway::RoomEvent {
             room: self.code.clone(),
             seq: self.seq,
             created_ms: now,
             frame,
+            gateways,
         });
         self.seq
     }

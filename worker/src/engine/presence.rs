@@ -19,6 +19,7 @@ impl Room {
     /// joins silently. With `since_seq` covered by history, the missed events are replayed.
     pub(super) fn join(&mut self, now: u64, caller: &Caller, since_seq: Option<u64>) -> Handled {
         let code = self.code.to_string();
+        self.gateway_cache = None;
         match self.members.get_mut(&caller.user_id) {
             Some(member) => {
                 member.conns.insert(caller.conn);
@@ -61,7 +62,11 @@ impl Room {
         let Some(member) = self.members.get_mut(user_id) else {
             return;
         };
-        if !member.conns.remove(&conn) || !member.conns.is_empty() {
+        if !member.conns.remove(&conn) {
+            return;
+        }
+        self.gateway_cache = None;
+        if !member.conns.is_empty() {
             return;
         }
         self.members.remove(user_id);
@@ -73,6 +78,23 @@ impl Room {
         );
         self.maybe_end_ad_pause(now);
         self.check_ready_gate(now);
+    }
+
+    /// Every connection of a dead gateway leaves.
+    pub(super) fn drop_gateway(&mut self, now: u64, gateway: u64) {
+        let gone: Vec<(String, ConnId)> = self
+            .members
+            .iter()
+            .flat_map(|(user, m)| {
+                m.conns
+                    .iter()
+                    .filter(|c| c.gateway == gateway)
+                    .map(move |c| (user.clone(), *c))
+            })
+            .collect();
+        for (user, conn) in gone {
+            self.leave_conn(now, &user, conn);
+        }
     }
 
     pub(super) fn set_ready(&mut self, now: u64, caller: &Caller, ready: bool) -> Handled {

@@ -111,17 +111,26 @@ impl Store for PostgresStore {
         code: &str,
         chat_limit: usize,
         commands_since_ms: u64,
+        epoch: u64,
     ) -> Result<Option<LoadedRoom>, StoreError> {
         let code = code.to_owned();
         self.read(move |pool| async move {
             let client = pool.get().await.map_err(unavailable)?;
+            // Claim: from now on writes from older epochs are refused.
             let Some(row) = client
-                .query_opt("SELECT seq, state FROM rooms WHERE code = $1", &[&code])
+                .query_opt(
+                    "UPDATE rooms SET epoch = GREATEST(epoch, $2) WHERE code = $1 RETURNING seq, state, epoch",
+                    &[&code, &(epoch as i64)],
+                )
                 .await
                 .map_err(unavailable)?
             else {
                 return Ok(None);
             };
+            let claimed: i64 = row.get(2);
+            if claimed > epoch as i64 {
+                return Err(StoreError::Fenced(epoch));
+            }
             let seq: i64 = row.get(0);
             let state: Value = row.get(1);
             let rows = client

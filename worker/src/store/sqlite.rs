@@ -116,7 +116,9 @@ impl Store for SqliteStore {
         code: &str,
         chat_limit: usize,
         commands_since_ms: u64,
+        _epoch: u64,
     ) -> Result<Option<LoadedRoom>, StoreError> {
+        // One process owns every room in embedded mode: nothing to fence.
         let code = code.to_owned();
         self.read(move |conn| load_room(conn, &code, chat_limit, commands_since_ms))
             .await
@@ -505,7 +507,7 @@ mod tests {
                 .ok(),
             Some(Ok(()))
         );
-        let loaded = store.load_room("r", 5, 0).await.ok().flatten();
+        let loaded = store.load_room("r", 5, 0, 0).await.ok().flatten();
         let Some(loaded) = loaded else {
             panic!("room missing")
         };
@@ -520,14 +522,14 @@ mod tests {
         let page = store.chat_page("r", Some(28), 2).await.unwrap_or_default();
         assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![27, 26]);
         assert_eq!(store.audit("r", 10).await.map(|a| a.len()), Ok(1));
-        assert_eq!(store.load_room("nope", 5, 0).await, Ok(None));
+        assert_eq!(store.load_room("nope", 5, 0, 0).await, Ok(None));
         drop(store);
         // Reopen: migrations are idempotent and data persists.
         let again = SqliteStore::open(&path, options());
         let Ok(again) = again else {
             panic!("reopen failed")
         };
-        assert!(again.load_room("r", 5, 0).await.ok().flatten().is_some());
+        assert!(again.load_room("r", 5, 0, 0).await.ok().flatten().is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

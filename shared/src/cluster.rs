@@ -1,0 +1,124 @@
+//! What cluster nodes say to each other over Redis: channel and key names, and the
+//! envelopes on the shard and gateway channels. JSON on the wire, so an operator can
+//! `redis-cli SUBSCRIBE` and read it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::bus::{Query, ToGateway, ToWorker};
+use crate::protocol::error::Refusal;
+
+/// Commands and queries for the rooms of one shard; its owner subscribes.
+pub fn shard_channel(shard: u32) -> String {
+    format!("ls:shard:{shard}")
+}
+
+/// Replies, room events and answers for one gateway.
+pub fn gateway_channel(gateway: u64) -> String {
+    format!("ls:gw:{gateway}")
+}
+
+/// Messages for every gateway (room resets after an owner change).
+pub const ALL_GATEWAYS_CHANNEL: &str = "ls:gw:all";
+/// Live workers: member = worker id, score = last heartbeat (ms).
+pub const WORKERS_KEY: &str = "ls:workers";
+/// Live gateways: member = gateway id, score = last heartbeat (ms).
+pub const GATEWAYS_KEY: &str = "ls:gateways";
+
+/// The lease on a shard: value `"<worker>:<epoch>"`, set with NX and a TTL.
+pub fn lease_key(shard: u32) -> String {
+    format!("ls:lease:{shard}")
+}
+
+/// The shard's fencing epoch counter (INCR on every acquisition).
+pub fn epoch_key(shard: u32) -> String {
+    format!("ls:epoch:{shard}")
+}
+
+/// On a shard channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToShard {
+    Gateway(ToWorker),
+    Query {
+        req: u64,
+        gateway: u64,
+        room: String,
+        query: Query,
+    },
+}
+
+/// On a gateway channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToGatewayWire {
+    Msg(ToGateway),
+    Answer {
+        req: u64,
+        result: Result<Value, Refusal>,
+    },
+}
+
+/// Rendezvous (highest random weight) score: the live worker with the highest score for a
+/// shard owns it, so a joining or leaving worker moves only its share of shards.
+pub fn rendezvous_score(worker: &str, shard: u32) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in worker.as_bytes().iter().chain(shard.to_le_bytes().iter()) {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Finalizer (splitmix64) so nearby shard numbers spread.
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
+/// The worker that should own `shard` among `live` workers.
+pub fn owner_of<'a>(live: &'a [String], shard: u32) -> Option<&'a str> {
+    live.iter()
+        .max_by_key(|w| (rendezvous_score(w, shard), w.as_str()))
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_moves_only_a_share_of_shards() {
+        let two: Vec<String> = vec!["w1".into(), "w2".into()];
+        let three: Vec<String> = vec!["w1".into(), "w2".into(), "w3".into()];
+        let mut moved = 0;
+        let mut to_w3 = 0;
+        for shard in 0..1024 {
+            let a = owner_of(&two, shard);
+            let b = owner_of(&three, shard);
+            if a != b {
+                moved += 1;
+                if b == Some("w3") {
+                    to_w3 += 1;
+                }
+            }
+        }
+        assert_eq!(moved, to_w3, "shards only move to the new worker");
+        assert!((250..450).contains(&moved), "about a third moves: {moved}");
+    }
+
+    #[test]
+    fn envelopes_round_trip() {
+        let msg = ToShard::Query {
+            req: 7,
+            gateway: 9,
+            room: "r".into(),
+            query: Query::Snapshot,
+        };
+        let text = serde_json::to_string(&msg).unwrap_or_default();
+        let back: Result<ToShard, _> = serde_json::from_str(&text);
+        assert!(matches!(
+            back,
+            Ok(ToShard::Query {
+                req: 7,
+                gateway: 9,
+                ..
+            })
+        ));
+    }
+}
