@@ -72,7 +72,7 @@ pub fn rendezvous_score(worker: &str, shard: u32) -> u64 {
 }
 
 /// The worker that should own `shard` among `live` workers.
-pub fn owner_of<'a>(live: &'a [String], shard: u32) -> Option<&'a str> {
+pub fn owner_of(live: &[String], shard: u32) -> Option<&str> {
     live.iter()
         .max_by_key(|w| (rendezvous_score(w, shard), w.as_str()))
         .map(String::as_str)
