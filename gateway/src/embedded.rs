@@ -24,12 +24,20 @@ use crate::telemetry::metrics_handle;
 /// How long clients get to see `server.draining` before their sockets close.
 const DRAIN_NOTICE: Duration = Duration::from_millis(500);
 
-/// A running embedded node.
+/// What stands behind the gateway.
+enum Backend {
+    /// Rooms in this process.
+    Embedded(Host),
+    /// Rooms on workers over Redis; cancelling stops the bus tasks.
+    Cluster(CancellationToken),
+}
+
+/// A running node (embedded, or a cluster gateway).
 pub struct Running {
     pub addr: SocketAddr,
     pub tls: bool,
     state: Arc<AppState>,
-    host: Host,
+    backend: Backend,
     stop_accepting: CancellationToken,
     accept_task: tokio::task::JoinHandle<()>,
 }
@@ -55,17 +63,49 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         fanout.clone(),
         CancellationToken::new(),
     );
-    let tls = match (&cfg.tls.cert, &cfg.tls.key) {
-        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
-        _ => None,
-    };
-    let state = Arc::new(AppState::new(
+    let state = AppState::new(
         cfg.clone(),
         Auth::new(&secret),
         fanout,
         Arc::new(host.clone()),
         metrics_handle(),
-    ));
+    );
+    tracing::info!(store = %cfg.store.path.display(), "embedded mode: gateway and worker in one process");
+    serve(state, Backend::Embedded(host)).await
+}
+
+/// Starts a cluster gateway: rooms live on workers reached through Redis.
+pub async fn start_gateway(cfg: Config) -> anyhow::Result<Running> {
+    cfg.validate()?;
+    if cfg.auth.jwt_secret.is_empty() {
+        anyhow::bail!("auth.jwt_secret must be set in cluster mode (every gateway must share it)");
+    }
+    let cfg = Arc::new(cfg);
+    let fanout = Arc::new(Fanout::new(rand::random::<u64>() >> 1));
+    let bus = CancellationToken::new();
+    let link = crate::cluster::RedisLink::start(&cfg.cluster, fanout.clone(), bus.clone()).await?;
+    let connected = link.connected.clone();
+    let mut state = AppState::new(
+        cfg.clone(),
+        Auth::new(cfg.auth.jwt_secret.as_bytes()),
+        fanout.clone(),
+        Arc::new(link),
+        metrics_handle(),
+    );
+    state.not_ready = Arc::new(move || {
+        (!connected.load(Ordering::SeqCst)).then(|| "redis unreachable".to_owned())
+    });
+    tracing::info!(gateway = fanout.gateway_id(), "cluster gateway");
+    serve(state, Backend::Cluster(bus)).await
+}
+
+async fn serve(state: AppState, backend: Backend) -> anyhow::Result<Running> {
+    let cfg = state.cfg.clone();
+    let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(c), Some(k)) => Some(tls_acceptor(c, k)?),
+        _ => None,
+    };
+    let state = Arc::new(state);
     let listener = TcpListener::bind(cfg.listen_addr()?)
         .await
         .with_context(|| format!("bind {}", cfg.gateway.listen))?;
@@ -78,12 +118,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tls,
         stop_accepting.clone(),
     ));
-    tracing::info!(%addr, tls = is_tls, store = %cfg.store.path.display(), version = env!("CARGO_PKG_VERSION"), "lockstep listening (embedded mode)");
+    tracing::info!(%addr, tls = is_tls, version = env!("CARGO_PKG_VERSION"), "lockstep listening");
     Ok(Running {
         addr,
         tls: is_tls,
         state,
-        host,
+        backend,
         stop_accepting,
         accept_task,
     })
@@ -105,7 +145,14 @@ impl Running {
                 .broadcast(Arc::from(draining_frame(grace_ms)));
             tokio::time::sleep(DRAIN_NOTICE.min(grace / 2)).await;
             self.state.fanout.close_all(close::GOING_AWAY);
-            self.host.shutdown().await;
+            match &self.backend {
+                Backend::Embedded(host) => host.shutdown().await,
+                Backend::Cluster(bus) => {
+                    // Let the closed sockets report their rooms before the bus stops.
+                    tokio::time::sleep(DRAIN_NOTICE.min(grace / 4)).await;
+                    bus.cancel();
+                }
+            }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!(

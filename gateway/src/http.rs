@@ -80,6 +80,12 @@ async fn dispatch(
         (Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok")),
         (Method::GET, ["readyz"]) => Ok(if state.is_draining() {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        } else if let Some(why) = (state.not_ready)() {
+            Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .header(CONTENT_TYPE, "text/plain")
+                .body(Full::new(Bytes::from(why)))
+                .unwrap_or_default()
         } else {
             text(StatusCode::OK, "ready")
         }),

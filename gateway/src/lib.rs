@@ -1,7 +1,9 @@
 //! The gateway: WebSocket and HTTP termination, auth, limits, fan-out to local sockets.
 //!
 //! # Layout
-//! - `embedded`: wires gateway + worker + SQLite into one node and shuts it down gracefully.
+//! - `embedded`: wires gateway + worker + SQLite into one node (or a cluster gateway onto the
+//!   Redis bus) and shuts it down gracefully.
+//! - `cluster`: the gateway side of the Redis bus.
 //! - `server`: accept loop, TLS, per-IP limiting.
 //! - `http`: REST API, health, metrics, upgrade.
 //! - `conn`: one WebSocket connection (reader, writer, ping/pong).
@@ -12,6 +14,7 @@
 //! - `telemetry`: Prometheus recorder and tracing setup.
 
 pub mod auth;
+pub mod cluster;
 mod conn;
 pub mod embedded;
 pub mod fanout;
@@ -19,4 +22,5 @@ mod http;
 pub mod limits;
 mod server;
 pub mod state;
-pub mod telemetry;
+/// Telemetry lives in the worker crate so both binaries share one recorder setup.
+pub use lockstep_worker::telemetry;

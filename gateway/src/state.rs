@@ -21,6 +21,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Set once shutdown starts: `/readyz` fails and new sockets are refused.
     pub draining: AtomicBool,
+    /// Why the node is not ready (a dependency is down), if it is not.
+    pub not_ready: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     next_conn: AtomicU64,
 }
 
@@ -44,6 +46,7 @@ impl AppState {
             ip_limiter,
             metrics,
             draining: AtomicBool::new(false),
+            not_ready: Arc::new(|| None),
             next_conn: AtomicU64::new(1),
         }
     }

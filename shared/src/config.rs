@@ -249,6 +249,38 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
+/// Command-line flags every Lockstep binary takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cli {
+    /// `--config <file>`; default `lockstep.toml` (optional file).
+    pub config: PathBuf,
+    /// `--check-config`: validate, print the effective config, exit.
+    pub check_only: bool,
+    /// `--help`.
+    pub help: bool,
+}
+
+impl Cli {
+    /// Parses the flags (without the program name).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Cli, String> {
+        let mut cli = Cli {
+            config: PathBuf::from("lockstep.toml"),
+            check_only: false,
+            help: false,
+        };
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--config" => cli.config = args.next().ok_or("--config needs a file")?.into(),
+                "--check-config" => cli.check_only = true,
+                "-h" | "--help" => cli.help = true,
+                other => return Err(format!("unknown argument `{other}` (try --help)")),
+            }
+        }
+        Ok(cli)
+    }
+}
+
 /// Why a configuration could not be loaded or is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

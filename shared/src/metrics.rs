@@ -41,6 +41,19 @@ pub const STORE_BATCH_SIZE: &str = "lockstep_store_batch_mutations";
 /// Failed commits.
 pub const STORE_ERRORS: &str = "lockstep_store_errors_total";
 
+/// Messages published to Redis.
+pub const BUS_PUBLISHED: &str = "lockstep_bus_published_total";
+/// Messages that could not be published (queue full or Redis error).
+pub const BUS_DROPPED: &str = "lockstep_bus_dropped_total";
+/// Messages received from Redis pub/sub.
+pub const BUS_RECEIVED: &str = "lockstep_bus_received_total";
+/// Shard leases this worker holds (gauge).
+pub const LEASE_OWNED: &str = "lockstep_lease_owned_shards";
+/// Shard leases acquired (after a failover or a handoff).
+pub const LEASE_ACQUIRED: &str = "lockstep_lease_acquired_total";
+/// Shard leases lost (renewal failed) or released (handoff), label `how`.
+pub const LEASE_DROPPED: &str = "lockstep_lease_dropped_total";
+
 /// Every exported name, for the dashboard and alert-rule checks.
 pub const ALL: &[&str] = &[
     GATEWAY_CONNECTIONS,
@@ -61,4 +74,10 @@ pub const ALL: &[&str] = &[
     STORE_COMMIT_LATENCY,
     STORE_BATCH_SIZE,
     STORE_ERRORS,
+    BUS_PUBLISHED,
+    BUS_DROPPED,
+    BUS_RECEIVED,
+    LEASE_OWNED,
+    LEASE_ACQUIRED,
+    LEASE_DROPPED,
 ];

@@ -64,6 +64,9 @@ fn metric_names_follow_the_convention() {
     for name in ALL {
         assert!(name.starts_with("lockstep_"), "{name}");
         let area = name.split('_').nth(1).unwrap();
-        assert!(["gateway", "worker", "store"].contains(&area), "{name}");
+        assert!(
+            ["gateway", "worker", "store", "bus", "lease"].contains(&area),
+            "{name}"
+        );
     }
 }

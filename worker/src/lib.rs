@@ -8,12 +8,16 @@
 //! - `host`: the room registry, the worker side of the bus.
 //! - `store/`: the embedded SQLite store.
 //! - `clock`: the wall clock, read only by the shell.
+//! - `telemetry`: the Prometheus recorder and tracing setup shared by every binary.
+//! - `cluster/`: cluster mode: Redis bus, shard leases, the worker node and its health server.
 
 pub mod clock;
+pub mod cluster;
 pub mod engine;
 pub mod host;
 mod releaser;
 mod room_actor;
 pub mod store;
+pub mod telemetry;
 
 pub use host::Host;

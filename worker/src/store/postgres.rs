@@ -21,6 +21,9 @@ mod embedded {
     refinery::embed_migrations!("migrations/postgres");
 }
 
+/// Advisory lock key held while migrating ("lockstep" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6c6f_636b_7374_6570;
+
 /// Jobs waiting for the writer; submitters get `unavailable` when it is full.
 const QUEUE_CAPACITY: usize = 8_192;
 
@@ -34,6 +37,7 @@ enum Job {
 /// Handle to the Postgres writer; cheap to share.
 pub struct PostgresStore {
     jobs: mpsc::Sender<Job>,
+    pool: Pool,
 }
 
 /// Settings for the Postgres store.
@@ -44,8 +48,17 @@ pub struct PostgresOptions {
     pub batch_max: usize,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// The error with its causes: tokio-postgres puts the server's message in the source.
+fn unavailable(e: impl std::fmt::Display + std::fmt::Debug) -> StoreError {
+    let debug = format!("{e:?}");
+    let text = e.to_string();
+    let detail = debug
+        .split("message: \"")
+        .nth(1)
+        .and_then(|m| m.split('"').next())
+        .map(|m| format!("{text}: {m}"))
+        .unwrap_or(text);
+    StoreError::Unavailable(detail)
 }
 
 impl PostgresStore {
@@ -60,14 +73,27 @@ impl PostgresStore {
         {
             let mut client = pool.get().await.map_err(unavailable)?;
             let client: &mut tokio_postgres::Client = &mut client;
-            embedded::migrations::runner()
-                .run_async(client)
+            // Workers starting together must not migrate concurrently.
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
                 .await
-                .map_err(|e| StoreError::Corrupt(format!("migration failed: {e}")))?;
+                .map_err(unavailable)?;
+            let migrated = embedded::migrations::runner().run_async(client).await;
+            let _ = client
+                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+                .await;
+            migrated.map_err(|e| StoreError::Corrupt(format!("migration failed: {e}")))?;
         }
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(writer(pool, rx, options.batch_max.max(1)));
-        Ok(PostgresStore { jobs: tx })
+        tokio::spawn(writer(pool.clone(), rx, options.batch_max.max(1)));
+        Ok(PostgresStore { jobs: tx, pool })
+    }
+
+    /// One round trip to the server, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        client.simple_query("SELECT 1").await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
@@ -85,8 +111,9 @@ impl PostgresStore {
         self.jobs
             .send(Job::Read(job))
             .await
-            .map_err(|_| unavailable("store writer stopped"))?;
-        rx.await.map_err(|_| unavailable("store writer stopped"))?
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
     }
 }
 
@@ -100,7 +127,7 @@ impl Store for PostgresStore {
                 mpsc::error::TrySendError::Closed(job) => (job, "store writer stopped"),
             };
             if let Job::Commit(_, tx) = job {
-                let _ = tx.send(Err(unavailable(reason)));
+                let _ = tx.send(Err(StoreError::Unavailable(reason.into())));
             }
         }
         rx

@@ -1,0 +1,9 @@
+//! Cluster mode for workers: Redis pub/sub bus, shard leases with fencing epochs, the
+//! worker node, and its health endpoint. Gateways reuse `publisher` and `subscriber`.
+
+pub mod health;
+pub mod leases;
+pub mod node;
+pub mod publisher;
+pub mod sink;
+pub mod subscriber;

@@ -1,0 +1,306 @@
+//! A worker node: owns shards by lease, subscribes to their channels, runs their rooms
+//! against Postgres, publishes replies and events to gateways, drops the presence of dead
+//! gateways, and hands its shards off on shutdown.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lockstep_shared::bus::{GatewaySink, ToGateway, ToWorker, WorkerLink};
+use lockstep_shared::cluster::{
+    gateway_channel, shard_channel, ToGatewayWire, ToShard, GATEWAYS_KEY,
+};
+use lockstep_shared::config::Config;
+use lockstep_shared::metrics as names;
+use lockstep_shared::protocol::error_frame;
+use lockstep_shared::shard::shard_of;
+use lockstep_shared::store::Store;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::leases::{self, LeaseEvent, Leases};
+use super::publisher::Publisher;
+use super::sink::RedisSink;
+use super::{health, subscriber};
+use crate::clock::now_ms;
+use crate::host::Host;
+use crate::store::postgres::{PostgresOptions, PostgresStore};
+
+/// Messages from shard channels waiting to be routed to rooms.
+const INBOX: usize = 65_536;
+
+/// Runs a worker until `shutdown` fires, then hands its shards off.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cc = cfg.cluster.clone();
+    let node = if cc.node_id.is_empty() {
+        format!(
+            "w-{}",
+            lockstep_shared::ids::id_from_random(&rand::random::<[u8; 8]>())
+        )
+    } else {
+        cc.node_id.clone()
+    };
+    let client = redis::Client::open(cc.redis_url.as_str()).context("redis url")?;
+    let conn = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .context("connect to redis")?;
+    let publisher = Publisher::spawn(conn);
+    let pool = deadpool_redis::Config::from_url(cc.redis_url.clone())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .context("redis pool")?;
+    let store = Arc::new(open_store(&cfg).await?);
+    let leases = Arc::new(Leases::new(node.clone(), cc.shards));
+    let sink: Arc<dyn GatewaySink> = Arc::new(RedisSink::new(publisher.clone()));
+    let rooms_cancel = CancellationToken::new();
+    let host = Host::with_ownership(
+        cfg.room.clone(),
+        store.clone() as Arc<dyn Store>,
+        sink,
+        rooms_cancel.clone(),
+        leases.clone(),
+    );
+    let background = CancellationToken::new();
+
+    // Shard channel messages → rooms.
+    let (inbox_tx, inbox_rx) = mpsc::channel::<Vec<u8>>(INBOX);
+    let redis_up = Arc::new(AtomicBool::new(false));
+    let subs = subscriber::spawn(
+        client.clone(),
+        Vec::new(),
+        move |_, payload| {
+            metrics::counter!(names::BUS_RECEIVED).increment(1);
+            if inbox_tx.try_send(payload).is_err() {
+                metrics::counter!(names::BUS_DROPPED).increment(1);
+            }
+        },
+        redis_up.clone(),
+        background.clone(),
+    );
+    tokio::spawn(dispatch(inbox_rx, host.clone(), publisher.clone()));
+
+    // Leases → subscriptions and room unloads.
+    let (ev_tx, mut ev_rx) = mpsc::channel(4_096);
+    tokio::spawn(leases::run(
+        leases.clone(),
+        pool.clone(),
+        cc.clone(),
+        ev_tx,
+        background.clone(),
+    ));
+    {
+        let (host, subs, leases, pool) = (host.clone(), subs.clone(), leases.clone(), pool.clone());
+        let shards = cc.shards;
+        tokio::spawn(async move {
+            while let Some(ev) = ev_rx.recv().await {
+                match ev {
+                    LeaseEvent::Acquired(shard, epoch) => {
+                        tracing::info!(shard, epoch, "shard acquired");
+                        subs.subscribe(shard_channel(shard)).await;
+                    }
+                    LeaseEvent::Lost(shard) => {
+                        subs.unsubscribe(shard_channel(shard)).await;
+                        drop(host.unload_where(|room| shard_of(room, shards) == shard));
+                    }
+                    LeaseEvent::Release(shard, epoch) => {
+                        tracing::info!(shard, "handing shard off");
+                        subs.unsubscribe(shard_channel(shard)).await;
+                        let tasks = host.unload_where(|room| shard_of(room, shards) == shard);
+                        let (leases, pool) = (leases.clone(), pool.clone());
+                        tokio::spawn(async move {
+                            for t in tasks {
+                                let _ = t.await;
+                            }
+                            leases.release(&pool, shard, epoch).await;
+                        });
+                    }
+                }
+            }
+        });
+    }
+
+    // Dead gateways: their members leave presence.
+    tokio::spawn(reap_gateways(
+        host.clone(),
+        pool.clone(),
+        cc.gateway_timeout_ms,
+        cc.heartbeat_ms,
+        background.clone(),
+    ));
+
+    // Postgres liveness for /readyz.
+    let pg_up = Arc::new(AtomicBool::new(true));
+    {
+        let (store, pg_up, cancel) = (store.clone(), pg_up.clone(), background.clone());
+        let every = Duration::from_millis(cc.heartbeat_ms);
+        tokio::spawn(async move {
+            loop {
+                pg_up.store(store.ping().await.is_ok(), Ordering::SeqCst);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(&cc.worker_listen)
+        .await
+        .with_context(|| format!("bind {}", cc.worker_listen))?;
+    let ready: Arc<dyn Fn() -> Option<String> + Send + Sync> = {
+        let (leases, redis_up, pg_up) = (leases.clone(), redis_up.clone(), pg_up.clone());
+        Arc::new(move || {
+            if !redis_up.load(Ordering::SeqCst) {
+                Some("redis unreachable".into())
+            } else if !pg_up.load(Ordering::SeqCst) {
+                Some("postgres unreachable".into())
+            } else if !leases.is_ready() {
+                Some("not holding every shard lease it should".into())
+            } else {
+                None
+            }
+        })
+    };
+    tracing::info!(node = %node, addr = %listener.local_addr()?, shards = cc.shards, "lockstep worker running");
+    tokio::spawn(health::serve(listener, ready, background.clone()));
+
+    shutdown.cancelled().await;
+    tracing::info!("worker shutting down: handing shards off");
+    let tasks = host.unload_where(|_| true);
+    let grace = Duration::from_millis(cfg.gateway.shutdown_grace_ms);
+    let _ = tokio::time::timeout(grace, async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await;
+    for (shard, epoch) in leases.owned() {
+        leases.release(&pool, shard, epoch).await;
+    }
+    if let Ok(mut conn) = pool.get().await {
+        let _: Result<i64, _> = redis::cmd("ZREM")
+            .arg(lockstep_shared::cluster::WORKERS_KEY)
+            .arg(&node)
+            .query_async(&mut *conn)
+            .await;
+    }
+    background.cancel();
+    host.shutdown().await;
+    Ok(())
+}
+
+/// Opens the store, waiting up to 30 s for Postgres to come up.
+async fn open_store(cfg: &Config) -> anyhow::Result<PostgresStore> {
+    let options = PostgresOptions {
+        url: cfg.cluster.postgres_url.clone(),
+        pool_size: cfg.cluster.postgres_pool,
+        batch_max: cfg.store.batch_max,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match PostgresStore::open(options.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(cause = %e, "postgres not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e).context("open postgres store"),
+        }
+    }
+}
+
+/// Routes shard-channel messages to rooms; refusals are answered to the gateway.
+async fn dispatch(mut rx: mpsc::Receiver<Vec<u8>>, host: Host, publisher: Publisher) {
+    while let Some(payload) = rx.recv().await {
+        let msg: ToShard = match serde_json::from_slice(&payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(cause = %e, "undecodable shard message");
+                continue;
+            }
+        };
+        match msg {
+            ToShard::Gateway(msg) => {
+                let reply_to = match &msg {
+                    ToWorker::Command(env) => Some((env.caller.conn, env.id.clone())),
+                    _ => None,
+                };
+                if let Err(refusal) = host.send(msg).await {
+                    if let Some((conn, id)) = reply_to {
+                        let frame = error_frame(id.as_deref(), refusal.code, &refusal.message);
+                        let wire = ToGatewayWire::Msg(ToGateway::Reply {
+                            conn,
+                            id,
+                            membership: None,
+                            frames: vec![Arc::from(frame)],
+                        });
+                        if let Ok(p) = serde_json::to_vec(&wire) {
+                            publisher.publish(gateway_channel(conn.gateway), p);
+                        }
+                    }
+                }
+            }
+            ToShard::Query {
+                req,
+                gateway,
+                room,
+                query,
+            } => {
+                let (host, publisher) = (host.clone(), publisher.clone());
+                tokio::spawn(async move {
+                    let result = host.query(&room, query).await;
+                    if let Ok(p) = serde_json::to_vec(&ToGatewayWire::Answer { req, result }) {
+                        publisher.publish(gateway_channel(gateway), p);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Finds gateways that stopped heartbeating and removes their members from every room here.
+async fn reap_gateways(
+    host: Host,
+    pool: deadpool_redis::Pool,
+    timeout_ms: u64,
+    every_ms: u64,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(every_ms)) => {}
+        }
+        let Ok(mut conn) = pool.get().await else {
+            continue;
+        };
+        let cutoff = now_ms().saturating_sub(timeout_ms);
+        let dead: Vec<u64> = match redis::cmd("ZRANGEBYSCORE")
+            .arg(GATEWAYS_KEY)
+            .arg("-inf")
+            .arg(cutoff)
+            .query_async(&mut *conn)
+            .await
+        {
+            Ok(d) => d,
+            Err(_) => continue,
+        };
+        for gateway in dead {
+            tracing::warn!(
+                gateway,
+                "gateway stopped heartbeating; dropping its members"
+            );
+            for room in host.loaded_rooms() {
+                let _ = host.send(ToWorker::GatewayGone { room, gateway }).await;
+            }
+            // Leave the entry until every worker had a chance to reap; age it out later.
+            if cutoff.saturating_sub(timeout_ms * 5) > 0 {
+                let _: Result<i64, _> = redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(GATEWAYS_KEY)
+                    .arg("-inf")
+                    .arg(cutoff.saturating_sub(timeout_ms * 5))
+                    .query_async(&mut *conn)
+                    .await;
+            }
+        }
+    }
+}

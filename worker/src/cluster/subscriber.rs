@@ -1,0 +1,131 @@
+//! A dedicated Redis pub/sub connection that reconnects and resubscribes by itself. Used by
+//! workers (shard channels) and gateways (their own channel).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Subscription changes waiting to be applied.
+const COMMANDS: usize = 4_096;
+
+enum Cmd {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// Asks the subscriber to change its channels.
+#[derive(Clone)]
+pub struct Subscriptions {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl Subscriptions {
+    pub async fn subscribe(&self, channel: String) {
+        let _ = self.tx.send(Cmd::Subscribe(channel)).await;
+    }
+
+    pub async fn unsubscribe(&self, channel: String) {
+        let _ = self.tx.send(Cmd::Unsubscribe(channel)).await;
+    }
+}
+
+/// Starts the subscriber task; every message's `(channel, payload)` goes to `on_message`.
+/// `connected` reports whether the connection is up (for `/readyz`).
+pub fn spawn(
+    client: redis::Client,
+    initial: Vec<String>,
+    on_message: impl Fn(String, Vec<u8>) + Send + 'static,
+    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cancel: CancellationToken,
+) -> Subscriptions {
+    let (tx, rx) = mpsc::channel(COMMANDS);
+    tokio::spawn(run(client, initial, on_message, connected, rx, cancel));
+    Subscriptions { tx }
+}
+
+async fn run(
+    client: redis::Client,
+    initial: Vec<String>,
+    on_message: impl Fn(String, Vec<u8>) + Send + 'static,
+    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut cmds: mpsc::Receiver<Cmd>,
+    cancel: CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    let mut wanted: HashSet<String> = initial.into_iter().collect();
+    let mut backoff = Duration::from_millis(50);
+    let mut cmds_closed = false;
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                connected.store(false, Ordering::SeqCst);
+                tracing::warn!(cause = %e, "pub/sub connect failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ok = true;
+        for ch in &wanted {
+            if let Err(e) = sink.subscribe(ch).await {
+                tracing::warn!(cause = %e, "resubscribe failed");
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        connected.store(true, Ordering::SeqCst);
+        backoff = Duration::from_millis(50);
+        tracing::info!(channels = wanted.len(), "pub/sub connected");
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                cmd = cmds.recv(), if !cmds_closed => {
+                    let result = match cmd {
+                        // The handle was dropped: the channel set is final, keep receiving.
+                        None => {
+                            cmds_closed = true;
+                            Ok(())
+                        }
+                        Some(Cmd::Subscribe(ch)) => {
+                            let r = sink.subscribe(&ch).await;
+                            wanted.insert(ch);
+                            r
+                        }
+                        Some(Cmd::Unsubscribe(ch)) => {
+                            wanted.remove(&ch);
+                            sink.unsubscribe(&ch).await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(cause = %e, "pub/sub command failed; reconnecting");
+                        break;
+                    }
+                }
+                msg = stream.next() => match msg {
+                    Some(msg) => on_message(msg.get_channel_name().to_owned(), msg.get_payload_bytes().to_vec()),
+                    None => {
+                        tracing::warn!("pub/sub connection lost; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+        connected.store(false, Ordering::SeqCst);
+    }
+}
