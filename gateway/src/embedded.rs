@@ -53,6 +53,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             batch_max: cfg.store.batch_max,
             chat_keep: cfg.store.chat_keep,
             command_ttl_ms: cfg.room.idempotency_ttl_ms,
+            events_keep: cfg.room.history_max,
         },
     )
     .with_context(|| format!("open store {}", cfg.store.path.display()))?;

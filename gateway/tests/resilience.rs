@@ -239,6 +239,17 @@ async fn state_survives_a_restart() {
         "seq continues"
     );
     assert_eq!(ack["snapshot"]["chat"][0]["text"], "remember me");
+    // The recovery history was persisted too: a client that saw the pre-restart seq
+    // recovers by replay instead of a snapshot.
+    let mut again = node.connect(&op_token).await;
+    let rec = again.join(&room, before["seq"].as_u64()).await;
+    assert_eq!(rec["recovered"], true, "{rec}");
+    let replayed = again.recv().await;
+    assert_eq!(
+        replayed["seq"].as_u64(),
+        before["seq"].as_u64().map(|s| s + 1)
+    );
+    assert_eq!(replayed["type"], "presence.leave");
     owner.send_raw(&json!({"id": "before-restart", "type": "chat.send", "room": room, "text": "remember me"}).to_string()).await;
     assert_eq!(
         owner.reply("before-restart").await,

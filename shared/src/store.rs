@@ -36,6 +36,14 @@ pub struct AuditEntry {
     pub detail: Value,
 }
 
+/// One room event kept for `since_seq` recovery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub ts: u64,
+    pub frame: String,
+}
+
 /// Everything a room needs to come back after a restart or an owner change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedRoom {
@@ -44,6 +52,21 @@ pub struct LoadedRoom {
     pub chat: Vec<ChatMessage>,
     /// Remembered command ids, oldest first.
     pub commands: Vec<CommandRecord>,
+    /// The recovery history, oldest first, consecutive seqs ending at `record.seq`.
+    pub events: Vec<EventRecord>,
+}
+
+/// How much of a room's past a load brings back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// Chat messages for the join snapshot.
+    pub chat: usize,
+    /// Command ids newer than this (Unix ms).
+    pub commands_since_ms: u64,
+    /// Events for the recovery history.
+    pub events: usize,
+    /// Events newer than this (Unix ms).
+    pub events_since_ms: u64,
 }
 
 /// One write.
@@ -69,6 +92,11 @@ pub enum Mutation {
         room: String,
         record: CommandRecord,
     },
+    /// A room event for the recovery history; stores keep each room's newest ones.
+    Event {
+        room: String,
+        event: EventRecord,
+    },
 }
 
 /// Why the store could not do what was asked. Always safe to retry from the client's view.
@@ -91,14 +119,14 @@ pub type CommitTicket = oneshot::Receiver<Result<(), StoreError>>;
 pub trait Store: Send + Sync + 'static {
     /// Queues a batch; the ticket resolves when it is committed.
     fn submit(&self, batch: Vec<Mutation>) -> CommitTicket;
-    /// Loads a room, or `None` if it was never created. A store with fencing first claims
+    /// Loads a room (with up to `history` recent events newer than `events_since_ms`), or
+    /// `None` if it was never created. A store with fencing first claims
     /// the room for `epoch`, so an older owner's later writes are refused; a room already
     /// claimed by a newer epoch is `Fenced`.
     async fn load_room(
         &self,
         code: &str,
-        chat_limit: usize,
-        commands_since_ms: u64,
+        limits: LoadLimits,
         epoch: u64,
     ) -> Result<Option<LoadedRoom>, StoreError>;
     /// Chat history, newest first, ids below `before`.

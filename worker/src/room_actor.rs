@@ -10,7 +10,7 @@ use lockstep_shared::bus::{Membership, Query, ToGateway, ToWorker};
 use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{error_frame, ClientCommand, ErrorCode};
-use lockstep_shared::store::Mutation;
+use lockstep_shared::store::{LoadLimits, Mutation};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
@@ -94,11 +94,17 @@ fn start_releaser(
 
 impl Actor {
     async fn load(&self) -> State {
-        let since = now_ms().saturating_sub(self.host.cfg.idempotency_ttl_ms);
+        let now = now_ms();
+        let limits = LoadLimits {
+            chat: self.host.cfg.chat_snapshot,
+            commands_since_ms: now.saturating_sub(self.host.cfg.idempotency_ttl_ms),
+            events: self.host.cfg.history_max,
+            events_since_ms: now.saturating_sub(self.host.cfg.history_ttl_ms),
+        };
         match self
             .host
             .store
-            .load_room(&self.code, self.host.cfg.chat_snapshot, since, self.epoch)
+            .load_room(&self.code, limits, self.epoch)
             .await
         {
             Ok(None) => State::Missing,

