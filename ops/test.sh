@@ -39,6 +39,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# Cluster tests run the real binaries as separate processes.
+cargo build --workspace --bins --locked
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -1,0 +1,550 @@
+//! The cluster as operators run it: separate `lockstep-gateway` and `lockstep-worker`
+//! processes over a private Redis and a private Postgres (started by the test harness on
+//! free loopback ports), failures injected with real signals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use lockstep_testkit::{Postgres, Redis};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const SHARDS: u32 = 64;
+
+fn worker_binary() -> PathBuf {
+    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_lockstep-gateway"));
+    let worker = gateway.with_file_name("lockstep-worker");
+    assert!(
+        worker.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`; ops/test.sh does)",
+        worker.display()
+    );
+    worker
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    child: Child,
+    port: u16,
+    name: String,
+}
+
+impl Node {
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {}", self.name);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    redis: Redis,
+    pg: Postgres,
+    gateways: Vec<Node>,
+    workers: Vec<Node>,
+    logs: TempDir,
+}
+
+impl Cluster {
+    async fn start(gateways: usize, workers: usize) -> Cluster {
+        let redis = Redis::start();
+        let pg = Postgres::start();
+        let mut c = Cluster {
+            redis,
+            pg,
+            gateways: Vec::new(),
+            workers: Vec::new(),
+            logs: TempDir::new("cluster"),
+        };
+        for i in 0..workers {
+            c.add_worker(&format!("w{i}"));
+        }
+        for i in 0..gateways {
+            let port = free_port();
+            let child = c
+                .command(env!("CARGO_BIN_EXE_lockstep-gateway"), &format!("g{i}"))
+                .env("LOCKSTEP_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
+                .spawn()
+                .unwrap();
+            c.gateways.push(Node {
+                child,
+                port,
+                name: format!("g{i}"),
+            });
+        }
+        for n in c.gateways.iter().chain(c.workers.iter()) {
+            wait_ready(n.port, &n.name).await;
+        }
+        c
+    }
+
+    fn command(&self, bin: impl AsRef<std::ffi::OsStr>, name: &str) -> Command {
+        let log = std::fs::File::create(self.logs.0.join(format!("{name}.log"))).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.env("LOCKSTEP_CLUSTER__REDIS_URL", self.redis.url())
+            .env("LOCKSTEP_CLUSTER__POSTGRES_URL", self.pg.url())
+            .env("LOCKSTEP_CLUSTER__SHARDS", SHARDS.to_string())
+            .env("LOCKSTEP_CLUSTER__LEASE_TTL_MS", "1500")
+            .env("LOCKSTEP_CLUSTER__HEARTBEAT_MS", "250")
+            .env("LOCKSTEP_CLUSTER__GATEWAY_TIMEOUT_MS", "1500")
+            .env("LOCKSTEP_CLUSTER__POSTGRES_POOL", "4")
+            .env("LOCKSTEP_AUTH__JWT_SECRET", SECRET)
+            .env("LOCKSTEP_ROOM__CHAT_RATE", "1000")
+            .env("LOCKSTEP_ROOM__CHAT_BURST", "1000")
+            .env("LOCKSTEP_GATEWAY__CONNECT_RATE_PER_IP", "10000")
+            .env("LOCKSTEP_GATEWAY__CONNECT_BURST_PER_IP", "10000")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        cmd
+    }
+
+    fn add_worker(&mut self, name: &str) {
+        let port = free_port();
+        let child = self
+            .command(worker_binary(), name)
+            .env("LOCKSTEP_CLUSTER__NODE_ID", name)
+            .env(
+                "LOCKSTEP_CLUSTER__WORKER_LISTEN",
+                format!("127.0.0.1:{port}"),
+            )
+            .spawn()
+            .unwrap();
+        self.workers.push(Node {
+            child,
+            port,
+            name: name.to_owned(),
+        });
+    }
+
+    fn gateway(&self, i: usize) -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", self.gateways[i].port)
+            .parse()
+            .unwrap()
+    }
+
+    /// The worker holding the room's shard lease.
+    fn owner_of(&self, room: &str) -> String {
+        let shard = lockstep_shared::shard::shard_of(room, SHARDS);
+        let out = Command::new("redis-cli")
+            .args(["-u", self.redis.url(), "GET", &format!("ls:lease:{shard}")])
+            .output()
+            .unwrap();
+        let value = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        value.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    fn worker(&self, name: &str) -> &Node {
+        self.workers
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no worker {name}"))
+    }
+}
+
+async fn wait_ready(port: u16, name: &str) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http(addr, "GET", "/readyz", None, None).await.0 == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{name} never became ready");
+}
+
+/// A client that survives failovers: on a closed socket or a missing reply it reconnects,
+/// rejoins with `since_seq` and retries the same command id.
+struct Resilient {
+    addrs: Vec<std::net::SocketAddr>,
+    token: String,
+    room: String,
+    ws: Option<Client>,
+    /// Every sequenced event seen, in order.
+    events: Vec<Value>,
+    last_seq: u64,
+    snapshots: usize,
+}
+
+impl Resilient {
+    async fn new(addrs: Vec<std::net::SocketAddr>, token: String, room: String) -> Resilient {
+        let mut r = Resilient {
+            addrs,
+            token,
+            room,
+            ws: None,
+            events: Vec::new(),
+            last_seq: 0,
+            snapshots: 0,
+        };
+        r.connect().await;
+        r
+    }
+
+    async fn connect(&mut self) {
+        for attempt in 0.. {
+            let addr = self.addrs[attempt % self.addrs.len()];
+            let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+            req.headers_mut().insert(
+                "Authorization",
+                format!("Bearer {}", self.token).parse().unwrap(),
+            );
+            let Ok(Ok((ws, _))) = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio_tungstenite::connect_async(req),
+            )
+            .await
+            else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let mut c = Client::from_stream(ws);
+            let mut join =
+                json!({"id": format!("join{attempt}"), "type": "room.join", "room": self.room});
+            if self.last_seq > 0 {
+                join["since_seq"] = json!(self.last_seq);
+            }
+            if c.ws.send(Message::text(join.to_string())).await.is_err() {
+                continue;
+            }
+            match self
+                .read_reply(&mut c, &format!("join{attempt}"), Duration::from_secs(2))
+                .await
+            {
+                Some(ack) if ack["type"] == "ack" => {
+                    let result = &ack["result"];
+                    if result["recovered"] != true {
+                        self.snapshots += 1;
+                    }
+                    self.last_seq = self.last_seq.max(result["seq"].as_u64().unwrap_or(0));
+                    self.ws = Some(c);
+                    return;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            assert!(attempt < 200, "could not rejoin");
+        }
+    }
+
+    /// Reads until the reply with `id`; records events; `None` on close or timeout.
+    async fn read_reply(&mut self, c: &mut Client, id: &str, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, c.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            let Message::Text(t) = msg else {
+                if let Message::Close(_) = msg {
+                    return None;
+                }
+                continue;
+            };
+            let v: Value = serde_json::from_str(t.as_str()).ok()?;
+            if (v["type"] == "ack" || v["type"] == "error") && v["id"] == id {
+                return Some(v);
+            }
+            if let Some(seq) = v["seq"].as_u64() {
+                if v["type"] != "ack" {
+                    self.events.push(v.clone());
+                    self.last_seq = self.last_seq.max(seq);
+                }
+            }
+        }
+    }
+
+    /// Sends until acked (same id every time); returns the ack.
+    async fn call(&mut self, cmd: Value, id: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{id} never acked"
+            );
+            let Some(mut c) = self.ws.take() else {
+                self.connect().await;
+                continue;
+            };
+            let mut cmd = cmd.clone();
+            cmd["id"] = json!(id);
+            if c.ws.send(Message::text(cmd.to_string())).await.is_err() {
+                self.connect().await;
+                continue;
+            }
+            match self
+                .read_reply(&mut c, id, Duration::from_millis(1500))
+                .await
+            {
+                Some(r) if r["type"] == "ack" => {
+                    self.ws = Some(c);
+                    return r;
+                }
+                Some(r) if r["code"] == "unavailable" => {
+                    self.ws = Some(c);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Some(r) => panic!("{id}: {r}"),
+                None => self.connect().await,
+            }
+        }
+    }
+
+    /// Reads whatever arrives for a while, rejoining by seq when the socket is closed.
+    async fn drain(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let Some(mut c) = self.ws.take() else {
+                self.connect().await;
+                continue;
+            };
+            let before = Instant::now();
+            let _ = self
+                .read_reply(&mut c, "never", deadline.saturating_duration_since(before))
+                .await;
+            if Instant::now() < deadline {
+                // Ended early: the socket closed (e.g. 1012 after an owner change).
+                continue;
+            }
+            self.ws = Some(c);
+        }
+    }
+}
+
+fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().filter_map(|v| v["seq"].as_u64()).collect()
+}
+
+fn assert_gapless(events: &[Value], who: &str) {
+    let s = seqs(events);
+    for w in s.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "{who}: seq must go +1 without repeats or gaps: {s:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_gateways_see_one_seq_stream() {
+    let cluster = Cluster::start(2, 2).await;
+    let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
+    let (ta, _) = guest_at(g0, "A").await;
+    let (tb, _) = guest_at(g1, "B").await;
+    let (status, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
+    assert_eq!(status, 201, "{body}");
+    let room = body["code"].as_str().unwrap().to_owned();
+    let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
+    let mut b = Resilient::new(vec![g1], tb, room.clone()).await;
+    for i in 0..20 {
+        let who = if i % 2 == 0 { &mut a } else { &mut b };
+        who.call(
+            json!({"type": "chat.send", "room": room, "text": format!("m{i}")}),
+            &format!("c{i}"),
+        )
+        .await;
+    }
+    a.drain(Duration::from_millis(500)).await;
+    b.drain(Duration::from_millis(500)).await;
+    let tail = |events: &[Value]| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|v| v["type"] == "chat.message")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(tail(&a.events).len(), 20);
+    assert_eq!(
+        tail(&a.events),
+        tail(&b.events),
+        "identical stream on both gateways"
+    );
+    assert_gapless(&a.events, "a");
+    let (status, snap) = http(g1, "GET", &format!("/v1/rooms/{room}"), Some(&ta), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(snap["members"].as_array().map(Vec::len), Some(2));
+}
+
+async fn guest_at(addr: std::net::SocketAddr, name: &str) -> (String, String) {
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/auth/guest",
+        None,
+        Some(&json!({"name": name})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (
+        body["token"].as_str().unwrap().to_owned(),
+        body["user"]["user_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owning_worker_loses_no_acknowledged_command() {
+    let cluster = Cluster::start(2, 2).await;
+    let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
+    let (ta, _) = guest_at(g0, "A").await;
+    let (tb, _) = guest_at(g1, "B").await;
+    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
+    let room = body["code"].as_str().unwrap().to_owned();
+    let mut a = Resilient::new(vec![g0, g1], ta.clone(), room.clone()).await;
+    let mut b = Resilient::new(vec![g1, g0], tb, room.clone()).await;
+    let owner = cluster.owner_of(&room);
+    let mut acked = Vec::new();
+    let mut failover = None;
+    for i in 0..40 {
+        if i == 15 {
+            cluster.worker(&owner).signal("-9");
+            let killed = Instant::now();
+            let ack = a
+                .call(
+                    json!({"type": "chat.send", "room": room, "text": format!("m{i}")}),
+                    &format!("c{i}"),
+                )
+                .await;
+            failover = Some(killed.elapsed());
+            acked.push((i, ack));
+            continue;
+        }
+        let ack = a
+            .call(
+                json!({"type": "chat.send", "room": room, "text": format!("m{i}")}),
+                &format!("c{i}"),
+            )
+            .await;
+        acked.push((i, ack));
+    }
+    let failover = failover.unwrap();
+    eprintln!(
+        "failover: first ack {:.2} s after kill -9 of {owner}",
+        failover.as_secs_f64()
+    );
+    assert!(
+        failover < Duration::from_secs(5),
+        "served again within 5 s, took {failover:?}"
+    );
+    assert_ne!(
+        cluster.owner_of(&room),
+        owner,
+        "another worker owns the room"
+    );
+    // Every acknowledged message is stored exactly once.
+    let (_, page) = http(
+        g1,
+        "GET",
+        &format!("/v1/rooms/{room}/chat?limit=200"),
+        Some(&ta),
+        None,
+    )
+    .await;
+    let mut texts: Vec<String> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    texts.reverse();
+    let expected: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, expected);
+    // The observer's seq stream never repeats or skips, across the owner change.
+    b.drain(Duration::from_secs(3)).await;
+    assert_gapless(&b.events, "observer");
+    let chats = b
+        .events
+        .iter()
+        .filter(|v| v["type"] == "chat.message")
+        .count();
+    assert_eq!(chats, 40, "observer saw every message once");
+    assert_eq!(
+        b.snapshots, 1,
+        "recovered by replay after the failover, not by snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_past_its_lease_cannot_write() {
+    let cluster = Cluster::start(1, 2).await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
+    let room = body["code"].as_str().unwrap().to_owned();
+    let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
+    a.call(
+        json!({"type": "chat.send", "room": room, "text": "before"}),
+        "c0",
+    )
+    .await;
+    let owner = cluster.owner_of(&room);
+    let stale = cluster.worker(&owner);
+    stale.signal("-STOP");
+    // While it sleeps its lease expires and the other worker takes the room over.
+    a.call(
+        json!({"type": "chat.send", "room": room, "text": "during"}),
+        "c1",
+    )
+    .await;
+    let new_owner = cluster.owner_of(&room);
+    assert_ne!(new_owner, owner);
+    // Wake the stale worker: whatever it still tries to write is fenced by the store.
+    stale.signal("-CONT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.call(
+        json!({"type": "chat.send", "room": room, "text": "after"}),
+        "c2",
+    )
+    .await;
+    let (_, page) = http(
+        g0,
+        "GET",
+        &format!("/v1/rooms/{room}/chat"),
+        Some(&ta),
+        None,
+    )
+    .await;
+    let texts: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["after", "during", "before"]);
+    let out = Command::new("psql")
+        .arg(cluster.pg.url())
+        .args([
+            "-tAc",
+            &format!("SELECT epoch FROM rooms WHERE code = '{room}'"),
+        ])
+        .output()
+        .unwrap();
+    let epoch: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(epoch >= 2, "the room was claimed by a newer epoch: {epoch}");
+}
