@@ -191,6 +191,8 @@ struct Resilient {
     events: Vec<Value>,
     last_seq: u64,
     snapshots: usize,
+    /// `unavailable` replies received (the server said: retry).
+    unavailable: usize,
 }
 
 impl Resilient {
@@ -203,6 +205,7 @@ impl Resilient {
             events: Vec::new(),
             last_seq: 0,
             snapshots: 0,
+            unavailable: 0,
         };
         r.connect().await;
         r
@@ -307,6 +310,7 @@ impl Resilient {
                     return r;
                 }
                 Some(r) if r["code"] == "unavailable" => {
+                    self.unavailable += 1;
                     self.ws = Some(c);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -547,4 +551,149 @@ async fn a_paused_worker_past_its_lease_cannot_write() {
         .unwrap();
     let epoch: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(epoch >= 2, "the room was claimed by a newer epoch: {epoch}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_drops_its_members_and_clients_resume_elsewhere() {
+    let cluster = Cluster::start(2, 1).await;
+    let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
+    let (ta, _) = guest_at(g0, "Watcher").await;
+    let (tx, x_id) = guest_at(g1, "Stays").await;
+    let (ty, _) = guest_at(g1, "Moves").await;
+    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
+    let room = body["code"].as_str().unwrap().to_owned();
+    let mut watcher = Resilient::new(vec![g0], ta, room.clone()).await;
+    let _stays = Resilient::new(vec![g1], tx, room.clone()).await;
+    let mut moves = Resilient::new(vec![g1, g0], ty, room.clone()).await;
+    moves
+        .call(
+            json!({"type": "chat.send", "room": room, "text": "before"}),
+            "c0",
+        )
+        .await;
+    cluster.gateways[1].signal("-9");
+    let killed = Instant::now();
+    // The member that does not come back leaves presence once its gateway is declared dead.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !watcher
+        .events
+        .iter()
+        .any(|v| v["type"] == "presence.leave" && v["user_id"] == x_id.as_str())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the dead gateway's member never left presence"
+        );
+        watcher.drain(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "presence.leave {:.2} s after kill -9 of the gateway",
+        killed.elapsed().as_secs_f64()
+    );
+    // The other client reconnects to the surviving gateway and resumes by replay.
+    moves
+        .call(
+            json!({"type": "chat.send", "room": room, "text": "after"}),
+            "c1",
+        )
+        .await;
+    assert_eq!(moves.snapshots, 1, "resumed with since_seq, not a snapshot");
+    assert_gapless(&moves.events, "moves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_ride_out_a_redis_restart() {
+    let mut cluster = Cluster::start(1, 2).await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
+    let room = body["code"].as_str().unwrap().to_owned();
+    let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
+    for i in 0..5 {
+        a.call(
+            json!({"type": "chat.send", "room": room, "text": format!("m{i}")}),
+            &format!("c{i}"),
+        )
+        .await;
+    }
+    cluster.redis.restart();
+    let restarted = Instant::now();
+    for i in 5..10 {
+        a.call(
+            json!({"type": "chat.send", "room": room, "text": format!("m{i}")}),
+            &format!("c{i}"),
+        )
+        .await;
+    }
+    eprintln!(
+        "served again {:.2} s after the Redis restart ({} unavailable replies retried)",
+        restarted.elapsed().as_secs_f64(),
+        a.unavailable
+    );
+    let (_, page) = http(
+        g0,
+        "GET",
+        &format!("/v1/rooms/{room}/chat"),
+        Some(&ta),
+        None,
+    )
+    .await;
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(10));
+    for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
+        wait_ready(n.port, &n.name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_is_unavailable_never_acked_then_lost() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
+    let room = body["code"].as_str().unwrap().to_owned();
+    let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
+    a.call(
+        json!({"type": "chat.send", "room": room, "text": "m0"}),
+        "c0",
+    )
+    .await;
+    cluster.pg.stop();
+    // While Postgres is down, commands are refused (unavailable) rather than acked.
+    let mut c = Client::connect(g0, &ta).await;
+    c.join(&room, None).await;
+    let r = c
+        .call(json!({"type": "chat.send", "room": room, "text": "during"}))
+        .await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    cluster.pg.restart();
+    let back = Instant::now();
+    a.call(
+        json!({"type": "chat.send", "room": room, "text": "m1"}),
+        "c1",
+    )
+    .await;
+    eprintln!(
+        "served again {:.2} s after Postgres returned",
+        back.elapsed().as_secs_f64()
+    );
+    let (_, page) = http(
+        g0,
+        "GET",
+        &format!("/v1/rooms/{room}/chat"),
+        Some(&ta),
+        None,
+    )
+    .await;
+    let texts: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        vec!["m1", "m0"],
+        "the refused message was not stored"
+    );
 }

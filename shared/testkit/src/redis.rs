@@ -70,6 +70,36 @@ impl Redis {
         self.port
     }
 
+    /// Starts the private server again on the same port (with no data: it keeps nothing).
+    pub fn restart(&mut self) {
+        let (Some(bin), Some(dir)) = (find_binary("redis-server", &[]), self.dir.clone()) else {
+            return;
+        };
+        self.stop();
+        let child = Command::new(bin)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "redis did not restart"
+        );
+    }
+
     /// Stops the private server (simulates an outage); `restart` brings it back on the same port.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

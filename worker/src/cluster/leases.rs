@@ -18,9 +18,16 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::host::Ownership;
 
-/// Takes the lease if free and stamps it with a fresh epoch; returns the epoch or 0.
+/// Takes the lease if free and stamps it with a fresh epoch; returns the epoch or 0. The
+/// epoch never falls below the caller's clock (ARGV[3], ms), so epochs keep growing even if
+/// Redis loses its data and the counter restarts.
 const ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local floor = tonumber(ARGV[3])
+  if current < floor then
+    redis.call('SET', KEYS[2], ARGV[3])
+  end
   local e = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], ARGV[1] .. ':' .. e, 'PX', ARGV[2])
   return e
@@ -244,7 +251,8 @@ async fn round(
                 .arg(lease_key(*shard))
                 .arg(epoch_key(*shard))
                 .arg(&leases.node)
-                .arg(ttl);
+                .arg(ttl)
+                .arg(now);
         }
         let epochs: Vec<i64> = pipe.query_async(&mut *conn).await?;
         for (shard, epoch) in to_acquire.iter().zip(epochs) {
