@@ -697,3 +697,78 @@ async fn a_postgres_outage_is_unavailable_never_acked_then_lost() {
         "the refused message was not stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_joining_and_leaving_hand_shards_off() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let mut rooms = Vec::new();
+    for _ in 0..6 {
+        let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
+        rooms.push(body["code"].as_str().unwrap().to_owned());
+    }
+    let mut clients = Vec::new();
+    for room in &rooms {
+        clients.push(Resilient::new(vec![g0], ta.clone(), room.clone()).await);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.call(
+            json!({"type": "chat.send", "room": rooms[i], "text": "r0"}),
+            "r0",
+        )
+        .await;
+    }
+    // A second worker joins: it takes over its share of shards, gracefully.
+    cluster.add_worker("w1");
+    let w1 = cluster.workers.last().unwrap().port;
+    wait_ready(w1, "w1").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rooms.iter().any(|r| cluster.owner_of(r) == "w1") {
+        assert!(Instant::now() < deadline, "no room moved to the new worker");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.call(
+            json!({"type": "chat.send", "room": rooms[i], "text": "r1"}),
+            "r1",
+        )
+        .await;
+    }
+    // The first worker leaves with SIGTERM: it hands everything to w1 before exiting.
+    cluster.worker("w0").signal("-TERM");
+    let left = Instant::now();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.call(
+            json!({"type": "chat.send", "room": rooms[i], "text": "r2"}),
+            "r2",
+        )
+        .await;
+    }
+    eprintln!(
+        "all rooms served {:.2} s after SIGTERM of w0",
+        left.elapsed().as_secs_f64()
+    );
+    for room in &rooms {
+        assert_eq!(cluster.owner_of(room), "w1");
+        let (_, page) = http(
+            g0,
+            "GET",
+            &format!("/v1/rooms/{room}/chat"),
+            Some(&ta),
+            None,
+        )
+        .await;
+        let texts: Vec<&str> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, vec!["r2", "r1", "r0"]);
+    }
+    for c in clients.iter_mut() {
+        c.drain(Duration::from_millis(300)).await;
+        assert_gapless(&c.events, "member");
+    }
+}
