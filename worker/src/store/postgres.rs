@@ -376,76 +376,96 @@ async fn apply(
     batch: &[Mutation],
     events_keep: usize,
 ) -> Result<(), StoreError> {
-    for m in batch {
-        match m {
-            Mutation::Room {
-                code,
-                seq,
-                state,
-                epoch,
-            } => {
-                let n = c
-                    .execute(
-                        "INSERT INTO rooms (code, seq, state, epoch) VALUES ($1, $2, COALESCE($3, '{}'::jsonb), $4) \
-                         ON CONFLICT (code) DO UPDATE SET seq = EXCLUDED.seq, \
-                         state = COALESCE($3, rooms.state), epoch = EXCLUDED.epoch, updated_at = now() \
-                         WHERE rooms.epoch <= EXCLUDED.epoch",
-                        &[code, &(*seq as i64), state, &(*epoch as i64)],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                if n == 0 {
-                    return Err(StoreError::Fenced(*epoch));
-                }
-            }
-            Mutation::Chat { room, msg } => {
-                let json =
-                    serde_json::to_value(msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                c.execute(
-                    "INSERT INTO chat (room, id, ts, msg) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (room, id) DO UPDATE SET ts = EXCLUDED.ts, msg = EXCLUDED.msg",
-                    &[room, &(msg.id as i64), &(msg.ts as i64), &json],
+    // Issued together: tokio-postgres pipelines them on the connection, so a batch costs
+    // about one round trip instead of one per statement.
+    let results =
+        futures_util::future::try_join_all(batch.iter().map(|m| execute(c, m, events_keep)))
+            .await?;
+    for (m, fenced) in batch.iter().zip(results) {
+        if let (Mutation::Room { epoch, .. }, true) = (m, fenced) {
+            return Err(StoreError::Fenced(*epoch));
+        }
+    }
+    Ok(())
+}
+
+/// Runs one mutation; `true` when a room write was refused by fencing.
+async fn execute(
+    c: &impl GenericClient,
+    m: &Mutation,
+    events_keep: usize,
+) -> Result<bool, StoreError> {
+    match m {
+        Mutation::Room {
+            code,
+            seq,
+            state,
+            epoch,
+        } => {
+            let n = c
+                .execute(
+                    "INSERT INTO rooms (code, seq, state, epoch) VALUES ($1, $2, COALESCE($3, '{}'::jsonb), $4) \
+                     ON CONFLICT (code) DO UPDATE SET seq = EXCLUDED.seq, \
+                     state = COALESCE($3, rooms.state), epoch = EXCLUDED.epoch, updated_at = now() \
+                     WHERE rooms.epoch <= EXCLUDED.epoch",
+                    &[code, &(*seq as i64), state, &(*epoch as i64)],
                 )
                 .await
                 .map_err(unavailable)?;
-            }
-            Mutation::Audit { room, entry } => {
+            return Ok(n == 0);
+        }
+        Mutation::Chat { room, msg } => {
+            let json = serde_json::to_value(msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            c.execute(
+                "INSERT INTO chat (room, id, ts, msg) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (room, id) DO UPDATE SET ts = EXCLUDED.ts, msg = EXCLUDED.msg",
+                &[room, &(msg.id as i64), &(msg.ts as i64), &json],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        Mutation::Audit { room, entry } => {
+            c.execute(
+                "INSERT INTO audit (room, ts, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    room,
+                    &(entry.ts as i64),
+                    &entry.actor,
+                    &entry.action,
+                    &entry.detail,
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        Mutation::Event { room, event } => {
+            c.execute(
+                "INSERT INTO events (room, seq, ts, frame) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (room, seq) DO UPDATE SET ts = EXCLUDED.ts, frame = EXCLUDED.frame",
+                &[room, &(event.seq as i64), &(event.ts as i64), &event.frame],
+            )
+            .await
+            .map_err(unavailable)?;
+            // Keep the newest `events_keep`: every tenth of that, drop what fell out.
+            let keep = events_keep as u64;
+            if keep > 0 && event.seq % (keep / 10).max(1) == 0 {
                 c.execute(
-                    "INSERT INTO audit (room, ts, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
-                    &[room, &(entry.ts as i64), &entry.actor, &entry.action, &entry.detail],
-                )
-                .await
-                .map_err(unavailable)?;
-            }
-            Mutation::Event { room, event } => {
-                c.execute(
-                    "INSERT INTO events (room, seq, ts, frame) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (room, seq) DO UPDATE SET ts = EXCLUDED.ts, frame = EXCLUDED.frame",
-                    &[room, &(event.seq as i64), &(event.ts as i64), &event.frame],
-                )
-                .await
-                .map_err(unavailable)?;
-                // Keep the newest `events_keep`: every tenth of that, drop what fell out.
-                let keep = events_keep as u64;
-                if keep > 0 && event.seq % (keep / 10).max(1) == 0 {
-                    c.execute(
-                        "DELETE FROM events WHERE room = $1 AND seq <= $2",
-                        &[room, &(event.seq.saturating_sub(keep) as i64)],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                }
-            }
-            Mutation::Command { room, record } => {
-                c.execute(
-                    "INSERT INTO commands (room, user_id, id, reply, ts) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (room, user_id, id) DO UPDATE SET reply = EXCLUDED.reply, ts = EXCLUDED.ts",
-                    &[room, &record.user_id, &record.id, &record.reply, &(record.ts as i64)],
+                    "DELETE FROM events WHERE room = $1 AND seq <= $2",
+                    &[room, &(event.seq.saturating_sub(keep) as i64)],
                 )
                 .await
                 .map_err(unavailable)?;
             }
         }
+        Mutation::Command { room, record } => {
+            c.execute(
+                "INSERT INTO commands (room, user_id, id, reply, ts) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (room, user_id, id) DO UPDATE SET reply = EXCLUDED.reply, ts = EXCLUDED.ts",
+                &[room, &record.user_id, &record.id, &record.reply, &(record.ts as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
     }
-    Ok(())
+    Ok(false)
 }
