@@ -266,6 +266,8 @@ async fn reap_gateways(
     every_ms: u64,
     cancel: CancellationToken,
 ) {
+    // Gateways already reaped; their heartbeat entry lingers until it ages out.
+    let mut reaped: std::collections::HashSet<u64> = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -285,7 +287,11 @@ async fn reap_gateways(
             Ok(d) => d,
             Err(_) => continue,
         };
+        reaped.retain(|g| dead.contains(g));
         for gateway in dead {
+            if !reaped.insert(gateway) {
+                continue;
+            }
             tracing::warn!(
                 gateway,
                 "gateway stopped heartbeating; dropping its members"
@@ -293,15 +299,13 @@ async fn reap_gateways(
             for room in host.loaded_rooms() {
                 let _ = host.send(ToWorker::GatewayGone { room, gateway }).await;
             }
-            // Leave the entry until every worker had a chance to reap; age it out later.
-            if cutoff.saturating_sub(timeout_ms * 5) > 0 {
-                let _: Result<i64, _> = redis::cmd("ZREMRANGEBYSCORE")
-                    .arg(GATEWAYS_KEY)
-                    .arg("-inf")
-                    .arg(cutoff.saturating_sub(timeout_ms * 5))
-                    .query_async(&mut *conn)
-                    .await;
-            }
         }
+        // Entries stay until every worker had a chance to reap them, then age out.
+        let _: Result<i64, _> = redis::cmd("ZREMRANGEBYSCORE")
+            .arg(GATEWAYS_KEY)
+            .arg("-inf")
+            .arg(cutoff.saturating_sub(timeout_ms * 5))
+            .query_async(&mut *conn)
+            .await;
     }
 }
