@@ -60,6 +60,37 @@ fn unreachable_hist() -> Histogram<u64> {
         .unwrap_or_else(|_| panic!("hdrhistogram refused sigfig 2"))
 }
 
+/// The fields of a server frame the generator reads; everything else is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    seq: Option<u64>,
+    #[serde(borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Id<'a>>,
+    #[serde(borrow)]
+    code: Option<&'a str>,
+}
+
+/// Replies carry the command's string id; chat messages a numeric message id.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Id<'a> {
+    Text(&'a str),
+    Number(#[allow(dead_code)] u64),
+}
+
+/// What publishers put in the chat text.
+#[derive(serde::Deserialize)]
+struct Payload {
+    k: u64,
+    t: u64,
+    w0: u64,
+    w1: u64,
+}
+
 /// Opens every client at `connect_rate`; failures are counted, not fatal.
 pub async fn connect_all(
     scn: &Scenario,
@@ -200,50 +231,44 @@ async fn read(
             _ => continue,
         };
         let now = clock.now_us();
-        let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+        let Ok(f) = serde_json::from_str::<Incoming<'_>>(text.as_str()) else {
             continue;
         };
-        match v["type"].as_str() {
-            Some("chat.message") => {
+        match f.kind {
+            "chat.message" => {
                 live.deliveries.fetch_add(1, Ordering::Relaxed);
-                let seq = v["seq"].as_u64().unwrap_or(0);
+                let seq = f.seq.unwrap_or(0);
                 if seq <= last_seq {
                     r.reordered += 1;
                 }
                 last_seq = last_seq.max(seq);
-                let Ok(body) = serde_json::from_str::<Value>(v["text"].as_str().unwrap_or(""))
+                let Some(body) = f
+                    .text
+                    .and_then(|t| serde_json::from_str::<Payload>(&t).ok())
                 else {
                     continue;
                 };
-                let (Some(k), Some(t), Some(w0), Some(w1)) = (
-                    body["k"].as_u64(),
-                    body["t"].as_u64(),
-                    body["w0"].as_u64(),
-                    body["w1"].as_u64(),
-                ) else {
-                    continue;
-                };
-                if !seen.insert(k) {
+                if !seen.insert(body.k) {
                     r.duplicates += 1;
                     continue;
                 }
-                if (w0..w1).contains(&t) {
-                    r.measured.insert(k);
-                    let _ = r.latency.record(now.saturating_sub(t).max(1));
+                if (body.w0..body.w1).contains(&body.t) {
+                    r.measured.insert(body.k);
+                    let _ = r.latency.record(now.saturating_sub(body.t).max(1));
                 }
             }
-            Some("ack") => {
-                if let Some(sent) = v["id"]
-                    .as_str()
-                    .and_then(|id| id.split('-').nth(1))
-                    .and_then(|s| s.parse::<u64>().ok())
-                {
+            "ack" => {
+                let sent = match f.id {
+                    Some(Id::Text(id)) => id.split('-').nth(1).and_then(|s| s.parse::<u64>().ok()),
+                    _ => None,
+                };
+                if let Some(sent) = sent {
                     let _ = r.ack.record(now.saturating_sub(sent).max(1));
                 }
             }
-            Some("error") => {
+            "error" => {
                 live.errors.fetch_add(1, Ordering::Relaxed);
-                if v["code"] == "rate_limited" {
+                if f.code == Some("rate_limited") {
                     r.rate_limited += 1;
                 } else {
                     r.errors += 1;
