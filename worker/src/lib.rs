@@ -11,6 +11,7 @@
 //! - `telemetry`: the Prometheus recorder and tracing setup shared by every binary.
 //! - `cluster/`: cluster mode: Redis bus, shard leases, the worker node and its health server.
 
+pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod engine;

@@ -31,27 +31,10 @@ impl Redis {
         let dir = temp_dir("redis");
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new(&bin)
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
             let mut redis = Redis {
                 url: format!("redis://127.0.0.1:{port}"),
                 port,
-                child: Some(child),
+                child: Some(spawn_server(&bin, port, &dir)),
                 dir: Some(dir.clone()),
             };
             if wait_for_port(port, Duration::from_secs(10)) {
@@ -76,23 +59,7 @@ impl Redis {
             return;
         };
         self.stop();
-        let child = Command::new(bin)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_server(&bin, self.port, &dir);
         self.child = Some(child);
         assert!(
             wait_for_port(self.port, Duration::from_secs(10)),
@@ -107,6 +74,26 @@ impl Redis {
             let _ = c.wait();
         }
     }
+}
+
+fn spawn_server(bin: &std::path::Path, port: u16, dir: &std::path::Path) -> Child {
+    Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
 impl Drop for Redis {
