@@ -58,6 +58,7 @@ impl RedisLink {
         let connected = Arc::new(AtomicBool::new(false));
         let answers = pending.clone();
         let sink = fanout.clone();
+        let resetter = fanout.clone();
         subscriber::spawn(
             client,
             vec![gateway_channel(gateway), ALL_GATEWAYS_CHANNEL.to_owned()],
@@ -73,6 +74,12 @@ impl RedisLink {
                     }
                     Err(e) => tracing::warn!(cause = %e, "undecodable gateway message"),
                 }
+            },
+            // Replies and events published while we were disconnected are lost: every
+            // client recovers by rejoining with since_seq.
+            move || {
+                tracing::warn!("bus reconnected: closing sockets so clients resume by seq");
+                resetter.close_all(crate::fanout::close::RESTART);
             },
             connected.clone(),
             cancel.clone(),

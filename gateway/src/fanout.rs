@@ -208,6 +208,21 @@ impl Fanout {
             Membership::Join(room) => {
                 map.entry(room).or_default().insert(local, entry.clone());
             }
+            Membership::Forgotten(room) => {
+                let was_joined = map
+                    .get_mut(&room)
+                    .map(|members| members.remove(&local).is_some())
+                    .unwrap_or(false);
+                if map.get(&room).is_some_and(|m| m.is_empty()) {
+                    map.remove(&room);
+                }
+                if let Ok(mut rooms) = entry.rooms.lock() {
+                    rooms.remove(&room);
+                }
+                if was_joined {
+                    entry.closer.close(close::RESTART);
+                }
+            }
             Membership::Leave(room) => {
                 if let Some(members) = map.get_mut(&room) {
                     members.remove(&local);

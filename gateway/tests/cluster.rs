@@ -29,12 +29,8 @@ fn worker_binary() -> PathBuf {
     worker
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn port_addr(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 struct Node {
@@ -97,7 +93,7 @@ impl Cluster {
             });
         }
         for n in c.gateways.iter().chain(c.workers.iter()) {
-            wait_ready(n.port, &n.name).await;
+            wait_ready(port_addr(n.port), &n.name).await;
         }
         c
     }
@@ -164,20 +160,6 @@ impl Cluster {
             .find(|w| w.name == name)
             .unwrap_or_else(|| panic!("no worker {name}"))
     }
-}
-
-async fn wait_ready(port: u16, name: &str) {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http(addr, "GET", "/readyz", None, None).await.0 == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{name} never became ready");
 }
 
 /// A client that survives failovers: on a closed socket or a missing reply it reconnects,
@@ -396,30 +378,13 @@ async fn clients_on_two_gateways_see_one_seq_stream() {
     assert_eq!(snap["members"].as_array().map(Vec::len), Some(2));
 }
 
-async fn guest_at(addr: std::net::SocketAddr, name: &str) -> (String, String) {
-    let (status, body) = http(
-        addr,
-        "POST",
-        "/v1/auth/guest",
-        None,
-        Some(&json!({"name": name})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    (
-        body["token"].as_str().unwrap().to_owned(),
-        body["user"]["user_id"].as_str().unwrap().to_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_owning_worker_loses_no_acknowledged_command() {
     let cluster = Cluster::start(2, 2).await;
     let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
     let (ta, _) = guest_at(g0, "A").await;
     let (tb, _) = guest_at(g1, "B").await;
-    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
-    let room = body["code"].as_str().unwrap().to_owned();
+    let room = create_room_at(g0, &ta).await;
     let mut a = Resilient::new(vec![g0, g1], ta.clone(), room.clone()).await;
     let mut b = Resilient::new(vec![g1, g0], tb, room.clone()).await;
     let owner = cluster.owner_of(&room);
@@ -462,20 +427,7 @@ async fn killing_the_owning_worker_loses_no_acknowledged_command() {
         "another worker owns the room"
     );
     // Every acknowledged message is stored exactly once.
-    let (_, page) = http(
-        g1,
-        "GET",
-        &format!("/v1/rooms/{room}/chat?limit=200"),
-        Some(&ta),
-        None,
-    )
-    .await;
-    let mut texts: Vec<String> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect();
+    let mut texts = chat_texts(g1, &ta, &room).await;
     texts.reverse();
     let expected: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
     assert_eq!(texts, expected);
@@ -499,8 +451,7 @@ async fn a_paused_worker_past_its_lease_cannot_write() {
     let cluster = Cluster::start(1, 2).await;
     let g0 = cluster.gateway(0);
     let (ta, _) = guest_at(g0, "A").await;
-    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
-    let room = body["code"].as_str().unwrap().to_owned();
+    let room = create_room_at(g0, &ta).await;
     let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
     a.call(
         json!({"type": "chat.send", "room": room, "text": "before"}),
@@ -526,20 +477,7 @@ async fn a_paused_worker_past_its_lease_cannot_write() {
         "c2",
     )
     .await;
-    let (_, page) = http(
-        g0,
-        "GET",
-        &format!("/v1/rooms/{room}/chat"),
-        Some(&ta),
-        None,
-    )
-    .await;
-    let texts: Vec<&str> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
+    let texts = chat_texts(g0, &ta, &room).await;
     assert_eq!(texts, vec!["after", "during", "before"]);
     let out = Command::new("psql")
         .arg(cluster.pg.url())
@@ -560,8 +498,7 @@ async fn a_killed_gateway_drops_its_members_and_clients_resume_elsewhere() {
     let (ta, _) = guest_at(g0, "Watcher").await;
     let (tx, x_id) = guest_at(g1, "Stays").await;
     let (ty, _) = guest_at(g1, "Moves").await;
-    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
-    let room = body["code"].as_str().unwrap().to_owned();
+    let room = create_room_at(g0, &ta).await;
     let mut watcher = Resilient::new(vec![g0], ta, room.clone()).await;
     let _stays = Resilient::new(vec![g1], tx, room.clone()).await;
     let mut moves = Resilient::new(vec![g1, g0], ty, room.clone()).await;
@@ -606,8 +543,7 @@ async fn nodes_ride_out_a_redis_restart() {
     let mut cluster = Cluster::start(1, 2).await;
     let g0 = cluster.gateway(0);
     let (ta, _) = guest_at(g0, "A").await;
-    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
-    let room = body["code"].as_str().unwrap().to_owned();
+    let room = create_room_at(g0, &ta).await;
     let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
     for i in 0..5 {
         a.call(
@@ -640,7 +576,7 @@ async fn nodes_ride_out_a_redis_restart() {
     .await;
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(10));
     for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
-        wait_ready(n.port, &n.name).await;
+        wait_ready(port_addr(n.port), &n.name).await;
     }
 }
 
@@ -649,8 +585,7 @@ async fn a_postgres_outage_is_unavailable_never_acked_then_lost() {
     let mut cluster = Cluster::start(1, 1).await;
     let g0 = cluster.gateway(0);
     let (ta, _) = guest_at(g0, "A").await;
-    let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
-    let room = body["code"].as_str().unwrap().to_owned();
+    let room = create_room_at(g0, &ta).await;
     let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
     a.call(
         json!({"type": "chat.send", "room": room, "text": "m0"}),
@@ -677,20 +612,7 @@ async fn a_postgres_outage_is_unavailable_never_acked_then_lost() {
         "served again {:.2} s after Postgres returned",
         back.elapsed().as_secs_f64()
     );
-    let (_, page) = http(
-        g0,
-        "GET",
-        &format!("/v1/rooms/{room}/chat"),
-        Some(&ta),
-        None,
-    )
-    .await;
-    let texts: Vec<&str> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
+    let texts = chat_texts(g0, &ta, &room).await;
     assert_eq!(
         texts,
         vec!["m1", "m0"],
@@ -705,8 +627,7 @@ async fn workers_joining_and_leaving_hand_shards_off() {
     let (ta, _) = guest_at(g0, "A").await;
     let mut rooms = Vec::new();
     for _ in 0..6 {
-        let (_, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
-        rooms.push(body["code"].as_str().unwrap().to_owned());
+        rooms.push(create_room_at(g0, &ta).await);
     }
     let mut clients = Vec::new();
     for room in &rooms {
@@ -722,7 +643,7 @@ async fn workers_joining_and_leaving_hand_shards_off() {
     // A second worker joins: it takes over its share of shards, gracefully.
     cluster.add_worker("w1");
     let w1 = cluster.workers.last().unwrap().port;
-    wait_ready(w1, "w1").await;
+    wait_ready(port_addr(w1), "w1").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !rooms.iter().any(|r| cluster.owner_of(r) == "w1") {
         assert!(Instant::now() < deadline, "no room moved to the new worker");
@@ -751,20 +672,7 @@ async fn workers_joining_and_leaving_hand_shards_off() {
     );
     for room in &rooms {
         assert_eq!(cluster.owner_of(room), "w1");
-        let (_, page) = http(
-            g0,
-            "GET",
-            &format!("/v1/rooms/{room}/chat"),
-            Some(&ta),
-            None,
-        )
-        .await;
-        let texts: Vec<&str> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["text"].as_str().unwrap())
-            .collect();
+        let texts = chat_texts(g0, &ta, room).await;
         assert_eq!(texts, vec!["r2", "r1", "r0"]);
     }
     for c in clients.iter_mut() {

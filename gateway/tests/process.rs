@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_lockstep"))
         .current_dir(dir)
@@ -31,18 +23,10 @@ fn spawn(dir: &std::path::Path, port: u16) -> Child {
         .expect("binary starts")
 }
 
-async fn wait_ready(port: u16) -> std::net::SocketAddr {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http(addr, "GET", "/readyz", None, None).await.0 == 200
-        {
-            return addr;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("node on port {port} never became ready");
+async fn ready_at(port: u16) -> std::net::SocketAddr {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_ready(addr, "lockstep").await;
+    addr
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -83,7 +67,7 @@ async fn kill_9_and_restart_lose_no_acknowledged_change() {
     let dir = TempDir::new("proc");
     let port = free_port();
     let mut child = spawn(&dir.0, port);
-    let addr = wait_ready(port).await;
+    let addr = ready_at(port).await;
     let (status, body) = http(
         addr,
         "POST",
@@ -110,7 +94,7 @@ async fn kill_9_and_restart_lose_no_acknowledged_change() {
     drop(c);
 
     let mut child = spawn(&dir.0, port);
-    let addr = wait_ready(port).await;
+    let addr = ready_at(port).await;
     let (status, page) = http(
         addr,
         "GET",

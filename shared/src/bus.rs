@@ -67,6 +67,10 @@ impl ToWorker {
 pub enum Membership {
     Join(String),
     Leave(String),
+    /// The room does not know this connection (its owner changed or it reloaded and the
+    /// reset was lost): a gateway that thought it was joined closes it with 1012 so the
+    /// client rejoins with `since_seq`.
+    Forgotten(String),
 }
 
 /// Worker → gateway. Frames are encoded once by the worker and shared by every recipient.

@@ -102,25 +102,11 @@ impl Node {
 
     /// Signs in as a guest: (token, user_id).
     pub async fn guest(&self, name: &str) -> (String, String) {
-        let (status, body) = http(
-            self.addr,
-            "POST",
-            "/v1/auth/guest",
-            None,
-            Some(&json!({"name": name})),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        (
-            body["token"].as_str().unwrap().to_owned(),
-            body["user"]["user_id"].as_str().unwrap().to_owned(),
-        )
+        guest_at(self.addr, name).await
     }
 
     pub async fn create_room(&self, token: &str) -> String {
-        let (status, body) = http(self.addr, "POST", "/v1/rooms", Some(token), None).await;
-        assert_eq!(status, 201, "{body}");
-        body["code"].as_str().unwrap().to_owned()
+        create_room_at(self.addr, token).await
     }
 
     pub async fn connect(&self, token: &str) -> Client {
@@ -143,6 +129,72 @@ impl Node {
         let ack = c.join(room, None).await;
         (c, user, ack)
     }
+}
+
+/// Signs in as a guest on the node at `addr`: (token, user_id).
+pub async fn guest_at(addr: SocketAddr, name: &str) -> (String, String) {
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/auth/guest",
+        None,
+        Some(&json!({"name": name})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (
+        body["token"].as_str().unwrap().to_owned(),
+        body["user"]["user_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Creates a room on the node at `addr`; returns its code.
+pub async fn create_room_at(addr: SocketAddr, token: &str) -> String {
+    let (status, body) = http(addr, "POST", "/v1/rooms", Some(token), None).await;
+    assert_eq!(status, 201, "{body}");
+    body["code"].as_str().unwrap().to_owned()
+}
+
+/// A room's chat texts through the REST API, newest first (up to 200).
+pub async fn chat_texts(addr: SocketAddr, token: &str, room: &str) -> Vec<String> {
+    let (status, page) = http(
+        addr,
+        "GET",
+        &format!("/v1/rooms/{room}/chat?limit=200"),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the node at `addr` answers `/readyz` with 200.
+pub async fn wait_ready(addr: SocketAddr, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if TcpStream::connect(addr).await.is_ok()
+            && http(addr, "GET", "/readyz", None, None).await.0 == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} at {addr} never became ready");
 }
 
 /// A minimal HTTP/1.1 client: one request per connection. Returns (status, JSON body or

@@ -74,12 +74,17 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 metrics::counter!(names::BUS_DROPPED).increment(1);
             }
         },
+        // Commands published while we were away went to nobody; gateways got `unavailable`.
+        || {},
         redis_up.clone(),
         background.clone(),
     );
     tokio::spawn(dispatch(inbox_rx, host.clone(), publisher.clone()));
 
-    // Leases → subscriptions and room unloads.
+    // Leases → subscriptions and room unloads. `serving`: shards whose channel is subscribed.
+    let serving = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<u32>::new(),
+    ));
     let (ev_tx, mut ev_rx) = mpsc::channel(4_096);
     tokio::spawn(leases::run(
         leases.clone(),
@@ -90,20 +95,31 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     ));
     {
         let (host, subs, leases, pool) = (host.clone(), subs.clone(), leases.clone(), pool.clone());
+        let serving = serving.clone();
         let shards = cc.shards;
         tokio::spawn(async move {
             while let Some(ev) = ev_rx.recv().await {
                 match ev {
                     LeaseEvent::Acquired(shard, epoch) => {
                         tracing::info!(shard, epoch, "shard acquired");
-                        subs.subscribe(shard_channel(shard)).await;
+                        if subs.subscribe(shard_channel(shard)).await {
+                            if let Ok(mut s) = serving.lock() {
+                                s.insert(shard);
+                            }
+                        }
                     }
                     LeaseEvent::Lost(shard) => {
+                        if let Ok(mut s) = serving.lock() {
+                            s.remove(&shard);
+                        }
                         subs.unsubscribe(shard_channel(shard)).await;
                         drop(host.unload_where(|room| shard_of(room, shards) == shard));
                     }
                     LeaseEvent::Release(shard, epoch) => {
                         tracing::info!(shard, "handing shard off");
+                        if let Ok(mut s) = serving.lock() {
+                            s.remove(&shard);
+                        }
                         subs.unsubscribe(shard_channel(shard)).await;
                         let tasks = host.unload_where(|room| shard_of(room, shards) == shard);
                         let (leases, pool) = (leases.clone(), pool.clone());
@@ -148,6 +164,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .with_context(|| format!("bind {}", cc.worker_listen))?;
     let ready: Arc<dyn Fn() -> Option<String> + Send + Sync> = {
         let (leases, redis_up, pg_up) = (leases.clone(), redis_up.clone(), pg_up.clone());
+        let serving = serving.clone();
         Arc::new(move || {
             if !redis_up.load(Ordering::SeqCst) {
                 Some("redis unreachable".into())
@@ -155,6 +172,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 Some("postgres unreachable".into())
             } else if !leases.is_ready() {
                 Some("not holding every shard lease it should".into())
+            } else if serving.lock().map(|s| s.len()).unwrap_or(0) < leases.owned().len() {
+                Some("not yet subscribed to every shard it holds".into())
             } else {
                 None
             }

@@ -14,7 +14,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const COMMANDS: usize = 4_096;
 
 enum Cmd {
-    Subscribe(String),
+    /// Subscribe; the sender (if any) hears back once Redis confirmed it.
+    Subscribe(String, Option<tokio::sync::oneshot::Sender<()>>),
     Unsubscribe(String),
 }
 
@@ -25,8 +26,19 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    pub async fn subscribe(&self, channel: String) {
-        let _ = self.tx.send(Cmd::Subscribe(channel)).await;
+    /// Subscribes and waits until Redis confirmed it; false if the connection was down
+    /// (the subscriber still resubscribes once it reconnects).
+    pub async fn subscribe(&self, channel: String) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .tx
+            .send(Cmd::Subscribe(channel, Some(tx)))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.is_ok()
     }
 
     pub async fn unsubscribe(&self, channel: String) {
@@ -36,15 +48,26 @@ impl Subscriptions {
 
 /// Starts the subscriber task; every message's `(channel, payload)` goes to `on_message`.
 /// `connected` reports whether the connection is up (for `/readyz`).
+/// `on_reconnect` runs after every reconnection (not the first connection): messages
+/// published meanwhile were lost, so the caller must make its clients recover.
 pub fn spawn(
     client: redis::Client,
     initial: Vec<String>,
     on_message: impl Fn(String, Vec<u8>) + Send + 'static,
+    on_reconnect: impl Fn() + Send + 'static,
     connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cancel: CancellationToken,
 ) -> Subscriptions {
     let (tx, rx) = mpsc::channel(COMMANDS);
-    tokio::spawn(run(client, initial, on_message, connected, rx, cancel));
+    tokio::spawn(run(
+        client,
+        initial,
+        on_message,
+        on_reconnect,
+        connected,
+        rx,
+        cancel,
+    ));
     Subscriptions { tx }
 }
 
@@ -52,6 +75,7 @@ async fn run(
     client: redis::Client,
     initial: Vec<String>,
     on_message: impl Fn(String, Vec<u8>) + Send + 'static,
+    on_reconnect: impl Fn() + Send + 'static,
     connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
     mut cmds: mpsc::Receiver<Cmd>,
     cancel: CancellationToken,
@@ -60,6 +84,7 @@ async fn run(
     let mut wanted: HashSet<String> = initial.into_iter().collect();
     let mut backoff = Duration::from_millis(50);
     let mut cmds_closed = false;
+    let mut connections = 0u64;
     loop {
         if cancel.is_cancelled() {
             return;
@@ -92,6 +117,10 @@ async fn run(
         connected.store(true, Ordering::SeqCst);
         backoff = Duration::from_millis(50);
         tracing::info!(channels = wanted.len(), "pub/sub connected");
+        if connections > 0 {
+            on_reconnect();
+        }
+        connections += 1;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -102,9 +131,12 @@ async fn run(
                             cmds_closed = true;
                             Ok(())
                         }
-                        Some(Cmd::Subscribe(ch)) => {
+                        Some(Cmd::Subscribe(ch, done)) => {
                             let r = sink.subscribe(&ch).await;
                             wanted.insert(ch);
+                            if let (Ok(()), Some(done)) = (&r, done) {
+                                let _ = done.send(());
+                            }
                             r
                         }
                         Some(Cmd::Unsubscribe(ch)) => {

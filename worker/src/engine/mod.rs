@@ -311,7 +311,13 @@ impl Room {
             }
             Err(refusal) => {
                 let frame = error_frame(reply_id.as_deref(), refusal.code, &refusal.message);
-                let membership = is_join.then(|| Membership::Leave(self.code.to_string()));
+                let membership = if is_join {
+                    Some(Membership::Leave(self.code.to_string()))
+                } else if !self.is_member(&caller) {
+                    Some(Membership::Forgotten(self.code.to_string()))
+                } else {
+                    None
+                };
                 self.reply(
                     caller.conn,
                     reply_id.as_deref(),
@@ -386,6 +392,12 @@ impl Room {
             ));
         }
         f(self)
+    }
+
+    fn is_member(&self, caller: &Caller) -> bool {
+        self.members
+            .get(&caller.user_id)
+            .is_some_and(|m| m.conns.contains(&caller.conn))
     }
 
     fn require_member(&self, caller: &Caller) -> Result<(), Refusal> {
