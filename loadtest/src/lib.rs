@@ -69,6 +69,7 @@ async fn run_inner(scn: Scenario) -> anyhow::Result<Report> {
         scn.urls.len()
     );
     let plan = setup::prepare(&scn).await?;
+    let rss_before = scn.pid.and_then(report::rss_kib);
     let connect_started = Instant::now();
     let clients = client::connect_all(&scn, &plan, clock, live.clone()).await?;
     eprintln!(
@@ -76,6 +77,9 @@ async fn run_inner(scn: Scenario) -> anyhow::Result<Report> {
         clients.len(),
         connect_started.elapsed().as_secs_f64()
     );
+    if scn.name == "idle" {
+        return idle(&scn, clients, rss_before, &live).await;
+    }
     let start_us = clock.now_us() + 200_000;
     let window = (
         start_us + (scn.warmup * 1e6) as u64,
@@ -101,6 +105,36 @@ async fn run_inner(scn: Scenario) -> anyhow::Result<Report> {
     if let Some(path) = &scn.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(report)
+}
+
+/// Holds the connections for `--duration`, then reports how many survived and what they cost.
+async fn idle(
+    scn: &Scenario,
+    clients: Vec<client::ClientHandle>,
+    rss_before: Option<u64>,
+    live: &Live,
+) -> anyhow::Result<Report> {
+    tokio::time::sleep(Duration::from_secs_f64(scn.duration)).await;
+    let rss_after = scn.pid.and_then(report::rss_kib);
+    live.stop.store(true, Ordering::SeqCst);
+    let held = clients.len();
+    let results = client::finish_all(clients).await;
+    let mut report = Report::build(
+        scn,
+        results,
+        publisher::Published::none(scn.rooms),
+        (0, (scn.duration * 1e6) as u64),
+    );
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        report.server_rss_mib = Some(after as f64 / 1024.0);
+        report.rss_kib_per_connection =
+            Some(after.saturating_sub(before) as f64 / held.max(1) as f64);
+    }
+    report.print();
+    if let Some(path) = &scn.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(report)
 }

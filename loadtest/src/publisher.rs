@@ -21,6 +21,17 @@ pub struct Published {
     pub send_failures: u64,
 }
 
+impl Published {
+    /// Nothing published (the `idle` scenario).
+    pub fn none(rooms: usize) -> Published {
+        Published {
+            measured: vec![0; rooms],
+            send_lag: histogram(),
+            send_failures: 0,
+        }
+    }
+}
+
 pub async fn run_all(
     scn: &Scenario,
     codes: &[String],

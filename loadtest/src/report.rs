@@ -62,6 +62,10 @@ pub struct Report {
     pub send_failures: u64,
     /// Sockets the server closed during the run, by close code.
     pub closed_by_code: BTreeMap<u16, u64>,
+    /// `idle`: the server's resident memory after connecting, MiB (with `--pid`).
+    pub server_rss_mib: Option<f64>,
+    /// `idle`: the server's RSS growth per held connection, KiB (with `--pid`).
+    pub rss_kib_per_connection: Option<f64>,
     pub slo: Vec<SloResult>,
 }
 
@@ -131,6 +135,8 @@ impl Report {
             rate_limited,
             send_failures: published.send_failures,
             closed_by_code,
+            server_rss_mib: None,
+            rss_kib_per_connection: None,
             slo: Vec::new(),
         };
         if let Some(slo) = &scn.slo {
@@ -182,6 +188,9 @@ impl Report {
             "lost {}  duplicates {}  reordered {}  errors {}  rate_limited {}",
             self.lost, self.duplicates, self.reordered, self.errors, self.rate_limited
         );
+        if let (Some(rss), Some(per)) = (self.server_rss_mib, self.rss_kib_per_connection) {
+            println!("server RSS          {rss:.1} MiB, {per:.1} KiB per held connection");
+        }
         if !self.closed_by_code.is_empty() {
             println!("closed by server    {:?}", self.closed_by_code);
         }
@@ -194,6 +203,16 @@ impl Report {
             );
         }
     }
+}
+
+/// Resident set size of a process in KiB, from /proc/<pid>/status (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
 }
 
 /// One parsed SLO clause, e.g. `p99<50ms`.

@@ -20,6 +20,9 @@ pub enum Command {
     Fanout(Flags),
     /// One room with thousands of members (default 1 x 2000, 2 msg/s).
     Bigroom(Flags),
+    /// Idle connections held for `--duration` (default 50 rooms x 100); with `--pid`, the
+    /// server's RSS growth per connection from /proc.
+    Idle(Flags),
 }
 
 impl Cli {
@@ -27,6 +30,7 @@ impl Cli {
         match self.command {
             Command::Fanout(f) => f.into_scenario("fanout", 20, 50, 5.0),
             Command::Bigroom(f) => f.into_scenario("bigroom", 1, 2000, 2.0),
+            Command::Idle(f) => f.into_scenario("idle", 50, 100, 1.0),
         }
     }
 }
@@ -76,6 +80,9 @@ pub struct Flags {
     /// Watchdog: abort after this many seconds.
     #[arg(long, default_value_t = 600.0)]
     pub max_seconds: f64,
+    /// Server process to sample RSS from (/proc/<pid>/status), for `idle`.
+    #[arg(long)]
+    pub pid: Option<u32>,
 }
 
 impl Flags {
@@ -96,6 +103,7 @@ impl Flags {
             slo: self.slo,
             json: self.json,
             max_seconds: self.max_seconds,
+            pid: self.pid,
         }
     }
 }
@@ -118,6 +126,7 @@ pub struct Scenario {
     pub slo: Option<String>,
     pub json: Option<PathBuf>,
     pub max_seconds: f64,
+    pub pid: Option<u32>,
 }
 
 impl Scenario {
@@ -139,6 +148,7 @@ impl Scenario {
             slo: None,
             json: None,
             max_seconds: 60.0,
+            pid: None,
         }
     }
 

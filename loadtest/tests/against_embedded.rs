@@ -77,3 +77,26 @@ fn bad_scenarios_are_refused() {
     scn.slo = Some("p99 around 5".into());
     assert!(scn.validate().is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_holds_connections_and_samples_rss() {
+    let dir = std::env::temp_dir().join(format!("lockstep-lt-idle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let running = node(&dir).await;
+    let mut scn = Scenario::small(&format!("http://{}", running.addr));
+    scn.name = "idle".into();
+    scn.duration = 1.0;
+    // The node runs in this process, so this process's RSS is the server's.
+    scn.pid = Some(std::process::id());
+    let report = run(scn).await.unwrap();
+    assert_eq!(report.clients_connected, 10);
+    assert!(
+        report.closed_by_code.is_empty(),
+        "{:?}",
+        report.closed_by_code
+    );
+    assert!(report.server_rss_mib.is_some_and(|m| m > 1.0));
+    assert!(report.rss_kib_per_connection.is_some());
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
