@@ -373,7 +373,7 @@ async fn clients_on_two_gateways_see_one_seq_stream() {
         "identical stream on both gateways"
     );
     assert_gapless(&a.events, "a");
-    let (status, snap) = http(g1, "GET", &format!("/v1/rooms/{room}"), Some(&ta), None).await;
+    let (status, snap) = room_body(g1, &ta, &room).await;
     assert_eq!(status, 200);
     assert_eq!(snap["members"].as_array().map(Vec::len), Some(2));
 }

@@ -101,14 +101,7 @@ async fn rest_api_rooms_chat_history_and_audit() {
     c.ok(json!({"type": "queue.add", "room": room, "url": "https://youtu.be/dQw4w9WgXcQ"}))
         .await;
 
-    let (status, snap) = http(
-        node.addr,
-        "GET",
-        &format!("/v1/rooms/{room}"),
-        Some(&owner_token),
-        None,
-    )
-    .await;
+    let (status, snap) = room_body(node.addr, &owner_token, &room).await;
     assert_eq!(status, 200);
     assert!(snap["seq"].as_u64().unwrap() >= 9);
     assert!(snap.get("chat").is_none(), "room body has no chat");

@@ -109,14 +109,7 @@ async fn kill_9_and_restart_lose_no_acknowledged_change() {
     );
     assert_eq!(page["messages"].as_array().unwrap().len(), 50);
     assert_eq!(page["messages"][0]["text"], "acked 49");
-    let (_, snap) = http(
-        addr,
-        "GET",
-        &format!("/v1/rooms/{room}"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (_, snap) = room_body(addr, &token, &room).await;
     assert_eq!(snap["player"]["entry"]["video_id"], "dQw4w9WgXcQ");
 
     // SIGTERM: connected clients are told, then the process exits cleanly.

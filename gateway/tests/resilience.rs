@@ -182,26 +182,12 @@ async fn state_survives_a_restart() {
         .await;
     owner.send_raw(&json!({"id": "before-restart", "type": "chat.send", "room": room, "text": "remember me"}).to_string()).await;
     let first_ack = owner.reply("before-restart").await;
-    let (_, before) = http(
-        node.addr,
-        "GET",
-        &format!("/v1/rooms/{room}"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (_, before) = room_body(node.addr, &token, &room).await;
     drop(owner);
     node.stop().await;
 
     let mut node = start(&dir.0, |f| f).await;
-    let (_, after) = http(
-        node.addr,
-        "GET",
-        &format!("/v1/rooms/{room}"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let (_, after) = room_body(node.addr, &token, &room).await;
     assert_eq!(
         after["settings"],
         json!({"name": "Persisted", "control_mode": "anyone", "ad_policy": "pause_all"})

@@ -155,6 +155,11 @@ pub async fn create_room_at(addr: SocketAddr, token: &str) -> String {
     body["code"].as_str().unwrap().to_owned()
 }
 
+/// `GET /v1/rooms/{room}`: (status, body).
+pub async fn room_body(addr: SocketAddr, token: &str, room: &str) -> (u16, Value) {
+    http(addr, "GET", &format!("/v1/rooms/{room}"), Some(token), None).await
+}
+
 /// A room's chat texts through the REST API, newest first (up to 200).
 pub async fn chat_texts(addr: SocketAddr, token: &str, room: &str) -> Vec<String> {
     let (status, page) = http(

@@ -128,17 +128,7 @@ impl PostgresStore {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
-        let (tx, rx) = oneshot::channel();
-        if let Err(err) = self.jobs.try_send(Job::Commit(batch, tx)) {
-            let (job, reason) = match err {
-                mpsc::error::TrySendError::Full(job) => (job, "store queue is full"),
-                mpsc::error::TrySendError::Closed(job) => (job, "store writer stopped"),
-            };
-            if let Job::Commit(_, tx) = job {
-                let _ = tx.send(Err(StoreError::Unavailable(reason.into())));
-            }
-        }
-        rx
+        super::enqueue_commit(&self.jobs, |reply| Job::Commit(batch, reply))
     }
 
     async fn load_room(
