@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use lockstep_shared::config::Config;
 use lockstep_shared::protocol::server::draining_frame;
+use lockstep_worker::ingest::limiter::LocalJoinLimiter;
+use lockstep_worker::ingest::Ingest;
 use lockstep_worker::store::sqlite::{SqliteOptions, SqliteStore};
 use lockstep_worker::Host;
 use tokio::net::TcpListener;
@@ -58,11 +60,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     )
     .with_context(|| format!("open store {}", cfg.store.path.display()))?;
     let fanout = Arc::new(Fanout::new(rand::random::<u64>() >> 1));
+    let limiter = Arc::new(LocalJoinLimiter::new(
+        cfg.ingest.twitch.join_limit,
+        cfg.ingest.twitch.join_window_ms,
+    ));
+    let ingest = Ingest::new(&cfg.ingest, limiter, CancellationToken::new());
     let host = Host::new(
         cfg.room.clone(),
         Arc::new(store),
         fanout.clone(),
         CancellationToken::new(),
+        Some(ingest),
     );
     let state = AppState::new(
         cfg.clone(),

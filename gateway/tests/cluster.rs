@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use lockstep_testkit::fake_twitch::FakeTwitch;
+use lockstep_testkit::fake_youtube::{ActionKind, FakeYoutube};
 use lockstep_testkit::{Postgres, Redis};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -63,10 +65,16 @@ struct Cluster {
     gateways: Vec<Node>,
     workers: Vec<Node>,
     logs: TempDir,
+    /// Extra environment for every node.
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     async fn start(gateways: usize, workers: usize) -> Cluster {
+        Cluster::start_with(gateways, workers, Vec::new()).await
+    }
+
+    async fn start_with(gateways: usize, workers: usize, env: Vec<(String, String)>) -> Cluster {
         let redis = Redis::start();
         let pg = Postgres::start();
         let mut c = Cluster {
@@ -75,6 +83,7 @@ impl Cluster {
             gateways: Vec::new(),
             workers: Vec::new(),
             logs: TempDir::new("cluster"),
+            env,
         };
         for i in 0..workers {
             c.add_worker(&format!("w{i}"));
@@ -114,6 +123,7 @@ impl Cluster {
             .env("LOCKSTEP_GATEWAY__CONNECT_RATE_PER_IP", "10000")
             .env("LOCKSTEP_GATEWAY__CONNECT_BURST_PER_IP", "10000")
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log);
         cmd
@@ -679,4 +689,110 @@ async fn workers_joining_and_leaving_hand_shards_off() {
         c.drain(Duration::from_millis(300)).await;
         assert_gapless(&c.events, "member");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_over_room_resumes_its_sources_on_the_new_owner() {
+    let yt = FakeYoutube::start("tky5A2gLuZo", "UCdyqAaZDKHXg4Ahi7VENThQ").await;
+    let tw = FakeTwitch::start().await;
+    let env = [
+        ("LOCKSTEP_INGEST__TWITCH__URL", tw.url()),
+        ("LOCKSTEP_INGEST__YOUTUBE__BASE_URL", yt.base_url()),
+        ("LOCKSTEP_INGEST__YOUTUBE__POLL_MIN_MS", "50".into()),
+        ("LOCKSTEP_INGEST__YOUTUBE__POLL_MAX_MS", "150".into()),
+        ("LOCKSTEP_INGEST__TWITCH__BACKOFF_BASE_MS", "50".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let cluster = Cluster::start_with(1, 2, env).await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let room = create_room_at(g0, &ta).await;
+    let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
+    a.call(
+        json!({"type": "room.sources", "room": room, "add": {"platform": "youtube", "video_id": "tky5A2gLuZo"}}),
+        "s1",
+    )
+    .await;
+    a.call(
+        json!({"type": "room.sources", "room": room, "add": {"platform": "twitch", "channel": "failover"}}),
+        "s2",
+    )
+    .await;
+    assert!(tw.wait_joined("failover", 0).await);
+    let action = |i: usize| {
+        FakeYoutube::action(
+            ActionKind::TextWithEmoji,
+            &format!("y{i}"),
+            "Fan",
+            "UCaaaaaaaaaaaaaaaaaaaaaa",
+            "",
+        )
+    };
+    let youtube_ids = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|v| v["type"] == "chat.message" && v["source"] == "youtube")
+            .filter_map(|v| v["ext"]["upstream_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // Wait until polling runs, then deliver five items on the first owner.
+    while yt.polls() < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    yt.push((0..5).map(action));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while youtube_ids(&a.events).len() < 5 {
+        assert!(Instant::now() < deadline, "first items never arrived");
+        a.drain(Duration::from_millis(200)).await;
+    }
+    let owner = cluster.owner_of(&room);
+    cluster.worker(&owner).signal("-9");
+    // Chat continues upstream while the room has no owner.
+    yt.push((5..10).map(action));
+    // A command brings the room back on the other worker.
+    a.call(
+        json!({"type": "chat.send", "room": room, "text": "still here"}),
+        "c1",
+    )
+    .await;
+    assert_ne!(cluster.owner_of(&room), owner);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while youtube_ids(&a.events).len() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "resumed items never arrived: {:?}",
+            youtube_ids(&a.events)
+        );
+        a.drain(Duration::from_millis(200)).await;
+    }
+    a.drain(Duration::from_millis(500)).await;
+    let expected: Vec<String> = (0..10).map(|i| format!("y{i}")).collect();
+    assert_eq!(
+        youtube_ids(&a.events),
+        expected,
+        "no gap and no repeat across the owner change"
+    );
+    assert_eq!(
+        yt.page_loads(),
+        1,
+        "the new owner resumed from the stored continuation"
+    );
+    // Twitch comes back on the new owner too.
+    assert!(
+        tw.wait_joined("failover", 1).await,
+        "channel joined again by the new owner"
+    );
+    let line = "@badge-info=;badges=;color=;display-name=Late;emotes=;id=t-1;user-id=5 :late!late@late.tmi.twitch.tv PRIVMSG #failover :after failover";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tw.say("failover", line);
+        a.drain(Duration::from_millis(300)).await;
+        if a.events.iter().any(|v| v["text"] == "after failover") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "twitch chat never resumed");
+    }
+    assert_gapless(&a.events, "member");
 }

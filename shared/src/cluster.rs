@@ -24,6 +24,8 @@ pub const ALL_GATEWAYS_CHANNEL: &str = "ls:gw:all";
 pub const WORKERS_KEY: &str = "ls:workers";
 /// Live gateways: member = gateway id, score = last heartbeat (ms).
 pub const GATEWAYS_KEY: &str = "ls:gateways";
+/// Sorted set of recent Twitch JOINs across the cluster (the shared JOIN rate limiter).
+pub const TWITCH_JOINS_KEY: &str = "ls:ingest:twitch:joins";
 
 /// The lease on a shard: value `"<worker>:<epoch>"`, set with NX and a TTL.
 pub fn lease_key(shard: u32) -> String {

@@ -9,6 +9,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod ingest;
+pub use ingest::{BreakerConfig, IngestConfig, TwitchConfig, YoutubeConfig};
+
 /// The whole node configuration. Every limit an operator or a load test may tune is here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -20,6 +23,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub tls: TlsConfig,
     pub cluster: ClusterConfig,
+    pub ingest: IngestConfig,
 }
 
 /// WebSocket and HTTP termination.
@@ -146,6 +150,11 @@ pub struct RoomConfig {
     pub members_max: usize,
     /// External chat sources per room.
     pub sources_max: usize,
+    /// Upstream (Twitch/YouTube) messages per second one room accepts; the rest are shed
+    /// and counted.
+    pub ingest_rate: f64,
+    /// Upstream message burst one room accepts.
+    pub ingest_burst: f64,
     /// Commands waiting in one room's mailbox before callers get `unavailable`.
     pub mailbox: usize,
     /// An empty room is unloaded from memory after this long.
@@ -172,6 +181,8 @@ impl Default for RoomConfig {
             idempotency_ttl_ms: 5 * 60 * 1000,
             members_max: 10_000,
             sources_max: 8,
+            ingest_rate: 50.0,
+            ingest_burst: 200.0,
             mailbox: 1_024,
             idle_unload_ms: 60_000,
             max_loaded: 100_000,
@@ -346,6 +357,8 @@ impl Config {
             ("gateway.signal_rate", g.signal_rate),
             ("room.chat_rate", self.room.chat_rate),
             ("room.chat_burst", self.room.chat_burst),
+            ("room.ingest_rate", self.room.ingest_rate),
+            ("room.ingest_burst", self.room.ingest_burst),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 errs.push(format!("{name} must be a positive number"));
@@ -401,6 +414,7 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             errs.push("tls.cert and tls.key must be set together".into());
         }
+        errs.extend(self.ingest.problems());
         if errs.is_empty() {
             Ok(())
         } else {
@@ -433,6 +447,36 @@ mod tests {
             assert_eq!(cfg.room.history_max, 1_000);
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn proxies_come_from_one_comma_separated_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "LOCKSTEP_INGEST__PROXIES",
+                "http://127.0.0.1:3128, http://127.0.0.2:3128",
+            );
+            jail.set_env("LOCKSTEP_INGEST__TWITCH__URL", "ws://127.0.0.1:1/");
+            jail.set_env("LOCKSTEP_INGEST__YOUTUBE__BASE_URL", "http://127.0.0.1:2");
+            let cfg = Config::load(Path::new("none.toml"))
+                .map_err(|e| figment::Error::from(e.to_string()))?;
+            assert_eq!(
+                cfg.ingest.proxies,
+                vec!["http://127.0.0.1:3128", "http://127.0.0.2:3128"]
+            );
+            assert_eq!(cfg.ingest.twitch.url, "ws://127.0.0.1:1/");
+            assert_eq!(cfg.ingest.youtube.base_url, "http://127.0.0.1:2");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_ingest_settings_are_reported() {
+        let mut cfg = Config::default();
+        cfg.ingest.proxies = vec!["socks5://x:1".into()];
+        cfg.ingest.twitch.url = "http://irc".into();
+        assert!(matches!(cfg.validate(), Err(ConfigError::Invalid(e)) if e.len() == 2));
     }
 
     #[test]

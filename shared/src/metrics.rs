@@ -54,6 +54,30 @@ pub const LEASE_ACQUIRED: &str = "lockstep_lease_acquired_total";
 /// Shard leases lost (renewal failed) or released (handoff), label `how`.
 pub const LEASE_DROPPED: &str = "lockstep_lease_dropped_total";
 
+/// Upstream chat items delivered to rooms, labels `platform` and `kind`.
+pub const INGEST_MESSAGES: &str = "lockstep_ingest_messages_total";
+/// Upstream chat items dropped by the per-room cap or a full room, label `platform`.
+pub const INGEST_SHED: &str = "lockstep_ingest_shed_total";
+/// Failed upstream calls, labels `platform` and `reason` (`status_429`, `status_5xx`,
+/// `status_other`, `timeout`, `connect`, `proxy`, `parse`, `closed`).
+pub const INGEST_UPSTREAM_ERRORS: &str = "lockstep_ingest_upstream_errors_total";
+/// Upstream request duration, label `platform`.
+pub const INGEST_UPSTREAM_LATENCY: &str = "lockstep_ingest_upstream_request_seconds";
+/// Circuit breakers open now (gauge), label `scope` (`twitch`, `youtube`, `proxy`).
+pub const INGEST_BREAKERS_OPEN: &str = "lockstep_ingest_breakers_open";
+/// Breaker state changes, labels `scope` and `to` (`open`, `half_open`, `closed`).
+pub const INGEST_BREAKER_TRANSITIONS: &str = "lockstep_ingest_breaker_transitions_total";
+/// Sources running now (gauge), label `platform`.
+pub const INGEST_SOURCES_ACTIVE: &str = "lockstep_ingest_sources_active";
+/// Open Twitch IRC connections (gauge).
+pub const INGEST_TWITCH_CONNECTIONS: &str = "lockstep_ingest_twitch_connections";
+/// Twitch JOINs sent.
+pub const INGEST_TWITCH_JOINS: &str = "lockstep_ingest_twitch_joins_total";
+/// Time a JOIN waited for the cluster-wide limiter.
+pub const INGEST_JOIN_WAIT: &str = "lockstep_ingest_join_wait_seconds";
+/// Requests through each configured proxy, labels `proxy` (index in the pool) and `outcome`.
+pub const INGEST_PROXY_REQUESTS: &str = "lockstep_ingest_proxy_requests_total";
+
 /// Every exported name, for the dashboard and alert-rule checks.
 pub const ALL: &[&str] = &[
     GATEWAY_CONNECTIONS,
@@ -80,4 +104,15 @@ pub const ALL: &[&str] = &[
     LEASE_OWNED,
     LEASE_ACQUIRED,
     LEASE_DROPPED,
+    INGEST_MESSAGES,
+    INGEST_SHED,
+    INGEST_UPSTREAM_ERRORS,
+    INGEST_UPSTREAM_LATENCY,
+    INGEST_BREAKERS_OPEN,
+    INGEST_BREAKER_TRANSITIONS,
+    INGEST_SOURCES_ACTIVE,
+    INGEST_TWITCH_CONNECTIONS,
+    INGEST_TWITCH_JOINS,
+    INGEST_JOIN_WAIT,
+    INGEST_PROXY_REQUESTS,
 ];

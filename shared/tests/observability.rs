@@ -65,7 +65,7 @@ fn metric_names_follow_the_convention() {
         assert!(name.starts_with("lockstep_"), "{name}");
         let area = name.split('_').nth(1).unwrap();
         assert!(
-            ["gateway", "worker", "store", "bus", "lease"].contains(&area),
+            ["gateway", "worker", "store", "bus", "lease", "ingest"].contains(&area),
             "{name}"
         );
     }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ingest::Ingest;
 use crate::room_actor::{self, RoomMsg};
 
 /// Lock stripes for the room map.
@@ -54,6 +55,8 @@ pub struct HostShared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) sink: Arc<dyn GatewaySink>,
     pub(crate) cancel: CancellationToken,
+    /// Chat ingestion; `None` when disabled.
+    pub(crate) ingest: Option<Arc<Ingest>>,
     stripes: Vec<Mutex<HashMap<String, Slot>>>,
     tracker: TaskTracker,
     ownership: Arc<dyn Ownership>,
@@ -95,8 +98,9 @@ impl Host {
         store: Arc<dyn Store>,
         sink: Arc<dyn GatewaySink>,
         cancel: CancellationToken,
+        ingest: Option<Arc<Ingest>>,
     ) -> Host {
-        Host::with_ownership(cfg, store, sink, cancel, Arc::new(OwnsEverything))
+        Host::with_ownership(cfg, store, sink, cancel, Arc::new(OwnsEverything), ingest)
     }
 
     /// A host that serves only the rooms `ownership` grants (cluster mode).
@@ -106,6 +110,7 @@ impl Host {
         sink: Arc<dyn GatewaySink>,
         cancel: CancellationToken,
         ownership: Arc<dyn Ownership>,
+        ingest: Option<Arc<Ingest>>,
     ) -> Host {
         Host {
             shared: Arc::new(HostShared {
@@ -113,6 +118,7 @@ impl Host {
                 store,
                 sink,
                 cancel,
+                ingest: ingest.filter(|i| i.enabled()),
                 stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
                 tracker: TaskTracker::new(),
                 loaded: AtomicUsize::new(0),
@@ -205,6 +211,9 @@ impl Host {
         self.shared.cancel.cancel();
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
+        if let Some(ingest) = &self.shared.ingest {
+            ingest.shutdown().await;
+        }
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!(cause = %e, "store flush failed at shutdown");
         }

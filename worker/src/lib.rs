@@ -16,6 +16,7 @@ pub mod clock;
 pub mod cluster;
 pub mod engine;
 pub mod host;
+pub mod ingest;
 mod releaser;
 mod room_actor;
 pub mod store;

@@ -1,7 +1,10 @@
 //! One task per room: owns the engine, feeds it messages and time, submits its writes and
 //! hands the output to the releaser. Fed by a bounded mailbox; stops on the shutdown token,
-//! when its room is missing, or after it has been empty for `idle_unload_ms`.
+//! when its room is missing, or after it has been empty for `idle_unload_ms`. It also runs
+//! the room's chat sources (one ingestion runner per attached source, reporting through a
+//! second bounded channel) while the room is loaded, and stops them when it stops.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +20,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::clock::now_ms;
-use crate::engine::{Output, Room};
+use crate::engine::{Output, Room, SourceReport};
 use crate::host::HostShared;
 use crate::releaser::{self, Pending, QueryReply};
 
@@ -37,6 +40,15 @@ enum State {
 
 /// Housekeeping cadence: history expiry, idle unload checks.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Reports from this room's source runners waiting to be applied.
+const INGEST_INBOX: usize = 256;
+
+/// A running source: what it was started for, how to stop it.
+struct Runner {
+    spec: lockstep_shared::protocol::SourceSpec,
+    cancel: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
 
 struct Actor {
     code: String,
@@ -47,6 +59,8 @@ struct Actor {
     releaser: mpsc::Sender<Pending>,
     releaser_task: tokio::task::JoinHandle<()>,
     poisoned: Arc<AtomicBool>,
+    ingest_tx: mpsc::Sender<SourceReport>,
+    runners: HashMap<String, Runner>,
 }
 
 /// Runs the room until shutdown, retirement or a closed mailbox.
@@ -55,6 +69,7 @@ pub async fn run(code: String, epoch: u64, host: Arc<HostShared>, rx: mpsc::Rece
     async move {
         metrics::gauge!(names::WORKER_ROOMS_ACTIVE).increment(1.0);
         let (releaser, releaser_task, poisoned) = start_releaser(&host);
+        let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_INBOX);
         let mut actor = Actor {
             code,
             epoch,
@@ -63,9 +78,13 @@ pub async fn run(code: String, epoch: u64, host: Arc<HostShared>, rx: mpsc::Rece
             releaser,
             releaser_task,
             poisoned,
+            ingest_tx,
+            runners: HashMap::new(),
         };
         actor.state = actor.load().await;
-        actor.main_loop(rx).await;
+        actor.sync_sources();
+        actor.main_loop(rx, ingest_rx).await;
+        actor.stop_sources().await;
         let Actor {
             releaser,
             releaser_task,
@@ -130,7 +149,11 @@ impl Actor {
         }
     }
 
-    async fn main_loop(&mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+    async fn main_loop(
+        &mut self,
+        mut rx: mpsc::Receiver<RoomMsg>,
+        mut ingest_rx: mpsc::Receiver<SourceReport>,
+    ) {
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         let mut idle_since = Instant::now();
         loop {
@@ -150,6 +173,10 @@ impl Actor {
                         self.reload().await;
                     }
                     self.on_message(msg).await;
+                    self.sync_sources();
+                }
+                Some(report) = ingest_rx.recv() => {
+                    self.on_report(report).await;
                 }
                 _ = async { if let Some(w) = wake { sleep_until(w).await } else { std::future::pending::<()>().await } } => {
                     self.tick().await;
@@ -166,6 +193,81 @@ impl Actor {
                     }
                 }
             }
+        }
+    }
+
+    /// Applies a source runner's report.
+    async fn on_report(&mut self, report: SourceReport) {
+        if self.poisoned.load(Ordering::SeqCst) {
+            self.reload().await;
+        }
+        let State::Loaded(room) = &mut self.state else {
+            return;
+        };
+        let platform = room
+            .durable()
+            .sources
+            .iter()
+            .find(|s| s.source_id == report.source_id())
+            .map(|s| s.spec.platform())
+            .unwrap_or("unknown");
+        let out = room.ingest(now_ms(), report);
+        if out.shed > 0 {
+            metrics::counter!(names::INGEST_SHED, "platform" => platform).increment(out.shed);
+        }
+        for (platform, kind) in &out.ingested {
+            metrics::counter!(names::INGEST_MESSAGES, "platform" => *platform, "kind" => *kind)
+                .increment(1);
+        }
+        if !out.is_empty() {
+            self.release(out, None).await;
+        }
+    }
+
+    /// Starts runners for newly attached sources and stops those of removed ones.
+    fn sync_sources(&mut self) {
+        let Some(ingest) = self.host.ingest.clone() else {
+            return;
+        };
+        let wanted: Vec<lockstep_shared::protocol::Source> = match &self.state {
+            State::Loaded(room) => room.durable().sources.clone(),
+            _ => Vec::new(),
+        };
+        self.runners.retain(|id, r| {
+            let keep = wanted
+                .iter()
+                .any(|s| &s.source_id == id && s.spec == r.spec);
+            if !keep {
+                r.cancel.cancel();
+            }
+            keep
+        });
+        for source in wanted {
+            if self.runners.contains_key(&source.source_id) {
+                continue;
+            }
+            let cancel = self.host.cancel.child_token();
+            let task = ingest.start(&source, self.ingest_tx.clone(), cancel.clone());
+            tracing::info!(source = %source.source_id, platform = source.spec.platform(), "source started");
+            self.runners.insert(
+                source.source_id.clone(),
+                Runner {
+                    spec: source.spec,
+                    cancel,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Stops every runner and waits for them.
+    async fn stop_sources(&mut self) {
+        let runners: Vec<Runner> = self.runners.drain().map(|(_, r)| r).collect();
+        for r in &runners {
+            r.cancel.cancel();
+        }
+        for r in runners {
+            let _ = r.task.await;
         }
     }
 
@@ -216,7 +318,7 @@ impl Actor {
                         membership,
                         frames: vec![Arc::from(frame)],
                     }],
-                    mutations: Vec::new(),
+                    ..Output::default()
                 };
                 self.release(out, None).await;
             }
@@ -300,6 +402,7 @@ impl Actor {
             }
         }
         self.state = self.load().await;
+        self.sync_sources();
     }
 }
 

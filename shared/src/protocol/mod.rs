@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod error;
+pub mod ext;
 pub mod model;
 pub mod server;
 

@@ -179,6 +179,9 @@ pub struct ChatBody {
 pub enum SourceSpec {
     Twitch {
         channel: String,
+        /// The room owner's linked account; absent = anonymous read. Never echoed back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<TwitchAuth>,
     },
     Youtube {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,7 +191,34 @@ pub enum SourceSpec {
     },
 }
 
+/// A Twitch login and its OAuth token (`oauth:` prefix optional), for reading as that user.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TwitchAuth {
+    pub login: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for TwitchAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwitchAuth")
+            .field("login", &self.login)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
 impl SourceSpec {
+    /// The spec as shown to clients: credentials removed.
+    pub fn public(&self) -> SourceSpec {
+        match self {
+            SourceSpec::Twitch { channel, .. } => SourceSpec::Twitch {
+                channel: channel.clone(),
+                auth: None,
+            },
+            other => other.clone(),
+        }
+    }
+
     /// The platform name as used in `source.status`.
     pub fn platform(&self) -> &'static str {
         match self {
@@ -204,6 +234,10 @@ pub struct Source {
     pub source_id: String,
     #[serde(flatten)]
     pub spec: SourceSpec,
+    /// Where ingestion stands (YouTube: the live video and continuation), persisted with the
+    /// room so a new owner resumes without a gap. Opaque outside ingestion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -255,7 +289,8 @@ mod tests {
         assert_eq!(
             spec,
             SourceSpec::Twitch {
-                channel: "somechan".into()
+                channel: "somechan".into(),
+                auth: None,
             }
         );
         assert_eq!(serde_json::to_string(&spec).unwrap_or_default(), json);

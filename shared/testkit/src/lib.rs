@@ -7,8 +7,14 @@
 //! - `postgres`: [`Postgres`], a private cluster or a fresh database on a configured server.
 //! - `redis`: [`Redis`], a private server or a configured URL.
 //! - `util`: free ports, waiting for a port, temp dirs.
+//! - `fake_twitch`, `fake_youtube`, `fake_proxy`: local upstreams speaking the real wire
+//!   formats (IRC over WebSocket, YouTube pages and InnerTube, HTTP CONNECT) for ingestion
+//!   tests; nothing leaves loopback.
 #![allow(clippy::unwrap_used)]
 
+pub mod fake_proxy;
+pub mod fake_twitch;
+pub mod fake_youtube;
 mod postgres;
 mod redis;
 mod util;

@@ -25,6 +25,8 @@ use super::sink::RedisSink;
 use super::{health, subscriber};
 use crate::clock::now_ms;
 use crate::host::Host;
+use crate::ingest::limiter::RedisJoinLimiter;
+use crate::ingest::Ingest;
 use crate::store::postgres::{PostgresOptions, PostgresStore};
 
 /// Messages from shard channels waiting to be routed to rooms.
@@ -53,12 +55,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let leases = Arc::new(Leases::new(node.clone(), cc.shards));
     let sink: Arc<dyn GatewaySink> = Arc::new(RedisSink::new(publisher.clone()));
     let rooms_cancel = CancellationToken::new();
+    let limiter = Arc::new(RedisJoinLimiter::new(
+        pool.clone(),
+        &node,
+        cfg.ingest.twitch.join_limit,
+        cfg.ingest.twitch.join_window_ms,
+        None,
+    ));
+    let ingest = Ingest::new(&cfg.ingest, limiter, CancellationToken::new());
     let host = Host::with_ownership(
         cfg.room.clone(),
         store.clone() as Arc<dyn Store>,
         sink,
         rooms_cancel.clone(),
         leases.clone(),
+        Some(ingest),
     );
     let background = CancellationToken::new();
 

@@ -15,11 +15,14 @@ mod chat;
 mod durable;
 mod history;
 mod idempotency;
+mod ingest;
 mod player;
 mod presence;
 mod queue;
 pub mod youtube;
 
+#[cfg(test)]
+mod ingest_tests;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +42,7 @@ use serde_json::{json, Value};
 
 pub use bucket::TokenBucket;
 pub use durable::Durable;
+pub use ingest::{IngestItem, SourceReport};
 
 /// What one step of the engine produced: deliveries in the order they must reach gateways,
 /// and the writes that must be durable before any of them is delivered.
@@ -46,6 +50,10 @@ pub use durable::Durable;
 pub struct Output {
     pub deliveries: Vec<ToGateway>,
     pub mutations: Vec<Mutation>,
+    /// Upstream items dropped by the per-room ingestion cap (a metric for the shell).
+    pub shed: u64,
+    /// Upstream items delivered, as (platform, kind) metric labels.
+    pub ingested: Vec<(&'static str, &'static str)>,
 }
 
 impl Output {
@@ -107,6 +115,7 @@ pub struct Room {
     seq_at_step_start: u64,
     /// Gateways holding members; `None` after membership changed.
     gateway_cache: Option<Arc<[u64]>>,
+    ingest: ingest::IngestState,
 }
 
 impl Room {
@@ -189,6 +198,7 @@ impl Room {
             dirty: false,
             seq_at_step_start: seq,
             gateway_cache: None,
+            ingest: Default::default(),
         }
     }
 
@@ -449,6 +459,7 @@ impl Room {
             "members": members,
             "player": self.player_view(),
             "queue": self.d.queue,
+            "sources": self.sources_view(),
         });
         if with_chat {
             let chat: Vec<Value> = self

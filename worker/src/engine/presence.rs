@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use lockstep_shared::bus::{Caller, ConnId, Membership};
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{
-    AdPolicy, ControlMode, ErrorCode, EventBody, Role, Source, SourceSpec,
+    AdPolicy, ControlMode, ErrorCode, EventBody, Role, Source, SourceSpec, TwitchAuth,
 };
 use serde_json::json;
 
@@ -215,8 +215,13 @@ impl Room {
         }
         match (add, remove) {
             (Some(spec), None) => {
-                validate_source(&spec)?;
-                if self.d.sources.iter().any(|s| s.spec == spec) {
+                let spec = normalize_source(spec)?;
+                if self
+                    .d
+                    .sources
+                    .iter()
+                    .any(|s| s.spec.public() == spec.public())
+                {
                     return Err(Refusal::new(ErrorCode::Conflict, "source already attached"));
                 }
                 if self.d.sources.len() >= self.cfg.sources_max {
@@ -231,8 +236,12 @@ impl Room {
                 self.d.sources.push(Source {
                     source_id: source_id.clone(),
                     spec,
+                    cursor: None,
                 });
                 self.dirty = true;
+                self.ingest
+                    .states
+                    .insert(source_id.clone(), ("connecting", None));
                 self.emit(
                     now,
                     EventBody::SourceStatus {
@@ -258,6 +267,7 @@ impl Room {
                     .position(|s| s.source_id == source_id)
                     .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such source"))?;
                 let source = self.d.sources.remove(index);
+                self.ingest.states.remove(&source.source_id);
                 self.dirty = true;
                 self.emit(
                     now,
@@ -295,13 +305,39 @@ impl Room {
     }
 }
 
+/// Twitch logins are case-insensitive: stored lowercase, so one channel is one source.
+fn normalize_source(spec: SourceSpec) -> Result<SourceSpec, Refusal> {
+    let spec = match spec {
+        SourceSpec::Twitch { channel, auth } => SourceSpec::Twitch {
+            channel: channel.trim_start_matches('#').to_ascii_lowercase(),
+            auth: auth.map(|a| TwitchAuth {
+                login: a.login.to_ascii_lowercase(),
+                token: a.token,
+            }),
+        },
+        other => other,
+    };
+    validate_source(&spec)?;
+    Ok(spec)
+}
+
+fn twitch_login_ok(login: &str) -> bool {
+    (1..=25).contains(&login.len())
+        && login
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 fn validate_source(spec: &SourceSpec) -> Result<(), Refusal> {
     let ok = match spec {
-        SourceSpec::Twitch { channel } => {
-            (1..=25).contains(&channel.len())
-                && channel
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        SourceSpec::Twitch { channel, auth } => {
+            twitch_login_ok(channel)
+                && auth.as_ref().is_none_or(|a| {
+                    // The token goes into an IRC line: no spaces or control characters.
+                    twitch_login_ok(&a.login)
+                        && (1..=200).contains(&a.token.len())
+                        && a.token.bytes().all(|b| b.is_ascii_graphic())
+                })
         }
         SourceSpec::Youtube {
             video_id: Some(v),

@@ -1,0 +1,6 @@
+//! YouTube live chat: live detection from the watch/channel page, then InnerTube
+//! `get_live_chat` continuation polling.
+
+pub mod chat;
+pub mod page;
+pub mod source;
