@@ -796,3 +796,58 @@ async fn a_failed_over_room_resumes_its_sources_on_the_new_owner() {
     }
     assert_gapless(&a.events, "member");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_twitch_join_limit_holds_across_workers() {
+    let tw = FakeTwitch::start().await;
+    let env = vec![
+        ("LOCKSTEP_INGEST__TWITCH__URL".to_owned(), tw.url()),
+        (
+            "LOCKSTEP_INGEST__TWITCH__JOIN_LIMIT".to_owned(),
+            "2".to_owned(),
+        ),
+        (
+            "LOCKSTEP_INGEST__TWITCH__JOIN_WINDOW_MS".to_owned(),
+            "1000".to_owned(),
+        ),
+    ];
+    let cluster = Cluster::start_with(1, 2, env).await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    // Rooms until both workers own three each.
+    let mut by_worker: std::collections::HashMap<String, Vec<String>> = Default::default();
+    while by_worker.len() < 2 || by_worker.values().any(|r| r.len() < 3) {
+        let room = create_room_at(g0, &ta).await;
+        let owner = cluster.owner_of(&room);
+        let rooms = by_worker.entry(owner).or_default();
+        if rooms.len() < 3 {
+            rooms.push(room);
+        }
+    }
+    let mut clients = Vec::new();
+    for (i, room) in by_worker.values().flatten().enumerate() {
+        let mut c = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
+        c.call(
+            json!({"type": "room.sources", "room": room, "add": {"platform": "twitch", "channel": format!("ch{i}")}}),
+            "s",
+        )
+        .await;
+        clients.push(c);
+    }
+    for i in 0..6 {
+        assert!(
+            tw.wait_joined(&format!("ch{i}"), 0).await,
+            "ch{i} never joined"
+        );
+    }
+    let joins = tw.joins();
+    let conns: std::collections::HashSet<u64> = joins.iter().map(|(_, c, _)| *c).collect();
+    assert!(conns.len() >= 2, "both workers joined: {joins:?}");
+    let times: Vec<Duration> = joins.iter().map(|(t, _, _)| *t).collect();
+    for w in times.windows(3) {
+        assert!(
+            w[2] - w[0] >= Duration::from_millis(950),
+            "3 JOINs from two workers within one window: {joins:?}"
+        );
+    }
+}

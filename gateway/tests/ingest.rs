@@ -258,6 +258,39 @@ async fn twitch_chat_moderation_ping_and_reconnect() {
 }
 
 #[tokio::test]
+async fn twitch_format_break_opens_the_breaker_and_recovery_closes_it() {
+    let fake = FakeTwitch::start().await;
+    fake.set_broken(true);
+    let dir = TempDir::new("ingest-twitch-breaker");
+    let node = start(&dir.0, |f| ingest(f, &fake.url(), "http://127.0.0.1:9")).await;
+    let (mut c, _, room) = node.owner("ana").await;
+    let source = add(
+        &mut c,
+        &room,
+        json!({"platform": "twitch", "channel": "flaky"}),
+    )
+    .await;
+    let open = status(&mut c, &source, "open").await;
+    assert!(
+        open["error"].as_str().unwrap().contains("unparseable"),
+        "{open}"
+    );
+    // Open: no reconnect storm while it is open (one connection per probe).
+    let tried = fake.connections_total();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(fake.connections_total(), tried, "reconnected while open");
+    fake.set_broken(false);
+    status(&mut c, &source, "half_open").await;
+    status(&mut c, &source, "closed").await;
+    status(&mut c, &source, "live").await;
+    fake.say(
+        "flaky",
+        &twitch_line("flaky", "f1", "1", "F", "", "works again"),
+    );
+    assert_eq!(chat(&mut c).await["text"], "works again");
+}
+
+#[tokio::test]
 async fn twitch_channels_share_connections_and_route_by_channel() {
     let fake = FakeTwitch::start().await;
     let dir = TempDir::new("ingest-mux");
@@ -617,7 +650,8 @@ async fn youtube_breaker_opens_on_errors_and_format_breaks_and_recovers() {
     let open = status(&mut c, &source, "open").await;
     assert!(open["error"].as_str().unwrap().contains("503"), "{open}");
     let during = yt.seen().len();
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The shortest open period is 300 ms (400 ms − 25 % jitter).
+    tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(yt.seen().len(), during, "hammered while open");
     status(&mut c, &source, "half_open").await;
     status(&mut c, &source, "closed").await;

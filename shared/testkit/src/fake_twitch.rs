@@ -36,6 +36,8 @@ struct State {
     received: Vec<(u64, String)>,
     /// Request headers of each WebSocket upgrade.
     upgrades: Vec<HashMap<String, String>>,
+    /// Answer logins with something that is not IRC (a changed upstream).
+    broken: bool,
 }
 
 /// A running fake; stops when dropped.
@@ -114,6 +116,11 @@ impl FakeTwitch {
     /// Lines clients sent, with their connection ids.
     pub fn received(&self) -> Vec<(u64, String)> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// While set, logins are answered with an HTML error page instead of the welcome.
+    pub fn set_broken(&self, broken: bool) {
+        self.state.lock().unwrap().broken = broken;
     }
 
     /// Connections accepted so far (open or not).
@@ -239,6 +246,11 @@ fn handle_line(
             let _ = tx.send(Out::Text(format!(":tmi.twitch.tv CAP * ACK :{caps}")));
         }
         "PASS" => {}
+        "NICK" if s.broken => {
+            let _ = tx.send(Out::Text(
+                "<html><body>502 Bad Gateway</body></html>".into(),
+            ));
+        }
         "NICK" => {
             let nick = arg.trim().to_owned();
             if let Some(c) = s.conns.get_mut(&id) {

@@ -7,7 +7,7 @@ pub mod conn;
 pub mod irc;
 pub mod normalize;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,7 +37,7 @@ struct Handle {
     auth: Option<TwitchAuth>,
     channels: HashSet<String>,
     /// Subscriptions per channel on this connection.
-    refs: std::collections::HashMap<String, usize>,
+    refs: HashMap<String, usize>,
     tx: mpsc::Sender<ConnCmd>,
 }
 
@@ -47,8 +47,9 @@ pub struct TwitchPool {
     breaker: BreakerConfig,
     http: Arc<HttpClient>,
     limiter: Arc<dyn JoinLimiter>,
-    conns: Mutex<Vec<Handle>>,
-    next_sub: AtomicU64,
+    /// Connections by id; a connection with no channel left is dropped (its task ends).
+    conns: Mutex<HashMap<u64, Handle>>,
+    next_id: AtomicU64,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -56,7 +57,7 @@ pub struct TwitchPool {
 /// A room's interest in one channel; dropping it PARTs when no one else wants the channel.
 pub struct Subscription {
     pool: Arc<TwitchPool>,
-    conn: usize,
+    conn: u64,
     channel: String,
     sub: u64,
 }
@@ -80,8 +81,8 @@ impl TwitchPool {
             breaker,
             http,
             limiter,
-            conns: Mutex::new(Vec::new()),
-            next_sub: AtomicU64::new(1),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
             cancel,
             tracker: TaskTracker::new(),
         })
@@ -96,16 +97,17 @@ impl TwitchPool {
     ) -> Result<Subscription, String> {
         let mut conns = self.conns.lock().map_err(|_| "twitch pool poisoned")?;
         let max = self.cfg.channels_per_connection;
-        let index = conns
+        let found = conns
             .iter()
-            .position(|h| h.auth == auth && h.channels.contains(channel))
+            .find(|(_, h)| h.auth == auth && h.channels.contains(channel))
             .or_else(|| {
                 conns
                     .iter()
-                    .position(|h| h.auth == auth && h.channels.len() < max && !h.tx.is_closed())
-            });
-        let index = match index {
-            Some(i) => i,
+                    .find(|(_, h)| h.auth == auth && h.channels.len() < max && !h.tx.is_closed())
+            })
+            .map(|(id, _)| *id);
+        let index = match found {
+            Some(id) => id,
             None => {
                 let (ctx, crx) = mpsc::channel(CONN_COMMANDS);
                 let conn = Conn::new(
@@ -118,17 +120,23 @@ impl TwitchPool {
                     self.cancel.child_token(),
                 );
                 self.tracker.spawn(conn.run());
-                conns.push(Handle {
-                    auth: auth.clone(),
-                    channels: HashSet::new(),
-                    refs: Default::default(),
-                    tx: ctx,
-                });
-                conns.len() - 1
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                conns.insert(
+                    id,
+                    Handle {
+                        auth: auth.clone(),
+                        channels: HashSet::new(),
+                        refs: Default::default(),
+                        tx: ctx,
+                    },
+                );
+                id
             }
         };
-        let sub = self.next_sub.fetch_add(1, Ordering::Relaxed);
-        let h = &mut conns[index];
+        let sub = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let Some(h) = conns.get_mut(&index) else {
+            return Err("twitch connection vanished".into());
+        };
         h.tx.try_send(ConnCmd::Join {
             channel: channel.to_owned(),
             sub,
@@ -145,11 +153,13 @@ impl TwitchPool {
         })
     }
 
-    fn unsubscribe(&self, conn: usize, channel: &str, sub: u64) {
+    fn unsubscribe(&self, conn: u64, channel: &str, sub: u64) {
         let Ok(mut conns) = self.conns.lock() else {
             return;
         };
-        let Some(h) = conns.get_mut(conn) else { return };
+        let Some(h) = conns.get_mut(&conn) else {
+            return;
+        };
         if let Some(n) = h.refs.get_mut(channel) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -161,13 +171,17 @@ impl TwitchPool {
             channel: channel.to_owned(),
             sub,
         });
+        // The PART is queued ahead of the close: the task parts, then ends.
+        if h.channels.is_empty() {
+            conns.remove(&conn);
+        }
     }
 
     /// Open connections' channel counts, for tests and diagnostics.
     pub fn channel_counts(&self) -> Vec<usize> {
         self.conns
             .lock()
-            .map(|c| c.iter().map(|h| h.channels.len()).collect())
+            .map(|c| c.values().map(|h| h.channels.len()).collect())
             .unwrap_or_default()
     }
 
