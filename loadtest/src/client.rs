@@ -1,5 +1,8 @@
-//! One client connection: joins its room, then records every chat message (latency from the
-//! message's intended send time), acks, `seq` order, and how the socket ended.
+//! One client connection: optional `time.sync`, join, then it records every chat message
+//! (latency from the message's intended send time), acks, `seq` order, `player.state`
+//! events (for sync error) and how the socket ended. With reconnects on (storm, failover)
+//! it rejoins with `since_seq` after a jittered backoff and records whether the server
+//! recovered it by replay.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -8,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -18,16 +21,41 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::buckets::LogBuckets;
 use crate::setup::Plan;
-use crate::{Clock, Live, Scenario};
+use crate::sync::{PlayerObs, OBS_MAX};
+use crate::{wall_us, Clock, Live, Phase, Scenario};
 
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+type Stream = SplitStream<WebSocketStream<TcpStream>>;
+
+/// Clients that keep a per-second latency timeline (for the HTML report).
+const TIMELINE_CLIENTS: usize = 256;
+/// Longest timeline kept, seconds.
+const TIMELINE_MAX: usize = 3_600;
+/// Most ramp steps tracked.
+pub const STEPS_MAX: usize = 32;
+/// `time.sync` round trips per client; the one with the smallest RTT wins (NTP-style).
+const SYNC_SAMPLES: usize = 5;
+
+/// The socket a publisher writes to; `None` while the client is reconnecting.
+pub type SharedSink = Arc<Mutex<Option<Sink>>>;
 
 /// A connected client.
 pub struct ClientHandle {
     pub room: usize,
-    pub sink: Arc<Mutex<Sink>>,
+    pub sink: SharedSink,
+    pub stats: Arc<std::sync::Mutex<Progress>>,
     task: JoinHandle<ClientResult>,
+}
+
+/// Figures read while the run goes on (ramp steps, timeline); one lock per client.
+#[derive(Default)]
+pub struct Progress {
+    /// Per ramp step: measured deliveries and their latency.
+    pub steps: Vec<(u64, LogBuckets)>,
+    /// Per second of intended send time: latency (sampled clients only).
+    pub timeline: Vec<LogBuckets>,
 }
 
 /// What one client saw.
@@ -38,26 +66,37 @@ pub struct ClientResult {
     /// Actual send → ack, µs (publishers only).
     pub ack: Histogram<u64>,
     pub connect_us: u64,
-    /// Message numbers (`k`) received whose intended time fell in the window.
+    /// Messages (step and number) received whose intended time fell in the window.
     pub measured: HashSet<u64>,
     pub duplicates: u64,
     pub reordered: u64,
     pub errors: u64,
     pub rate_limited: u64,
-    /// The close code if the server closed the socket during the run.
+    /// The close code if the server closed the socket (last one, with reconnects).
     pub closed_with: Option<u16>,
+    pub closes: Vec<u16>,
+    /// Rejoins after a drop: recovered by replay, or given a snapshot.
+    pub reconnects: u64,
+    pub recovered: u64,
+    pub snapshots: u64,
+    /// Disconnect → rejoin acked, µs.
+    pub reconnect_us: Histogram<u64>,
+    /// Storm: µs after the storm began when this client was back (None: never).
+    pub storm_back_us: Option<u64>,
+    pub storm_recovered: bool,
+    /// Longest time between two measured chat deliveries, µs.
+    pub max_gap_us: u64,
+    pub player: Vec<PlayerObs>,
+    pub offset_ms: f64,
 }
 
 /// A histogram for microsecond latencies up to 60 s, 3 significant figures.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3)
-        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_hist()))
-}
-
-fn unreachable_hist() -> Histogram<u64> {
-    // Histogram::new(3) cannot fail for sigfig 3; this keeps the type checker content.
-    Histogram::new_with_max(u64::MAX / 2, 2)
-        .unwrap_or_else(|_| panic!("hdrhistogram refused sigfig 2"))
+        .or_else(|_| Histogram::new(3))
+        .unwrap_or_else(|_| {
+            Histogram::new_with_max(u64::MAX / 2, 2).unwrap_or_else(|_| unreachable!())
+        })
 }
 
 /// The fields of a server frame the generator reads; everything else is skipped unparsed.
@@ -66,12 +105,19 @@ struct Incoming<'a> {
     #[serde(rename = "type", borrow)]
     kind: &'a str,
     seq: Option<u64>,
+    ts: Option<u64>,
     #[serde(borrow)]
     text: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     id: Option<Id<'a>>,
     #[serde(borrow)]
     code: Option<&'a str>,
+    // player.state
+    #[serde(borrow)]
+    state: Option<&'a str>,
+    at: Option<u64>,
+    position_ms: Option<f64>,
+    rate: Option<f64>,
 }
 
 /// Replies carry the command's string id; chat messages a numeric message id.
@@ -89,9 +135,34 @@ struct Payload {
     t: u64,
     w0: u64,
     w1: u64,
+    #[serde(default)]
+    s: usize,
 }
 
-/// Opens every client at `connect_rate`; failures are counted, not fatal.
+/// How clients behave, from the scenario.
+#[derive(Clone)]
+struct Opts {
+    reconnect: bool,
+    storm_jitter_ms: u64,
+    time_sync: bool,
+    setup_player: bool,
+}
+
+/// Everything one client needs to (re)connect.
+#[derive(Clone)]
+struct Ctx {
+    index: usize,
+    room: usize,
+    code: String,
+    addrs: Vec<SocketAddr>,
+    source: IpAddr,
+    token: String,
+    clock: Clock,
+    live: Arc<Live>,
+    opts: Opts,
+}
+
+/// Opens every client at `connect_rate` (a ramp of connections); failures are counted.
 pub async fn connect_all(
     scn: &Scenario,
     plan: &Plan,
@@ -100,24 +171,42 @@ pub async fn connect_all(
 ) -> anyhow::Result<Vec<ClientHandle>> {
     let total = plan.tokens.len();
     let started = tokio::time::Instant::now();
+    let opts = Opts {
+        reconnect: scn.reconnect,
+        storm_jitter_ms: scn.storm_jitter_ms,
+        time_sync: scn.mix.moves_clock(),
+        setup_player: scn.mix.moves_clock(),
+    };
     let mut pending = Vec::with_capacity(total);
     for i in 0..total {
         let due = started + Duration::from_secs_f64(i as f64 / scn.connect_rate);
         tokio::time::sleep_until(due).await;
         let room = i / scn.clients;
-        let addr = plan.addrs[i % plan.addrs.len()];
-        let source = IpAddr::V4(Ipv4Addr::new(
-            127,
-            0,
-            0,
-            1 + (i % scn.source_addrs as usize) as u8,
-        ));
-        let token = plan.tokens[i].clone();
-        let code = plan.rooms[room].clone();
-        let live = live.clone();
-        pending.push(tokio::spawn(async move {
-            connect(addr, source, &token, room, &code, clock, live).await
-        }));
+        let n = plan.addrs.len();
+        let ctx = Ctx {
+            index: i,
+            room,
+            code: plan.rooms[room].clone(),
+            // Client i starts on URL i % n and fails over along the list.
+            addrs: (0..n).map(|k| plan.addrs[(i + k) % n]).collect(),
+            source: IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (i % scn.source_addrs as usize) as u8,
+            )),
+            token: plan.tokens[i].clone(),
+            clock,
+            live: live.clone(),
+            opts: Opts {
+                setup_player: opts.setup_player && i % scn.clients == 0,
+                ..opts.clone()
+            },
+        };
+        pending.push(tokio::spawn(start(ctx)));
+        if i % 1_000 == 999 {
+            eprintln!("  connecting: {} of {total}", i + 1);
+        }
     }
     let mut clients = Vec::with_capacity(total);
     let mut failures = 0;
@@ -140,64 +229,169 @@ pub async fn connect_all(
     Ok(clients)
 }
 
-async fn connect(
-    addr: SocketAddr,
-    source: IpAddr,
-    token: &str,
-    room: usize,
-    code: &str,
-    clock: Clock,
-    live: Arc<Live>,
-) -> anyhow::Result<ClientHandle> {
-    let t0 = clock.now_us();
-    let socket = TcpSocket::new_v4()?;
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .with_context(|| format!("bind {source}"))?;
-    let stream = socket
-        .connect(addr)
-        .await
-        .with_context(|| format!("connect {addr}"))?;
-    stream.set_nodelay(true)?;
-    let url = format!("ws://{addr}/v1/ws?token={token}");
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    let (mut sink, mut stream) = ws.split();
-    sink.send(Message::text(
-        json!({"id": "join", "type": "room.join", "room": code}).to_string(),
-    ))
-    .await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .context("join timed out")?
-            .context("closed before the join ack")??;
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
-            if v["id"] == "join" {
-                anyhow::ensure!(v["type"] == "ack", "join refused: {v}");
-                break;
-            }
+/// A joined connection.
+struct Joined {
+    sink: Sink,
+    stream: Stream,
+    ack: Value,
+}
+
+async fn start(ctx: Ctx) -> anyhow::Result<ClientHandle> {
+    let t0 = ctx.clock.now_us();
+    let (sink, mut stream) = open(&ctx, 0).await?;
+    let mut sink = sink;
+    let offset_ms = if ctx.opts.time_sync {
+        time_sync(&mut sink, &mut stream).await?
+    } else {
+        0.0
+    };
+    let joined = join(sink, stream, &ctx.code, None).await?;
+    let mut sink = joined.sink;
+    if ctx.opts.setup_player {
+        // The room's owner loads an entry and starts it, so player commands have a clock.
+        for cmd in [
+            json!({"id": "setup-q", "type": "queue.add", "room": ctx.code, "url": "https://www.youtube.com/watch?v=dQw4w9WgXcQ"}),
+            json!({"id": "setup-p", "type": "player.play", "room": ctx.code}),
+        ] {
+            sink.send(Message::text(cmd.to_string())).await?;
         }
     }
-    let connect_us = clock.now_us() - t0;
-    let task = tokio::spawn(read(stream, room, connect_us, clock, live));
+    let connect_us = ctx.clock.now_us() - t0;
+    let shared: SharedSink = Arc::new(Mutex::new(Some(sink)));
+    let stats = Arc::new(std::sync::Mutex::new(Progress::default()));
+    let last_seq = joined.ack["result"]["seq"].as_u64().unwrap_or(0);
+    let task = tokio::spawn(run(
+        ctx.clone(),
+        shared.clone(),
+        stats.clone(),
+        joined.stream,
+        connect_us,
+        offset_ms,
+        last_seq,
+    ));
     Ok(ClientHandle {
-        room,
-        sink: Arc::new(Mutex::new(sink)),
+        room: ctx.room,
+        sink: shared,
+        stats,
         task,
     })
 }
 
-async fn read(
-    mut stream: futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
-    room: usize,
+/// TCP from the client's source address, then the WebSocket handshake.
+async fn open(ctx: &Ctx, attempt: usize) -> anyhow::Result<(Sink, Stream)> {
+    let addr = ctx.addrs[attempt % ctx.addrs.len()];
+    let socket = TcpSocket::new_v4()?;
+    socket
+        .bind(SocketAddr::new(ctx.source, 0))
+        .with_context(|| format!("bind {}", ctx.source))?;
+    let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
+        .await
+        .context("connect timed out")?
+        .with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{addr}/v1/ws?token={}", ctx.token);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(url, stream),
+    )
+    .await
+    .context("handshake timed out")??;
+    Ok(ws.split())
+}
+
+/// NTP-style: several `time.sync` round trips; the offset of the fastest one.
+async fn time_sync(sink: &mut Sink, stream: &mut Stream) -> anyhow::Result<f64> {
+    let mut best: Option<(f64, f64)> = None;
+    for i in 0..SYNC_SAMPLES {
+        let t0 = wall_us() as f64 / 1000.0;
+        let id = format!("sync{i}");
+        sink.send(Message::text(
+            json!({"id": id, "type": "time.sync", "t0": t0 as u64}).to_string(),
+        ))
+        .await?;
+        let ack = read_reply(stream, &id).await?;
+        let t3 = wall_us() as f64 / 1000.0;
+        let server = ack["result"]["server_ts"].as_f64().unwrap_or(t0);
+        let rtt = t3 - t0;
+        let offset = server - (t0 + t3) / 2.0;
+        if best.is_none_or(|(r, _)| rtt < r) {
+            best = Some((rtt, offset));
+        }
+    }
+    Ok(best.map(|(_, o)| o).unwrap_or(0.0))
+}
+
+async fn read_reply(stream: &mut Stream, id: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .context("reply timed out")?
+            .context("closed before the reply")??;
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+            if v["id"] == id {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+async fn join(
+    mut sink: Sink,
+    mut stream: Stream,
+    code: &str,
+    since_seq: Option<u64>,
+) -> anyhow::Result<Joined> {
+    let mut cmd = json!({"id": "join", "type": "room.join", "room": code});
+    if let Some(s) = since_seq {
+        cmd["since_seq"] = json!(s);
+    }
+    sink.send(Message::text(cmd.to_string())).await?;
+    let ack = read_reply(&mut stream, "join").await?;
+    anyhow::ensure!(ack["type"] == "ack", "join refused: {ack}");
+    Ok(Joined { sink, stream, ack })
+}
+
+/// Reconnects (next URL each attempt, jittered exponential backoff) and rejoins by seq.
+async fn rejoin(ctx: &Ctx, last_seq: u64, first_delay_ms: u64) -> Option<Joined> {
+    let mut phase = ctx.live.phase.subscribe();
+    let mut delay = first_delay_ms;
+    for attempt in 1.. {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+            _ = phase.wait_for(|p| *p == Phase::Stop) => return None,
+        }
+        if let Ok((sink, stream)) = open(ctx, attempt).await {
+            if let Ok(j) = join(sink, stream, &ctx.code, Some(last_seq)).await {
+                return Some(j);
+            }
+        }
+        let cap = (100u64 << attempt.min(5)).min(2_000);
+        delay = rand_below(cap + 1);
+    }
+    None
+}
+
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(wall_us());
+    h.finish() % n.max(1)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    ctx: Ctx,
+    sink: SharedSink,
+    stats: Arc<std::sync::Mutex<Progress>>,
+    mut stream: Stream,
     connect_us: u64,
-    clock: Clock,
-    live: Arc<Live>,
+    offset_ms: f64,
+    mut last_seq: u64,
 ) -> ClientResult {
     let mut r = ClientResult {
-        room,
+        room: ctx.room,
         latency: histogram(),
         ack: histogram(),
         connect_us,
@@ -207,36 +401,82 @@ async fn read(
         errors: 0,
         rate_limited: 0,
         closed_with: None,
+        closes: Vec::new(),
+        reconnects: 0,
+        recovered: 0,
+        snapshots: 0,
+        reconnect_us: histogram(),
+        storm_back_us: None,
+        storm_recovered: false,
+        max_gap_us: 0,
+        player: Vec::new(),
+        offset_ms,
     };
-    let mut last_seq = 0u64;
+    let timeline = ctx.index < TIMELINE_CLIENTS;
+    let mut phase = ctx.live.phase.subscribe();
     let mut seen: HashSet<u64> = HashSet::new();
-    let mut stop_check = tokio::time::interval(Duration::from_millis(100));
+    let mut last_delivery: Option<u64> = None;
+    let mut stormed = false;
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
-            _ = stop_check.tick() => {
-                if live.stop.load(Ordering::SeqCst) { break } else { continue }
+            changed = phase.changed() => {
+                let p = *phase.borrow_and_update();
+                if changed.is_err() || p == Phase::Stop {
+                    break;
+                }
+                if p == Phase::Storm && !stormed {
+                    stormed = true;
+                    let storm_at = ctx.clock.now_us();
+                    // Drop the connection abruptly, like a network blip.
+                    drop(sink.lock().await.take());
+                    let jitter = rand_below(ctx.opts.storm_jitter_ms.max(1));
+                    match rejoin(&ctx, last_seq, jitter).await {
+                        Some(j) => {
+                            r.storm_back_us = Some(ctx.clock.now_us() - storm_at);
+                            r.storm_recovered = j.ack["result"]["recovered"] == true;
+                            let (s, seq) = adopt(&mut r, &sink, j, storm_at, &ctx).await;
+                            stream = s;
+                            last_seq = last_seq.max(seq);
+                        }
+                        None => break,
+                    }
+                }
+                continue;
             }
         };
-        let Some(Ok(msg)) = msg else {
-            r.closed_with.get_or_insert(1006);
-            break;
-        };
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Close(frame) => {
-                r.closed_with = Some(frame.map(|f| u16::from(f.code)).unwrap_or(1005));
-                break;
+        let closed = match &msg {
+            Some(Ok(Message::Close(frame))) => {
+                Some(frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005))
             }
-            _ => continue,
+            Some(Ok(_)) => None,
+            _ => Some(1006),
         };
-        let now = clock.now_us();
+        if let Some(code) = closed {
+            r.closed_with = Some(code);
+            r.closes.push(code);
+            match reconnect(&ctx, &mut r, &sink, last_seq).await {
+                Some((s, seq)) => {
+                    stream = s;
+                    last_seq = last_seq.max(seq);
+                    continue;
+                }
+                None => break,
+            }
+        }
+        let Some(Ok(Message::Text(text))) = msg else {
+            continue;
+        };
+        let now = ctx.clock.now_us();
         let Ok(f) = serde_json::from_str::<Incoming<'_>>(text.as_str()) else {
             continue;
         };
+        if let (Some(seq), false) = (f.seq, matches!(f.kind, "ack" | "error" | "chat.message")) {
+            last_seq = last_seq.max(seq);
+        }
         match f.kind {
             "chat.message" => {
-                live.deliveries.fetch_add(1, Ordering::Relaxed);
+                ctx.live.deliveries.fetch_add(1, Ordering::Relaxed);
                 let seq = f.seq.unwrap_or(0);
                 if seq <= last_seq {
                     r.reordered += 1;
@@ -248,14 +488,48 @@ async fn read(
                 else {
                     continue;
                 };
-                if !seen.insert(body.k) {
+                // Message numbers restart each ramp step.
+                let key = ((body.s as u64) << 40) | body.k;
+                if !seen.insert(key) {
                     r.duplicates += 1;
                     continue;
                 }
+                let lat = now.saturating_sub(body.t).max(1);
                 if (body.w0..body.w1).contains(&body.t) {
-                    r.measured.insert(body.k);
-                    let _ = r.latency.record(now.saturating_sub(body.t).max(1));
+                    r.measured.insert(key);
+                    let _ = r.latency.record(lat);
+                    if let Some(prev) = last_delivery {
+                        r.max_gap_us = r.max_gap_us.max(now.saturating_sub(prev));
+                    }
+                    last_delivery = Some(now);
+                    if let Ok(mut s) = stats.lock() {
+                        if body.s < STEPS_MAX {
+                            if s.steps.len() <= body.s {
+                                s.steps.resize_with(body.s + 1, Default::default);
+                            }
+                            s.steps[body.s].0 += 1;
+                            s.steps[body.s].1.record(lat);
+                        }
+                        let second = (body.t / 1_000_000) as usize;
+                        if timeline && second < TIMELINE_MAX {
+                            if s.timeline.len() <= second {
+                                s.timeline.resize_with(second + 1, Default::default);
+                            }
+                            s.timeline[second].record(lat);
+                        }
+                    }
                 }
+            }
+            "player.state" if r.player.len() < OBS_MAX => {
+                r.player.push(PlayerObs {
+                    recv_us: wall_us(),
+                    seq: f.seq.unwrap_or(0),
+                    ts_ms: f.ts.unwrap_or(0),
+                    at_ms: f.at.unwrap_or(0),
+                    position_ms: f.position_ms.unwrap_or(0.0),
+                    playing: f.state == Some("playing"),
+                    rate: f.rate.unwrap_or(1.0),
+                });
             }
             "ack" => {
                 let sent = match f.id {
@@ -267,7 +541,7 @@ async fn read(
                 }
             }
             "error" => {
-                live.errors.fetch_add(1, Ordering::Relaxed);
+                ctx.live.errors.fetch_add(1, Ordering::Relaxed);
                 if f.code == Some("rate_limited") {
                     r.rate_limited += 1;
                 } else {
@@ -280,15 +554,65 @@ async fn read(
     r
 }
 
-/// Stops reading and collects every client's result.
+/// After a drop: rejoin if the scenario reconnects, else stop.
+async fn reconnect(
+    ctx: &Ctx,
+    r: &mut ClientResult,
+    sink: &SharedSink,
+    last_seq: u64,
+) -> Option<(Stream, u64)> {
+    drop(sink.lock().await.take());
+    if !ctx.opts.reconnect || *ctx.live.phase.borrow() == Phase::Stop {
+        return None;
+    }
+    let dropped = ctx.clock.now_us();
+    let j = rejoin(ctx, last_seq, rand_below(200)).await?;
+    Some(adopt(r, sink, j, dropped, ctx).await)
+}
+
+/// Installs a rejoined connection and records how it came back. Returns the stream and
+/// the seq to continue from: after a snapshot, the snapshot's; after a replay, the replayed
+/// events follow and move it themselves.
+async fn adopt(
+    r: &mut ClientResult,
+    sink: &SharedSink,
+    j: Joined,
+    since_us: u64,
+    ctx: &Ctx,
+) -> (Stream, u64) {
+    r.reconnects += 1;
+    let _ = r
+        .reconnect_us
+        .record((ctx.clock.now_us() - since_us).max(1));
+    let seq = if j.ack["result"]["recovered"] == true {
+        r.recovered += 1;
+        0
+    } else {
+        r.snapshots += 1;
+        j.ack["result"]["seq"].as_u64().unwrap_or(0)
+    };
+    *sink.lock().await = Some(j.sink);
+    (j.stream, seq)
+}
+
+impl ClientHandle {
+    /// Stops reading and collects the result.
+    pub async fn finish(self) -> Option<ClientResult> {
+        let r = self.task.await.ok();
+        if let Some(mut s) = self.sink.lock().await.take() {
+            let _ = s.close().await;
+        }
+        r
+    }
+}
+
+/// Stops every client (the phase is already `Stop`) and collects their results.
 pub async fn finish_all(clients: Vec<ClientHandle>) -> Vec<ClientResult> {
     let mut out = Vec::with_capacity(clients.len());
     for c in clients {
-        if let Ok(r) = c.task.await {
+        if let Some(r) = c.finish().await {
             out.push(r);
         }
-        let mut sink = c.sink.lock().await;
-        let _ = sink.close().await;
     }
     out
 }

@@ -1,27 +1,38 @@
 //! The operators' load generator. Open-loop publishers (sends happen on schedule whatever the
 //! server does), real WebSocket clients spread over gateway URLs and source addresses, HDR
 //! histograms, latency measured from each message's *intended* send time (coordinated
-//! omission corrected), loss and reordering from `seq`, an SLO check for CI.
+//! omission corrected), loss and reordering from `seq`, sync error from `time.sync` and
+//! `player.state`, reconnect storms, failovers, rate ramps, an SLO check for CI, and JSON
+//! and HTML reports.
 //!
 //! # Layout
-//! - `scenario`: flags and presets (`fanout`, `bigroom`).
+//! - `scenario`: flags, presets and TOML scenario files. `mix`: the command mix.
 //! - `setup`: guest tokens and rooms over the REST API.
-//! - `client`: one connection: join, read, record.
+//! - `client`: one connection: sync, join, read, record, reconnect.
 //! - `publisher`: the open-loop schedule per room.
-//! - `report`: merging, the table, JSON, the SLO check.
+//! - `sync`: sync error from recorded `player.state` events.
+//! - `buckets`: compact log buckets for timelines and ramp steps.
+//! - `report`: merging, the table, JSON, the SLO check. `html`: the HTML/SVG report.
 
+mod buckets;
 mod client;
+mod html;
+mod mix;
 mod publisher;
 mod report;
 mod scenario;
 mod setup;
+mod sync;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use report::Report;
-pub use scenario::{Cli, Scenario};
+pub use scenario::{parse_file, Cli, Scenario};
+
+use buckets::LogBuckets;
+use publisher::Window;
 
 /// Microseconds since the run's start: every timestamp in a run uses this clock.
 #[derive(Clone, Copy)]
@@ -37,13 +48,40 @@ impl Clock {
     }
 }
 
-/// Counters shared by every task, for the live progress line.
-#[derive(Default)]
+/// Wall clock µs since the Unix epoch (for `time.sync` and server timestamps).
+pub fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// What every client is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Run,
+    /// Drop the connection now and reconnect (the storm scenario).
+    Storm,
+    Stop,
+}
+
+/// Counters shared by every task, for the live progress line, and the phase.
 pub struct Live {
     pub deliveries: AtomicU64,
     pub sent: AtomicU64,
     pub errors: AtomicU64,
-    pub stop: AtomicBool,
+    pub phase: tokio::sync::watch::Sender<Phase>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            deliveries: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            phase: tokio::sync::watch::Sender::new(Phase::Run),
+        }
+    }
 }
 
 /// Runs a scenario to completion and returns (and prints) its report.
@@ -60,12 +98,12 @@ async fn run_inner(scn: Scenario) -> anyhow::Result<Report> {
     let clock = Clock(Instant::now());
     let live = Arc::new(Live::default());
     eprintln!(
-        "loadtest {}: {} rooms x {} clients, {} msg/s per room, {} publisher(s)/room, {} URL(s)",
+        "loadtest {}: {} rooms x {} clients, {} msg/s per room, mix {}, {} URL(s)",
         scn.name,
         scn.rooms,
         scn.clients,
         scn.rate,
-        scn.publishers,
+        scn.mix_text,
         scn.urls.len()
     );
     let plan = setup::prepare(&scn).await?;
@@ -77,36 +115,178 @@ async fn run_inner(scn: Scenario) -> anyhow::Result<Report> {
         clients.len(),
         connect_started.elapsed().as_secs_f64()
     );
-    if scn.name == "idle" {
-        return idle(&scn, clients, rss_before, &live).await;
-    }
-    let start_us = clock.now_us() + 200_000;
-    let window = (
-        start_us + (scn.warmup * 1e6) as u64,
-        start_us + ((scn.warmup + scn.duration) * 1e6) as u64,
-    );
-    let progress = tokio::spawn(progress(live.clone(), clock, window.1));
-    let published = publisher::run_all(
-        &scn,
-        &plan.rooms,
-        &clients,
-        clock,
-        start_us,
-        window,
-        live.clone(),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs_f64(scn.drain)).await;
-    live.stop.store(true, Ordering::SeqCst);
-    progress.abort();
-    let results = client::finish_all(clients).await;
-    let report = Report::build(&scn, results, published, window);
+    let mut report = match scn.name.as_str() {
+        "idle" => idle(&scn, clients, rss_before, &live).await?,
+        "ramp" => ramp(&scn, &plan.rooms, clients, clock, live.clone()).await,
+        _ => steady(&scn, &plan.rooms, clients, clock, live.clone()).await,
+    };
+    report.judge();
     report.print();
     if let Some(path) = &scn.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("wrote {}", path.display());
     }
+    if let Some(path) = &scn.html {
+        std::fs::write(path, html::render(&report))?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(report)
+}
+
+/// One measured window (fanout, bigroom, storm, failover).
+async fn steady(
+    scn: &Scenario,
+    codes: &[String],
+    clients: Vec<client::ClientHandle>,
+    clock: Clock,
+    live: Arc<Live>,
+) -> Report {
+    let start_us = clock.now_us() + 200_000;
+    let measure = (
+        start_us + (scn.warmup * 1e6) as u64,
+        start_us + ((scn.warmup + scn.duration) * 1e6) as u64,
+    );
+    let wall_window = (
+        wall_us() + (measure.0 - clock.now_us()),
+        wall_us() + (measure.1 - clock.now_us()),
+    );
+    let progress = tokio::spawn(progress(live.clone(), clock, measure.1));
+    let storm = (scn.name == "storm").then(|| {
+        let (live, at) = (live.clone(), measure.0 + (scn.storm_at * 1e6) as u64);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(clock.at_us(at)).await;
+            eprintln!("  storm: every client drops now");
+            let _ = live.phase.send(Phase::Storm);
+        })
+    });
+    let window = Window {
+        rate: scn.rate,
+        step: 0,
+        start_us,
+        measure,
+    };
+    let published = publisher::run_all(scn, codes, &clients, clock, window, live.clone()).await;
+    tokio::time::sleep(Duration::from_secs_f64(scn.drain)).await;
+    if let Some(s) = storm {
+        let _ = s.await;
+    }
+    let timeline = collect_timeline(&clients);
+    let _ = live.phase.send(Phase::Stop);
+    let _ = progress.await;
+    let results = client::finish_all(clients).await;
+    let mut report = Report::build(scn, &results, published, measure);
+    report.add_timeline(&timeline, measure);
+    if scn.mix.moves_clock() {
+        report.add_sync(&results, scn.rooms, wall_window);
+    }
+    if scn.name == "storm" {
+        report.add_storm(&results);
+    }
+    report
+}
+
+/// Steps the rate up on the same connections until a step fails.
+async fn ramp(
+    scn: &Scenario,
+    codes: &[String],
+    clients: Vec<client::ClientHandle>,
+    clock: Clock,
+    live: Arc<Live>,
+) -> Report {
+    let mut members = vec![0u64; scn.rooms];
+    for c in &clients {
+        members[c.room] += 1;
+    }
+    let mut steps = Vec::new();
+    let mut last_published = publisher::Published::none(scn.rooms);
+    let mut last_window = (0, 1);
+    for (i, &rate) in scn.steps.iter().enumerate() {
+        let start_us = clock.now_us() + 100_000;
+        let measure = (
+            start_us + (scn.warmup * 1e6) as u64,
+            start_us + ((scn.warmup + scn.duration) * 1e6) as u64,
+        );
+        let window = Window {
+            rate,
+            step: i,
+            start_us,
+            measure,
+        };
+        let sent_before = live.errors.load(Ordering::Relaxed);
+        let published = publisher::run_all(scn, codes, &clients, clock, window, live.clone()).await;
+        tokio::time::sleep(Duration::from_secs_f64(scn.drain.min(3.0))).await;
+        let (received, buckets) = step_figures(&clients, i);
+        let expected = published.expected(&members);
+        let errors = live.errors.load(Ordering::Relaxed) - sent_before;
+        let step = report::StepReport::new(
+            rate,
+            scn.duration,
+            expected,
+            received,
+            errors,
+            &buckets,
+            &published,
+            scn.ramp_p99_ms,
+        );
+        eprintln!(
+            "  step {:>2}: {:>8.1} msg/s/room  {:>10.0} deliveries/s  p50 {:>7.2} ms  p99 {:>7.2} ms  lost {:>6}  send lag p99 {:>6.1} ms  {}",
+            i + 1,
+            rate,
+            step.deliveries_per_sec,
+            step.p50_ms,
+            step.p99_ms,
+            step.lost,
+            step.send_lag_p99_ms,
+            if step.pass { "pass" } else { "FAIL" }
+        );
+        let pass = step.pass;
+        steps.push(step);
+        last_published = published;
+        last_window = measure;
+        if !pass {
+            break;
+        }
+        // Let queues empty before the next step.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let timeline = collect_timeline(&clients);
+    let _ = live.phase.send(Phase::Stop);
+    let results = client::finish_all(clients).await;
+    let mut report = Report::build(scn, &results, last_published, last_window);
+    report.add_timeline(&timeline, (0, last_window.1));
+    report.add_ramp(steps);
+    report
+}
+
+/// Merged per-step figures: measured deliveries and their latency buckets.
+fn step_figures(clients: &[client::ClientHandle], step: usize) -> (u64, LogBuckets) {
+    let mut total = 0;
+    let mut merged = LogBuckets::default();
+    for c in clients {
+        if let Ok(s) = c.stats.lock() {
+            if let Some((n, b)) = s.steps.get(step) {
+                total += n;
+                merged.merge(b);
+            }
+        }
+    }
+    (total, merged)
+}
+
+/// Per-second latency buckets merged over the sampled clients.
+fn collect_timeline(clients: &[client::ClientHandle]) -> Vec<LogBuckets> {
+    let mut out: Vec<LogBuckets> = Vec::new();
+    for c in clients {
+        if let Ok(s) = c.stats.lock() {
+            if out.len() < s.timeline.len() {
+                out.resize_with(s.timeline.len(), Default::default);
+            }
+            for (o, b) in out.iter_mut().zip(&s.timeline) {
+                o.merge(b);
+            }
+        }
+    }
+    out
 }
 
 /// Holds the connections for `--duration`, then reports how many survived and what they cost.
@@ -118,12 +298,12 @@ async fn idle(
 ) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs_f64(scn.duration)).await;
     let rss_after = scn.pid.and_then(report::rss_kib);
-    live.stop.store(true, Ordering::SeqCst);
+    let _ = live.phase.send(Phase::Stop);
     let held = clients.len();
     let results = client::finish_all(clients).await;
     let mut report = Report::build(
         scn,
-        results,
+        &results,
         publisher::Published::none(scn.rooms),
         (0, (scn.duration * 1e6) as u64),
     );
@@ -132,19 +312,20 @@ async fn idle(
         report.rss_kib_per_connection =
             Some(after.saturating_sub(before) as f64 / held.max(1) as f64);
     }
-    report.print();
-    if let Some(path) = &scn.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-    }
     Ok(report)
 }
 
+/// The live progress line, once a second until the phase is `Stop`.
 async fn progress(live: Arc<Live>, clock: Clock, end_us: u64) {
     let mut last = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut phase = live.phase.subscribe();
     tick.tick().await;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = phase.wait_for(|p| *p == Phase::Stop) => return,
+        }
         let d = live.deliveries.load(Ordering::Relaxed);
         let left = end_us.saturating_sub(clock.now_us()) / 1_000_000;
         eprintln!(

@@ -8,7 +8,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(lockstep_loadtest::run(cli.scenario()))?;
+    let report = runtime.block_on(lockstep_loadtest::run(cli.scenario()?))?;
     let failed = report.slo_failures();
     if !failed.is_empty() {
         eprintln!("SLO failed: {}", failed.join("; "));

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::buckets::LogBuckets;
 use crate::client::{histogram, ClientResult};
 use crate::publisher::Published;
 use crate::Scenario;
@@ -23,7 +24,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
         let ms = |us: u64| us as f64 / 1000.0;
         Percentiles {
             count: h.len(),
@@ -66,7 +67,99 @@ pub struct Report {
     pub server_rss_mib: Option<f64>,
     /// `idle`: the server's RSS growth per held connection, KiB (with `--pid`).
     pub rss_kib_per_connection: Option<f64>,
+    /// Player commands in the mix: |client position − room clock| at sampled instants.
+    pub sync_error_ms: Option<Percentiles>,
+    /// Non-chat commands sent, by kind.
+    pub commands: BTreeMap<String, u64>,
+    /// Rejoins after a dropped socket (storm, failover): by replay or by snapshot.
+    pub reconnects: u64,
+    pub recovered: u64,
+    pub snapshots: u64,
+    /// Disconnect → rejoin acked.
+    pub reconnect_ms: Percentiles,
+    /// Longest gap between two deliveries seen by any client (failover: time to recover).
+    pub max_gap_ms: f64,
+    pub storm: Option<StormReport>,
+    /// Ramp: every step tried, and the best that held.
+    pub ramp: Vec<StepReport>,
+    pub best_rate: Option<f64>,
+    pub best_deliveries_per_sec: Option<f64>,
+    /// Latency per second of intended send time (sampled clients), for plots.
+    pub timeline: Vec<SecondPoint>,
+    /// (percentile, ms) of the whole run's fan-out latency, for the percentile plot.
+    pub spectrum: Vec<(f64, f64)>,
     pub slo: Vec<SloResult>,
+}
+
+/// The storm's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    pub clients: usize,
+    /// Back in the room after the storm.
+    pub back: usize,
+    /// Back by replay (`recovered: true`).
+    pub recovered: usize,
+    /// Storm start → the last client recovered, seconds (None if some never did).
+    pub all_recovered_s: Option<f64>,
+    /// Storm start → each client back.
+    pub back_ms: Percentiles,
+}
+
+/// One ramp step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub rate: f64,
+    pub deliveries_per_sec: f64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub send_lag_p99_ms: f64,
+    pub pass: bool,
+}
+
+impl StepReport {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rate: f64,
+        seconds: f64,
+        expected: u64,
+        delivered: u64,
+        errors: u64,
+        latency: &LogBuckets,
+        published: &Published,
+        p99_bound_ms: f64,
+    ) -> StepReport {
+        let lost = expected.saturating_sub(delivered);
+        let p99_ms = latency.quantile_ms(0.99);
+        StepReport {
+            rate,
+            deliveries_per_sec: delivered as f64 / seconds,
+            expected,
+            delivered,
+            lost,
+            errors,
+            p50_ms: latency.quantile_ms(0.5),
+            p99_ms,
+            max_ms: latency.max_ms(),
+            send_lag_p99_ms: published.send_lag.value_at_quantile(0.99) as f64 / 1000.0,
+            pass: lost == 0 && errors == 0 && expected > 0 && p99_ms <= p99_bound_ms,
+        }
+    }
+}
+
+/// One second of the timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondPoint {
+    /// Seconds since the measured window began.
+    pub t: f64,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 /// One SLO clause and whether it held.
@@ -80,7 +173,7 @@ pub struct SloResult {
 impl Report {
     pub fn build(
         scn: &Scenario,
-        results: Vec<ClientResult>,
+        results: &[ClientResult],
         published: Published,
         window: (u64, u64),
     ) -> Report {
@@ -91,7 +184,14 @@ impl Report {
         let (mut deliveries, mut duplicates, mut reordered, mut errors, mut rate_limited) =
             (0, 0, 0, 0, 0);
         let mut closed_by_code = BTreeMap::new();
-        for r in &results {
+        let mut reconnect = histogram();
+        let (mut reconnects, mut recovered, mut snapshots, mut max_gap) = (0, 0, 0, 0u64);
+        for r in results {
+            let _ = reconnect.add(&r.reconnect_us);
+            reconnects += r.reconnects;
+            recovered += r.recovered;
+            snapshots += r.snapshots;
+            max_gap = max_gap.max(r.max_gap_us);
             let _ = latency.add(&r.latency);
             let _ = ack.add(&r.ack);
             let _ = connect.record(r.connect_us.max(1));
@@ -101,18 +201,17 @@ impl Report {
             reordered += r.reordered;
             errors += r.errors;
             rate_limited += r.rate_limited;
-            if let Some(code) = r.closed_with {
-                *closed_by_code.entry(code).or_insert(0) += 1;
+            for code in &r.closes {
+                *closed_by_code.entry(*code).or_insert(0) += 1;
             }
         }
-        let expected: u64 = published
-            .measured
-            .iter()
-            .zip(&members)
-            .map(|(m, n)| m * n)
-            .sum();
+        let expected = published.expected(&members);
         let seconds = (window.1 - window.0) as f64 / 1e6;
-        let mut report = Report {
+        let spectrum = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
+            .iter()
+            .map(|q| (*q * 100.0, latency.value_at_quantile(*q) as f64 / 1000.0))
+            .collect();
+        Report {
             scenario: scn.clone(),
             clients_connected: results.len(),
             latency_ms: Percentiles::of(&latency),
@@ -137,14 +236,106 @@ impl Report {
             closed_by_code,
             server_rss_mib: None,
             rss_kib_per_connection: None,
+            sync_error_ms: None,
+            commands: published.commands.clone(),
+            reconnects,
+            recovered,
+            snapshots,
+            reconnect_ms: Percentiles::of(&reconnect),
+            max_gap_ms: max_gap as f64 / 1000.0,
+            storm: None,
+            ramp: Vec::new(),
+            best_rate: None,
+            best_deliveries_per_sec: None,
+            timeline: Vec::new(),
+            spectrum,
             slo: Vec::new(),
-        };
-        if let Some(slo) = &scn.slo {
+        }
+    }
+
+    /// Checks the SLO clauses against the finished report.
+    pub fn judge(&mut self) {
+        if let Some(slo) = &self.scenario.slo {
             if let Ok(clauses) = parse_slo(slo) {
-                report.slo = clauses.iter().map(|c| c.check(&report)).collect();
+                self.slo = clauses.iter().map(|c| c.check(self)).collect();
             }
         }
-        report
+    }
+
+    /// The per-second timeline, seconds counted from the window's start.
+    pub fn add_timeline(&mut self, seconds: &[LogBuckets], window: (u64, u64)) {
+        let first = (window.0 / 1_000_000) as usize;
+        self.timeline = seconds
+            .iter()
+            .enumerate()
+            .skip(first)
+            .filter(|(_, b)| b.count() > 0)
+            .map(|(i, b)| SecondPoint {
+                t: i as f64 - window.0 as f64 / 1e6,
+                count: b.count(),
+                p50_ms: b.quantile_ms(0.5),
+                p99_ms: b.quantile_ms(0.99),
+                max_ms: b.max_ms(),
+            })
+            .collect();
+    }
+
+    /// Sync error over the window (wall clock µs), every 20 ms, per room.
+    pub fn add_sync(&mut self, results: &[ClientResult], rooms: usize, wall: (u64, u64)) {
+        let views: Vec<crate::sync::ClientSync> = results
+            .iter()
+            .map(|r| crate::sync::ClientSync {
+                obs: r.player.clone(),
+                offset_ms: r.offset_ms,
+            })
+            .collect();
+        let mut by_room: Vec<Vec<&crate::sync::ClientSync>> = vec![Vec::new(); rooms];
+        for (r, v) in results.iter().zip(&views) {
+            by_room[r.room].push(v);
+        }
+        let h = crate::sync::sync_error(&by_room, wall.0, wall.1, 20_000);
+        self.sync_error_ms = Some(Percentiles::of(&h));
+    }
+
+    /// Storm figures from each client's return.
+    pub fn add_storm(&mut self, results: &[ClientResult]) {
+        let mut back = histogram();
+        let mut n_back = 0;
+        let mut n_recovered = 0;
+        for r in results {
+            if let Some(us) = r.storm_back_us {
+                n_back += 1;
+                let _ = back.record(us.max(1));
+                if r.storm_recovered {
+                    n_recovered += 1;
+                }
+            }
+        }
+        self.storm = Some(StormReport {
+            clients: results.len(),
+            back: n_back,
+            recovered: n_recovered,
+            all_recovered_s: (n_recovered == results.len() && n_back > 0)
+                .then(|| back.max() as f64 / 1e6),
+            back_ms: Percentiles::of(&back),
+        });
+    }
+
+    /// Ramp steps and the best one; the totals become the sums over the steps.
+    pub fn add_ramp(&mut self, steps: Vec<StepReport>) {
+        self.deliveries_expected = steps.iter().map(|s| s.expected).sum();
+        self.deliveries = steps.iter().map(|s| s.delivered).sum();
+        self.lost = steps.iter().map(|s| s.lost).sum();
+        self.delivered_ratio = if self.deliveries_expected == 0 {
+            0.0
+        } else {
+            self.deliveries as f64 / self.deliveries_expected as f64
+        };
+        self.deliveries_per_sec = steps.last().map(|s| s.deliveries_per_sec).unwrap_or(0.0);
+        let best = steps.iter().rev().find(|s| s.pass);
+        self.best_rate = best.map(|s| s.rate);
+        self.best_deliveries_per_sec = best.map(|s| s.deliveries_per_sec);
+        self.ramp = steps;
     }
 
     /// Clauses that failed, as text.
@@ -194,6 +385,49 @@ impl Report {
         if !self.closed_by_code.is_empty() {
             println!("closed by server    {:?}", self.closed_by_code);
         }
+        if !self.commands.is_empty() {
+            println!("commands sent       {:?}", self.commands);
+        }
+        if let Some(s) = &self.sync_error_ms {
+            println!(
+                "sync error ms       p50 {:.2}  p99 {:.2}  max {:.2}  ({} samples)",
+                s.p50, s.p99, s.max, s.count
+            );
+        }
+        if self.reconnects > 0 {
+            println!(
+                "reconnects          {} ({} recovered by replay, {} by snapshot), rejoin p50 {:.0} ms p99 {:.0} ms, longest delivery gap {:.0} ms",
+                self.reconnects,
+                self.recovered,
+                self.snapshots,
+                self.reconnect_ms.p50,
+                self.reconnect_ms.p99,
+                self.max_gap_ms
+            );
+        }
+        if let Some(st) = &self.storm {
+            println!(
+                "storm               {} of {} back, {} recovered by replay, all recovered in {}",
+                st.back,
+                st.clients,
+                st.recovered,
+                st.all_recovered_s
+                    .map(|s| format!("{s:.2} s"))
+                    .unwrap_or_else(|| "— (not all)".into())
+            );
+        }
+        if !self.ramp.is_empty() {
+            println!(
+                "ramp                best {} msg/s/room = {} deliveries/s (p99 ≤ {} ms, no loss)",
+                self.best_rate
+                    .map(|r| format!("{r}"))
+                    .unwrap_or_else(|| "none".into()),
+                self.best_deliveries_per_sec
+                    .map(|d| format!("{d:.0}"))
+                    .unwrap_or_else(|| "—".into()),
+                self.scenario.ramp_p99_ms
+            );
+        }
         for s in &self.slo {
             println!(
                 "SLO {:<20} {} (actual {:.3})",
@@ -237,6 +471,15 @@ impl Clause {
             "delivered" => r.delivered_ratio,
             "errors" => (r.errors + r.rate_limited) as f64,
             "reordered" => r.reordered as f64,
+            "sync_p99" => r.sync_error_ms.as_ref().map(|s| s.p99).unwrap_or(f64::NAN),
+            "recovered" => r
+                .storm
+                .as_ref()
+                .and_then(|s| s.all_recovered_s)
+                .map(|s| s * 1000.0)
+                .unwrap_or(f64::INFINITY),
+            "gap" => r.max_gap_ms,
+            "best_deliveries" => r.best_deliveries_per_sec.unwrap_or(0.0),
             _ => f64::NAN,
         };
         let pass = match self.op.as_str() {
@@ -267,6 +510,10 @@ pub fn parse_slo(text: &str) -> anyhow::Result<Vec<Clause>> {
         "delivered",
         "errors",
         "reordered",
+        "sync_p99",
+        "recovered",
+        "gap",
+        "best_deliveries",
     ];
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -1,10 +1,14 @@
-//! Scenarios: flags with presets. `fanout`: many rooms, steady chat. `bigroom`: one room,
-//! thousands of members.
+//! Scenarios: flags (or a TOML file) over presets. `fanout`: many rooms, steady chat.
+//! `bigroom`: one room, thousands of members. `idle`: held connections. `storm`: everyone
+//! drops and reconnects. `failover`: steady traffic with reconnects while the operator kills
+//! a node. `ramp`: the rate steps up until p99 or loss fails.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::mix::Mix;
 
 /// Command line.
 #[derive(Parser, Debug)]
@@ -23,23 +27,45 @@ pub enum Command {
     /// Idle connections held for `--duration` (default 50 rooms x 100); with `--pid`, the
     /// server's RSS growth per connection from /proc.
     Idle(Flags),
+    /// Every client drops at `--storm-at` seconds into the window and reconnects with
+    /// jittered backoff (`--storm-jitter-ms`); reports the time until all are recovered.
+    Storm(Flags),
+    /// Steady traffic; clients reconnect and resume when their socket dies. Kill a node
+    /// during the run: the report shows reconnects, gaps and time to recover.
+    Failover(Flags),
+    /// Raise the rate per room through `--steps` until p99 passes `--ramp-p99-ms` or a
+    /// message is lost; reports the highest rate that held.
+    Ramp(Flags),
+    /// A scenario from a TOML file (keys as the flags, plus `scenario = "fanout"` etc.).
+    Run {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 impl Cli {
-    pub fn scenario(self) -> Scenario {
-        match self.command {
-            Command::Fanout(f) => f.into_scenario("fanout", 20, 50, 5.0),
-            Command::Bigroom(f) => f.into_scenario("bigroom", 1, 2000, 2.0),
-            Command::Idle(f) => f.into_scenario("idle", 50, 100, 1.0),
-        }
+    pub fn scenario(self) -> anyhow::Result<Scenario> {
+        Ok(match self.command {
+            Command::Fanout(f) => f.into_scenario("fanout"),
+            Command::Bigroom(f) => f.into_scenario("bigroom"),
+            Command::Idle(f) => f.into_scenario("idle"),
+            Command::Storm(f) => f.into_scenario("storm"),
+            Command::Failover(f) => f.into_scenario("failover"),
+            Command::Ramp(f) => f.into_scenario("ramp"),
+            Command::Run { file } => from_file(&file)?,
+        })
     }
 }
 
 /// Flags shared by every scenario; unset ones take the scenario's preset.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Flags {
-    /// Gateway base URLs, comma-separated; client i uses URL i % n.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    /// The scenario a TOML file runs (`fanout`, `bigroom`, …); not a flag.
+    #[arg(skip)]
+    pub scenario: Option<String>,
+    /// Gateway base URLs, comma-separated; client i uses URL i % n (and fails over along it).
+    #[arg(long, value_delimiter = ',')]
     pub url: Vec<String>,
     /// Rooms.
     #[arg(long)]
@@ -51,61 +77,132 @@ pub struct Flags {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Clients per room that take turns publishing.
-    #[arg(long, default_value_t = 1)]
-    pub publishers: usize,
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    /// What each send is: `chat=90,seek=4,pause=3,play=3` (also `queue`, `ready`). Player
+    /// commands make the run measure sync error.
+    #[arg(long)]
+    pub mix: Option<String>,
     /// Seconds before the measured window.
-    #[arg(long, default_value_t = 2.0)]
-    pub warmup: f64,
-    /// Seconds of the measured window.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Seconds of the measured window (per step in a ramp).
+    #[arg(long)]
+    pub duration: Option<f64>,
     /// Seconds to wait for stragglers after the window.
-    #[arg(long, default_value_t = 3.0)]
-    pub drain: f64,
-    /// New connections per second.
-    #[arg(long, default_value_t = 500.0)]
-    pub connect_rate: f64,
+    #[arg(long)]
+    pub drain: Option<f64>,
+    /// New connections per second (the connection ramp).
+    #[arg(long)]
+    pub connect_rate: Option<f64>,
     /// Spread client sockets over source addresses 127.0.0.1 .. 127.0.0.N.
-    #[arg(long, default_value_t = 1)]
-    pub source_addrs: u8,
+    #[arg(long)]
+    pub source_addrs: Option<u8>,
     /// Chat text size in bytes (padding included).
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
+    #[arg(long)]
+    pub size: Option<usize>,
     /// Service-level objective, e.g. `p99<50ms,loss=0,delivered>=0.99`; exit 2 when it fails.
     #[arg(long)]
     pub slo: Option<String>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write an HTML report with latency-over-time and percentile plots here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
     /// Watchdog: abort after this many seconds.
-    #[arg(long, default_value_t = 600.0)]
-    pub max_seconds: f64,
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
     /// Server process to sample RSS from (/proc/<pid>/status), for `idle`.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Storm: seconds into the measured window when every client drops.
+    #[arg(long)]
+    pub storm_at: Option<f64>,
+    /// Storm: each client reconnects after a random delay up to this (ms).
+    #[arg(long)]
+    pub storm_jitter_ms: Option<u64>,
+    /// Ramp: per-room rates to try in order, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<f64>,
+    /// Ramp: a step fails when its p99 exceeds this (ms) or it loses a message.
+    #[arg(long)]
+    pub ramp_p99_ms: Option<f64>,
+}
+
+/// Preset per scenario: (rooms, clients, rate).
+fn preset(name: &str) -> (usize, usize, f64) {
+    match name {
+        "bigroom" => (1, 2_000, 2.0),
+        "idle" => (50, 100, 1.0),
+        "storm" => (50, 200, 2.0),
+        "ramp" => (20, 50, 5.0),
+        _ => (20, 50, 5.0),
+    }
 }
 
 impl Flags {
-    fn into_scenario(self, name: &str, rooms: usize, clients: usize, rate: f64) -> Scenario {
+    pub fn into_scenario(self, name: &str) -> Scenario {
+        let (rooms, clients, rate) = preset(name);
+        let steps = if self.steps.is_empty() && name == "ramp" {
+            vec![5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0]
+        } else {
+            self.steps
+        };
+        let mix = self.mix.unwrap_or_else(|| "chat=1".into());
         Scenario {
             name: name.to_owned(),
-            urls: self.url,
+            urls: if self.url.is_empty() {
+                vec!["http://127.0.0.1:8080".into()]
+            } else {
+                self.url
+            },
             rooms: self.rooms.unwrap_or(rooms),
             clients: self.clients.unwrap_or(clients),
             rate: self.rate.unwrap_or(rate),
-            publishers: self.publishers,
-            warmup: self.warmup,
-            duration: self.duration,
-            drain: self.drain,
-            connect_rate: self.connect_rate,
-            source_addrs: self.source_addrs,
-            size: self.size,
+            publishers: self.publishers.unwrap_or(1),
+            mix: Mix::parse(&mix).unwrap_or_default(),
+            mix_text: mix,
+            warmup: self.warmup.unwrap_or(2.0),
+            duration: self
+                .duration
+                .unwrap_or(if name == "ramp" { 6.0 } else { 10.0 }),
+            drain: self.drain.unwrap_or(3.0),
+            connect_rate: self.connect_rate.unwrap_or(500.0),
+            source_addrs: self.source_addrs.unwrap_or(1),
+            size: self.size.unwrap_or(64),
             slo: self.slo,
             json: self.json,
-            max_seconds: self.max_seconds,
+            html: self.html,
+            max_seconds: self.max_seconds.unwrap_or(900.0),
             pid: self.pid,
+            reconnect: matches!(name, "storm" | "failover"),
+            storm_at: self.storm_at.unwrap_or(2.0),
+            storm_jitter_ms: self.storm_jitter_ms.unwrap_or(2_000),
+            steps,
+            ramp_p99_ms: self.ramp_p99_ms.unwrap_or(50.0),
         }
     }
+}
+
+fn from_file(path: &std::path::Path) -> anyhow::Result<Scenario> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    parse_file(&text)
+}
+
+/// Parses a scenario file's text: `scenario = "ramp"` plus any flag, snake_case.
+pub fn parse_file(text: &str) -> anyhow::Result<Scenario> {
+    let flags: Flags = toml::from_str(text)?;
+    let name = flags.scenario.clone().unwrap_or_else(|| "fanout".into());
+    anyhow::ensure!(
+        ["fanout", "bigroom", "idle", "storm", "failover", "ramp"].contains(&name.as_str()),
+        "unknown scenario `{name}`"
+    );
+    if let Some(mix) = &flags.mix {
+        Mix::parse(mix)?;
+    }
+    Ok(flags.into_scenario(&name))
 }
 
 /// A resolved scenario.
@@ -117,6 +214,10 @@ pub struct Scenario {
     pub clients: usize,
     pub rate: f64,
     pub publishers: usize,
+    #[serde(skip)]
+    pub mix: Mix,
+    #[serde(rename = "mix")]
+    pub mix_text: String,
     pub warmup: f64,
     pub duration: f64,
     pub drain: f64,
@@ -125,31 +226,33 @@ pub struct Scenario {
     pub size: usize,
     pub slo: Option<String>,
     pub json: Option<PathBuf>,
+    pub html: Option<PathBuf>,
     pub max_seconds: f64,
     pub pid: Option<u32>,
+    /// Clients rejoin by seq when their socket dies.
+    pub reconnect: bool,
+    pub storm_at: f64,
+    pub storm_jitter_ms: u64,
+    pub steps: Vec<f64>,
+    pub ramp_p99_ms: f64,
 }
 
 impl Scenario {
     /// A small scenario for tests.
     pub fn small(url: &str) -> Scenario {
-        Scenario {
-            name: "fanout".into(),
-            urls: vec![url.to_owned()],
-            rooms: 2,
-            clients: 5,
-            rate: 20.0,
-            publishers: 1,
-            warmup: 0.5,
-            duration: 2.0,
-            drain: 1.0,
-            connect_rate: 500.0,
-            source_addrs: 2,
-            size: 64,
-            slo: None,
-            json: None,
-            max_seconds: 60.0,
-            pid: None,
+        Flags {
+            url: vec![url.to_owned()],
+            rooms: Some(2),
+            clients: Some(5),
+            rate: Some(20.0),
+            warmup: Some(0.5),
+            duration: Some(2.0),
+            drain: Some(1.0),
+            source_addrs: Some(2),
+            max_seconds: Some(60.0),
+            ..Flags::default()
         }
+        .into_scenario("fanout")
     }
 
     /// Every bound is finite: counts, rates and durations.
@@ -167,9 +270,13 @@ impl Scenario {
             self.rooms * self.clients <= 200_000,
             "at most 200000 clients in total"
         );
+        for r in std::iter::once(&self.rate).chain(&self.steps) {
+            anyhow::ensure!(*r > 0.0 && *r <= 100_000.0, "rates must be in (0, 100000]");
+        }
         anyhow::ensure!(
-            self.rate > 0.0 && self.rate <= 100_000.0,
-            "--rate must be in (0, 100000]"
+            self.steps.len() <= crate::client::STEPS_MAX,
+            "at most {} ramp steps",
+            crate::client::STEPS_MAX
         );
         anyhow::ensure!(
             self.publishers >= 1 && self.publishers <= self.clients,
@@ -183,15 +290,51 @@ impl Scenario {
             self.warmup >= 0.0 && self.drain >= 0.0,
             "--warmup and --drain must be >= 0"
         );
+        anyhow::ensure!(
+            self.name != "storm" || (self.storm_at >= 0.0 && self.storm_at < self.duration),
+            "--storm-at must fall inside the window"
+        );
         anyhow::ensure!(self.connect_rate > 0.0, "--connect-rate must be > 0");
         anyhow::ensure!(self.source_addrs >= 1, "--source-addrs must be >= 1");
         anyhow::ensure!(
             (40..=480).contains(&self.size),
             "--size must be 40..480 bytes"
         );
+        anyhow::ensure!(self.max_seconds > 0.0, "--max-seconds must be > 0");
+        Mix::parse(&self.mix_text)?;
         if let Some(slo) = &self.slo {
             crate::report::parse_slo(slo)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_file_sets_scenario_and_flags() {
+        let s = parse_file(
+            r#"
+scenario = "ramp"
+url = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
+rooms = 10
+steps = [10.0, 20.0]
+mix = "chat=9,seek=1"
+ramp_p99_ms = 30.0
+"#,
+        );
+        let s = s.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.name, "ramp");
+        assert_eq!(s.urls.len(), 2);
+        assert_eq!((s.rooms, s.clients), (10, 50));
+        assert_eq!(s.steps, vec![10.0, 20.0]);
+        assert!(s.mix.moves_clock());
+        assert!(
+            parse_file("scenario = \"ramp\"\nroomz = 3").is_err(),
+            "typos are refused"
+        );
+        assert!(parse_file("scenario = \"dance\"").is_err());
     }
 }
