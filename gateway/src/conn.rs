@@ -148,10 +148,13 @@ impl Reader {
             }
         };
         let token = self.entry.closer.token().clone();
+        // One waiter for the whole connection, not one per frame.
+        let cancelled = token.cancelled();
+        tokio::pin!(cancelled);
         let mut partial: Option<(OpCode, Vec<u8>)> = None;
         loop {
             let frame = tokio::select! {
-                _ = token.cancelled() => return self.entry.closer.code(),
+                _ = &mut cancelled => return self.entry.closer.code(),
                 f = read_half.read_frame(&mut send_ctrl) => f,
             };
             let frame = match frame {
@@ -315,10 +318,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     let token = closer.token().clone();
+    // One waiter for the whole connection, not one per wake-up.
+    let cancelled = token.cancelled();
+    tokio::pin!(cancelled);
+    let metrics = WriterMetrics::new();
     loop {
         let step = tokio::select! {
             biased;
-            _ = token.cancelled() => break,
+            _ = &mut cancelled => break,
             ctrl = ctrl_rx.recv() => match ctrl {
                 Some(c) => {
                     let is_close = c.opcode == OpCode::Close;
@@ -330,7 +337,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => Ok(()),
             },
             first = out_rx.recv() => match first {
-                Some(first) => write_batch(&mut ws, &mut out_rx, first, &token).await,
+                Some(first) => write_batch(&mut ws, &mut out_rx, first, cancelled.as_mut(), &metrics).await,
                 None => break,
             },
             _ = ping.tick() => {
@@ -384,18 +391,36 @@ async fn write_flush<W: AsyncWrite + Unpin>(
     ws.flush().await
 }
 
+/// The writer's metric handles, looked up once per connection instead of per frame.
+struct WriterMetrics {
+    depth: metrics::Histogram,
+    delivery: metrics::Histogram,
+    frames: metrics::Counter,
+}
+
+impl WriterMetrics {
+    fn new() -> WriterMetrics {
+        WriterMetrics {
+            depth: metrics::histogram!(names::GATEWAY_OUTBOUND_QUEUE_DEPTH),
+            delivery: metrics::histogram!(names::GATEWAY_EVENT_DELIVERY_LATENCY),
+            frames: metrics::counter!(names::GATEWAY_FRAMES_SENT),
+        }
+    }
+}
+
 /// Writes the first frame and whatever else is already queued, then flushes once. A socket
 /// that stops draining is abandoned as soon as the connection is asked to close.
 async fn write_batch<W: AsyncWrite + Unpin>(
     ws: &mut fastwebsockets::WebSocketWrite<W>,
     out_rx: &mut mpsc::Receiver<OutFrame>,
     first: OutFrame,
-    token: &tokio_util::sync::CancellationToken,
+    cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    m: &WriterMetrics,
 ) -> Result<(), WebSocketError> {
     let work = async {
         // What is queued when the writer wakes up: sampled once per batch, not per push.
         let depth = 1 + out_rx.len();
-        metrics::histogram!(names::GATEWAY_OUTBOUND_QUEUE_DEPTH).record(depth as f64);
+        m.depth.record(depth as f64);
         let mut next = Some(first);
         let mut n = 0;
         while let Some(item) = next.take() {
@@ -403,7 +428,7 @@ async fn write_batch<W: AsyncWrite + Unpin>(
                 OutFrame::Event { text, created_ms } => {
                     write_text(ws, &text).await?;
                     let lag = now_ms().saturating_sub(created_ms) as f64 / 1000.0;
-                    metrics::histogram!(names::GATEWAY_EVENT_DELIVERY_LATENCY).record(lag);
+                    m.delivery.record(lag);
                     n += 1;
                 }
                 OutFrame::Direct(text) => {
@@ -421,11 +446,11 @@ async fn write_batch<W: AsyncWrite + Unpin>(
                 next = out_rx.try_recv().ok();
             }
         }
-        metrics::counter!(names::GATEWAY_FRAMES_SENT).increment(n as u64);
+        m.frames.increment(n as u64);
         ws.flush().await
     };
     tokio::select! {
         r = work => r,
-        _ = token.cancelled() => Err(WebSocketError::ConnectionClosed),
+        _ = cancelled => Err(WebSocketError::ConnectionClosed),
     }
 }

@@ -300,3 +300,57 @@ async fn serves_tls_with_rustls() {
     assert_ne!(status, 200);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn departures_reach_a_room_whose_mailbox_is_full() {
+    let dir = TempDir::new("departures");
+    let node = start(&dir.0, |f| {
+        f.merge(Serialized::default("room.mailbox", 2))
+            .merge(Serialized::default("gateway.command_rate", 10_000.0))
+            .merge(Serialized::default("gateway.command_burst", 10_000.0))
+    })
+    .await;
+    let (mut owner, token, room) = node.owner("owner").await;
+    let mut members = Vec::new();
+    for i in 0..30 {
+        let (t, _) = node.guest(&format!("m{i}")).await;
+        let mut c = node.connect(&t).await;
+        // A busy room answers `unavailable`: retry like a client would.
+        loop {
+            let r = c.call(json!({"type": "room.join", "room": room})).await;
+            if r["type"] == "ack" {
+                break;
+            }
+            assert_eq!(r["code"], "unavailable", "{r}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        members.push(c);
+    }
+    // Everyone leaves at once while the owner keeps the mailbox busy.
+    let code = room.clone();
+    let chatter = tokio::spawn(async move {
+        for i in 0..200 {
+            let _ = owner
+                .send(json!({"type": "chat.send", "room": code, "text": format!("x{i}")}))
+                .await;
+        }
+        owner
+    });
+    for c in members {
+        drop(c);
+    }
+    let _owner = chatter.await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = room_body(node.addr, &token, &room).await;
+        let n = body["members"].as_array().map(Vec::len).unwrap_or(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} members linger in presence"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

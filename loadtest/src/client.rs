@@ -35,6 +35,8 @@ const TIMELINE_CLIENTS: usize = 256;
 const TIMELINE_MAX: usize = 3_600;
 /// Most ramp steps tracked.
 pub const STEPS_MAX: usize = 32;
+/// Joins tried before giving up when the room answers `unavailable`.
+const JOIN_ATTEMPTS: u32 = 30;
 /// `time.sync` round trips per client; the one with the smallest RTT wins (NTP-style).
 const SYNC_SAMPLES: usize = 5;
 
@@ -347,10 +349,19 @@ async fn join(
     if let Some(s) = since_seq {
         cmd["since_seq"] = json!(s);
     }
-    sink.send(Message::text(cmd.to_string())).await?;
-    let ack = read_reply(&mut stream, "join").await?;
-    anyhow::ensure!(ack["type"] == "ack", "join refused: {ack}");
-    Ok(Joined { sink, stream, ack })
+    // `unavailable` means retry (a busy room during a join storm): back off with jitter, as
+    // a real client does.
+    for attempt in 0..JOIN_ATTEMPTS {
+        sink.send(Message::text(cmd.to_string())).await?;
+        let ack = read_reply(&mut stream, "join").await?;
+        if ack["type"] == "ack" {
+            return Ok(Joined { sink, stream, ack });
+        }
+        anyhow::ensure!(ack["code"] == "unavailable", "join refused: {ack}");
+        let cap = (50u64 << attempt.min(5)).min(2_000);
+        tokio::time::sleep(Duration::from_millis(rand_below(cap) + 10)).await;
+    }
+    anyhow::bail!("join still unavailable after {JOIN_ATTEMPTS} attempts")
 }
 
 /// Reconnects (next URL each attempt, jittered exponential backoff) and rejoins by seq.

@@ -220,11 +220,47 @@ impl Host {
     }
 }
 
+/// How long a departure waits for room in a busy room's mailbox.
+const DEPARTURE_WAIT: Duration = Duration::from_secs(10);
+
+impl Host {
+    /// Departures (a closed socket, a dead gateway) must reach a loaded room even when its
+    /// mailbox is full (a join storm): they wait for space instead of being refused, or a
+    /// member would linger in presence. A room that is not loaded has nobody to remove.
+    async fn depart(&self, code: &str, msg: ToWorker) -> Result<(), Refusal> {
+        let tx = {
+            let map = self
+                .shared
+                .stripe(code)
+                .lock()
+                .map_err(|_| Refusal::new(ErrorCode::Internal, "room map poisoned"))?;
+            match map.get(code) {
+                Some(slot) => slot.tx.clone(),
+                None => return Ok(()),
+            }
+        };
+        match tokio::time::timeout(DEPARTURE_WAIT, tx.send(RoomMsg::Gateway(msg))).await {
+            Ok(Ok(())) => Ok(()),
+            // The room stopped: its members are gone with it.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "room too busy to take a departure",
+            )),
+        }
+    }
+}
+
 #[async_trait]
 impl WorkerLink for Host {
     async fn send(&self, msg: ToWorker) -> Result<(), Refusal> {
         let code = msg.room().to_owned();
-        self.route(&code, RoomMsg::Gateway(msg))
+        match msg {
+            ToWorker::ConnClosed { .. } | ToWorker::GatewayGone { .. } => {
+                self.depart(&code, msg).await
+            }
+            ToWorker::Command(_) => self.route(&code, RoomMsg::Gateway(msg)),
+        }
     }
 
     async fn query(&self, room: &str, query: Query) -> Result<Value, Refusal> {

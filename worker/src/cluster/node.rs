@@ -250,6 +250,18 @@ async fn dispatch(mut rx: mpsc::Receiver<Vec<u8>>, host: Host, publisher: Publis
             }
         };
         match msg {
+            // A departure may wait for space in a busy room: off the dispatch loop, so one
+            // room's join storm never stalls the others.
+            ToShard::Gateway(
+                msg @ (ToWorker::ConnClosed { .. } | ToWorker::GatewayGone { .. }),
+            ) => {
+                let host = host.clone();
+                tokio::spawn(async move {
+                    if let Err(r) = host.send(msg).await {
+                        tracing::warn!(cause = %r.message, "departure dropped");
+                    }
+                });
+            }
             ToShard::Gateway(msg) => {
                 let reply_to = match &msg {
                     ToWorker::Command(env) => Some((env.caller.conn, env.id.clone())),
