@@ -74,6 +74,12 @@ pub struct ClientResult {
     pub reordered: u64,
     pub errors: u64,
     pub rate_limited: u64,
+    /// Chat messages this client sent that the server refused (e.g. `unavailable` while a
+    /// room has no owner): not delivered, and not lost either.
+    pub rejected_chat: u64,
+    /// Chat messages (step and number) this client sent that the server acknowledged, with
+    /// their intended time in the window: each must reach every member.
+    pub acked: Vec<u64>,
     /// The close code if the server closed the socket (last one, with reconnects).
     pub closed_with: Option<u16>,
     pub closes: Vec<u16>,
@@ -411,6 +417,8 @@ async fn run(
         reordered: 0,
         errors: 0,
         rate_limited: 0,
+        rejected_chat: 0,
+        acked: Vec::new(),
         closed_with: None,
         closes: Vec::new(),
         reconnects: 0,
@@ -427,6 +435,8 @@ async fn run(
     let mut phase = ctx.live.phase.subscribe();
     let mut seen: HashSet<u64> = HashSet::new();
     let mut last_delivery: Option<u64> = None;
+    // The measured window, learnt from the payloads of this room's chat.
+    let mut window: Option<(u64, u64)> = None;
     let mut stormed = false;
     loop {
         let msg = tokio::select! {
@@ -505,6 +515,7 @@ async fn run(
                     r.duplicates += 1;
                     continue;
                 }
+                window = Some((body.w0, body.w1));
                 let lat = now.saturating_sub(body.t).max(1);
                 if (body.w0..body.w1).contains(&body.t) {
                     r.measured.insert(key);
@@ -543,16 +554,36 @@ async fn run(
                 });
             }
             "ack" => {
-                let sent = match f.id {
-                    Some(Id::Text(id)) => id.split('-').nth(1).and_then(|s| s.parse::<u64>().ok()),
-                    _ => None,
-                };
+                let Some(Id::Text(id)) = f.id else { continue };
+                let mut parts = id.split('-');
+                let tag = parts.next();
+                let num = |p: Option<&str>| p.and_then(|v| v.parse::<u64>().ok());
+                let (sent, due, step, k) = (
+                    num(parts.next()),
+                    num(parts.next()),
+                    num(parts.next()),
+                    num(parts.next()),
+                );
                 if let Some(sent) = sent {
                     let _ = r.ack.record(now.saturating_sub(sent).max(1));
+                }
+                if let (Some("chat"), Some(due), Some(step), Some(k)) = (tag, due, step, k) {
+                    if window.is_some_and(|(a, b)| (a..b).contains(&due)) {
+                        r.acked.push((step << 40) | k);
+                    }
                 }
             }
             "error" => {
                 ctx.live.errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(Id::Text(id)) = f.id {
+                    let due = id
+                        .strip_prefix("chat-")
+                        .and_then(|rest| rest.split('-').nth(1));
+                    let due = due.and_then(|d| d.parse::<u64>().ok());
+                    if due.is_some_and(|d| window.is_some_and(|(a, b)| (a..b).contains(&d))) {
+                        r.rejected_chat += 1;
+                    }
+                }
                 if f.code == Some("rate_limited") {
                     r.rate_limited += 1;
                 } else {

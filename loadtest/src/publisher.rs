@@ -89,7 +89,9 @@ pub async fn run_all(
                 let now = clock.now_us();
                 let _ = lag.record(now.saturating_sub(due).max(1));
                 let kind = mix.pick(k);
-                let id = format!("{}-{now}", kind_tag(kind));
+                // `kind-<sent µs>-<due µs>-<step>-<k>`: acks give latency and which messages
+                // were acknowledged, errors tell which window.
+                let id = format!("{}-{now}-{due}-{}-{k}", kind_tag(kind), w.step);
                 let (cmd, sink) = match kind {
                     Kind::Chat => {
                         let mut body = json!({"r": room, "k": k, "t": due, "w0": w.measure.0,

@@ -60,6 +60,12 @@ pub struct Report {
     pub reordered: u64,
     pub errors: u64,
     pub rate_limited: u64,
+    /// Chat messages the server refused with an error: excluded from the expected deliveries.
+    pub rejected: u64,
+    /// Deliveries missing of messages the server had acknowledged: must be 0 (DESIGN.md
+    /// invariants 3 and 4). `lost` also counts messages in flight when a node died, which
+    /// were never acknowledged.
+    pub lost_acked: u64,
     pub send_failures: u64,
     /// Sockets the server closed during the run, by close code.
     pub closed_by_code: BTreeMap<u16, u64>,
@@ -181,6 +187,7 @@ impl Report {
         let mut ack = histogram();
         let mut connect = histogram();
         let mut members = vec![0u64; scn.rooms];
+        let mut rejected = vec![0u64; scn.rooms];
         let (mut deliveries, mut duplicates, mut reordered, mut errors, mut rate_limited) =
             (0, 0, 0, 0, 0);
         let mut closed_by_code = BTreeMap::new();
@@ -196,6 +203,7 @@ impl Report {
             let _ = ack.add(&r.ack);
             let _ = connect.record(r.connect_us.max(1));
             members[r.room] += 1;
+            rejected[r.room] += r.rejected_chat;
             deliveries += r.measured.len() as u64;
             duplicates += r.duplicates;
             reordered += r.reordered;
@@ -205,7 +213,8 @@ impl Report {
                 *closed_by_code.entry(*code).or_insert(0) += 1;
             }
         }
-        let expected = published.expected(&members);
+        let refused: u64 = rejected.iter().zip(&members).map(|(r, n)| r * n).sum();
+        let expected = published.expected(&members).saturating_sub(refused);
         let seconds = (window.1 - window.0) as f64 / 1e6;
         let spectrum = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
             .iter()
@@ -232,6 +241,8 @@ impl Report {
             reordered,
             errors,
             rate_limited,
+            rejected: rejected.iter().sum(),
+            lost_acked: lost_acked(scn.rooms, results),
             send_failures: published.send_failures,
             closed_by_code,
             server_rss_mib: None,
@@ -376,8 +387,15 @@ impl Report {
         );
         println!("send lag ms         p99 {:.2}", self.send_lag_ms.p99);
         println!(
-            "lost {}  duplicates {}  reordered {}  errors {}  rate_limited {}",
-            self.lost, self.duplicates, self.reordered, self.errors, self.rate_limited
+            "lost {} (of acknowledged: {})  duplicates {}  reordered {}  errors {}  rate_limited {}  rejected {}  send failures {}",
+            self.lost,
+            self.lost_acked,
+            self.duplicates,
+            self.reordered,
+            self.errors,
+            self.rate_limited,
+            self.rejected,
+            self.send_failures
         );
         if let (Some(rss), Some(per)) = (self.server_rss_mib, self.rss_kib_per_connection) {
             println!("server RSS          {rss:.1} MiB, {per:.1} KiB per held connection");
@@ -439,6 +457,23 @@ impl Report {
     }
 }
 
+/// Acknowledged messages some member of their room never received.
+fn lost_acked(rooms: usize, results: &[ClientResult]) -> u64 {
+    let mut acked: Vec<std::collections::HashSet<u64>> = vec![Default::default(); rooms];
+    for r in results {
+        acked[r.room].extend(r.acked.iter().copied());
+    }
+    results
+        .iter()
+        .map(|r| {
+            acked[r.room]
+                .iter()
+                .filter(|k| !r.measured.contains(k))
+                .count() as u64
+        })
+        .sum()
+}
+
 /// Resident set size of a process in KiB, from /proc/<pid>/status (Linux).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -468,6 +503,7 @@ impl Clause {
             "max" => r.latency_ms.max,
             "ack_p99" => r.ack_ms.p99,
             "loss" => r.lost as f64,
+            "acked_loss" => r.lost_acked as f64,
             "delivered" => r.delivered_ratio,
             "errors" => (r.errors + r.rate_limited) as f64,
             "reordered" => r.reordered as f64,
@@ -507,6 +543,7 @@ pub fn parse_slo(text: &str) -> anyhow::Result<Vec<Clause>> {
         "max",
         "ack_p99",
         "loss",
+        "acked_loss",
         "delivered",
         "errors",
         "reordered",

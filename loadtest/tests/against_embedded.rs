@@ -241,6 +241,7 @@ async fn failover_reports_reconnects_and_the_gap_across_a_node_restart() {
     // sent reached every member, replayed after the restart where needed.
     assert!(report.send_failures > 0, "{report:?}");
     assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(report.lost_acked, 0);
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
