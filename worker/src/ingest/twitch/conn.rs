@@ -496,7 +496,12 @@ impl Conn {
         session_cancel.cancel();
         self.joined.clear();
         drop(lines_rx);
-        let _ = write.write_frame(Frame::close(1000, b"")).await;
+        // A stalled peer must not hold the task: the close is best effort.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            write.write_frame(Frame::close(1000, b"")),
+        )
+        .await;
         let _ = reader.await;
         let _ = joiner.await;
         end
