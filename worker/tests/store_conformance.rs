@@ -178,7 +178,7 @@ async fn sqlite_store_conforms() {
 async fn open_pg(url: &str) -> PostgresStore {
     PostgresStore::open(PostgresOptions {
         url: url.to_owned(),
-        pool_size: 4,
+        pool_size: 8,
         batch_max: 64,
         events_keep: 100,
     })

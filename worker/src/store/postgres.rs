@@ -1,8 +1,10 @@
-//! The cluster store: PostgreSQL through deadpool-postgres. One writer task group-commits
-//! every batch queued while the previous transaction ran; each room's batch runs under a
-//! savepoint so a fenced (stale-owner) batch fails alone. Reads queue behind earlier writes,
-//! like the SQLite store, so a room never loads stale state. Migrations (refinery) run at
-//! start-up.
+//! The cluster store: PostgreSQL through deadpool-postgres. Writer tasks, each owning a
+//! share of the rooms (by hash, so one room's writes stay in order), group-commit every batch
+//! queued while their previous transaction ran; each room's batch runs under a savepoint so a
+//! fenced (stale-owner) batch fails alone. Several writers keep several transactions in
+//! flight: a commit is mostly round trips and the fsync, which Postgres shares between
+//! concurrent commits. Reads queue behind earlier writes of the same room, like the SQLite
+//! store, so a room never loads stale state. Migrations (refinery) run at start-up.
 
 use std::time::Instant;
 
@@ -35,10 +37,30 @@ enum Job {
     Read(ReadJob),
 }
 
-/// Handle to the Postgres writer; cheap to share.
+/// Handle to the Postgres writers; cheap to share.
 pub struct PostgresStore {
-    jobs: mpsc::Sender<Job>,
+    /// One queue per writer; a room always uses the same one.
+    writers: Vec<mpsc::Sender<Job>>,
     pool: Pool,
+}
+
+/// Writers per pool: a quarter of the connections, the rest serve reads.
+fn writer_count(pool_size: usize) -> usize {
+    (pool_size / 4).clamp(1, 8)
+}
+
+/// The room a batch belongs to (every mutation of a batch is one room's).
+fn batch_room(batch: &[Mutation]) -> &str {
+    match batch.first() {
+        Some(Mutation::Room { code, .. }) => code,
+        Some(
+            Mutation::Chat { room, .. }
+            | Mutation::Audit { room, .. }
+            | Mutation::Command { room, .. }
+            | Mutation::Event { room, .. },
+        ) => room,
+        None => "",
+    }
 }
 
 /// Settings for the Postgres store.
@@ -87,14 +109,25 @@ impl PostgresStore {
                 .await;
             migrated.map_err(|e| StoreError::Corrupt(format!("migration failed: {e}")))?;
         }
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(writer(
-            pool.clone(),
-            rx,
-            options.batch_max.max(1),
-            options.events_keep,
-        ));
-        Ok(PostgresStore { jobs: tx, pool })
+        let writers = (0..writer_count(options.pool_size))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+                tokio::spawn(writer(
+                    pool.clone(),
+                    rx,
+                    options.batch_max.max(1),
+                    options.events_keep,
+                ));
+                tx
+            })
+            .collect();
+        Ok(PostgresStore { writers, pool })
+    }
+
+    /// The queue of the writer that owns `room`.
+    fn jobs(&self, room: &str) -> &mpsc::Sender<Job> {
+        let n = self.writers.len().max(1) as u32;
+        &self.writers[lockstep_shared::shard::shard_of(room, n) as usize % self.writers.len()]
     }
 
     /// One round trip to the server, for `/readyz`.
@@ -104,7 +137,8 @@ impl PostgresStore {
         Ok(())
     }
 
-    async fn read<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` once every write of `room` queued before it is committed.
+    async fn read<T, F, Fut>(&self, room: &str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(Pool) -> Fut + Send + 'static,
@@ -116,7 +150,7 @@ impl PostgresStore {
                 let _ = tx.send(f(pool).await);
             })
         });
-        self.jobs
+        self.jobs(room)
             .send(Job::Read(job))
             .await
             .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
@@ -128,7 +162,8 @@ impl PostgresStore {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     fn submit(&self, batch: Vec<Mutation>) -> CommitTicket {
-        super::enqueue_commit(&self.jobs, |reply| Job::Commit(batch, reply))
+        let jobs = self.jobs(batch_room(&batch));
+        super::enqueue_commit(jobs, |reply| Job::Commit(batch, reply))
     }
 
     async fn load_room(
@@ -139,7 +174,7 @@ impl Store for PostgresStore {
     ) -> Result<Option<LoadedRoom>, StoreError> {
         let (chat_limit, commands_since_ms) = (limits.chat, limits.commands_since_ms);
         let code = code.to_owned();
-        self.read(move |pool| async move {
+        self.read(&code.clone(), move |pool| async move {
             let client = pool.get().await.map_err(unavailable)?;
             // Claim: from now on writes from older epochs are refused.
             let Some(row) = client
@@ -220,7 +255,7 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
         let room = room.to_owned();
-        self.read(move |pool| async move {
+        self.read(&room.clone(), move |pool| async move {
             let client = pool.get().await.map_err(unavailable)?;
             let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
             let rows = client
@@ -240,7 +275,7 @@ impl Store for PostgresStore {
 
     async fn audit(&self, room: &str, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let room = room.to_owned();
-        self.read(move |pool| async move {
+        self.read(&room.clone(), move |pool| async move {
             let client = pool.get().await.map_err(unavailable)?;
             let rows = client
                 .query(
@@ -264,7 +299,20 @@ impl Store for PostgresStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.read(|_| async { Ok(()) }).await
+        for w in &self.writers {
+            let (tx, rx) = oneshot::channel();
+            let job: ReadJob = Box::new(move |_| {
+                tokio::spawn(async move {
+                    let _ = tx.send(());
+                })
+            });
+            w.send(Job::Read(job))
+                .await
+                .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?;
+        }
+        Ok(())
     }
 }
 
