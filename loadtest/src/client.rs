@@ -82,8 +82,7 @@ pub struct ClientResult {
     /// Chat messages (step and number) this client sent that the server acknowledged, with
     /// their intended time in the window: each must reach every member.
     pub acked: Vec<u64>,
-    /// The close code if the server closed the socket (last one, with reconnects).
-    pub closed_with: Option<u16>,
+    /// Close codes of every socket the server closed (or 1006 when it just dropped).
     pub closes: Vec<u16>,
     /// Rejoins after a drop: recovered by replay, or given a snapshot.
     pub reconnects: u64,
@@ -425,7 +424,6 @@ async fn run(
         rate_limited: 0,
         rejected_chat: 0,
         acked: Vec::new(),
-        closed_with: None,
         closes: Vec::new(),
         reconnects: 0,
         recovered: 0,
@@ -480,7 +478,6 @@ async fn run(
             _ => Some(1006),
         };
         if let Some(code) = closed {
-            r.closed_with = Some(code);
             r.closes.push(code);
             match reconnect(&ctx, &mut r, &sink, last_seq).await {
                 Some((s, seq)) => {
