@@ -70,8 +70,10 @@ pub struct ClientResult {
     /// Actual send → ack, µs (publishers only).
     pub ack: Histogram<u64>,
     pub connect_us: u64,
-    /// Messages (step and number) received whose intended time fell in the window.
-    pub measured: HashSet<u64>,
+    /// Distinct messages received whose intended time fell in the window.
+    pub measured: u64,
+    /// Every distinct message received (step and number), window or not.
+    pub seen: HashSet<u64>,
     pub duplicates: u64,
     pub reordered: u64,
     pub errors: u64,
@@ -137,15 +139,43 @@ enum Id<'a> {
     Number(#[allow(dead_code)] u64),
 }
 
-/// What publishers put in the chat text.
-#[derive(serde::Deserialize)]
-struct Payload {
-    k: u64,
-    t: u64,
-    w0: u64,
-    w1: u64,
-    #[serde(default)]
-    s: usize,
+/// What publishers put in the chat text: `lt <k> <t> <w0> <w1> <step> <padding>`. Plain
+/// words, so the server's frame carries it unescaped and the reader borrows it instead of
+/// unescaping and parsing a second JSON document per delivery.
+pub struct Payload {
+    pub k: u64,
+    pub t: u64,
+    pub w0: u64,
+    pub w1: u64,
+    pub s: usize,
+}
+
+impl Payload {
+    /// The chat text, padded with `x` to `size` bytes.
+    pub fn text(&self, size: usize) -> String {
+        let mut t = format!(
+            "lt {} {} {} {} {} ",
+            self.k, self.t, self.w0, self.w1, self.s
+        );
+        let pad = size.saturating_sub(t.len()).max(1);
+        t.extend(std::iter::repeat_n('x', pad));
+        t
+    }
+
+    pub fn parse(text: &str) -> Option<Payload> {
+        let mut w = text.split_ascii_whitespace();
+        if w.next()? != "lt" {
+            return None;
+        }
+        let mut n = || w.next().and_then(|v| v.parse::<u64>().ok());
+        Some(Payload {
+            k: n()?,
+            t: n()?,
+            w0: n()?,
+            w1: n()?,
+            s: n()? as usize,
+        })
+    }
 }
 
 /// How clients behave, from the scenario.
@@ -417,7 +447,8 @@ async fn run(
         latency: histogram(),
         ack: histogram(),
         connect_us,
-        measured: HashSet::new(),
+        measured: 0,
+        seen: HashSet::new(),
         duplicates: 0,
         reordered: 0,
         errors: 0,
@@ -437,7 +468,6 @@ async fn run(
     };
     let timeline = ctx.index < TIMELINE_CLIENTS;
     let mut phase = ctx.live.phase.subscribe();
-    let mut seen: HashSet<u64> = HashSet::new();
     let mut last_delivery: Option<u64> = None;
     // The measured window, learnt from the payloads of this room's chat.
     let mut window: Option<(u64, u64)> = None;
@@ -506,22 +536,19 @@ async fn run(
                     r.reordered += 1;
                 }
                 last_seq = last_seq.max(seq);
-                let Some(body) = f
-                    .text
-                    .and_then(|t| serde_json::from_str::<Payload>(&t).ok())
-                else {
+                let Some(body) = f.text.and_then(|t| Payload::parse(&t)) else {
                     continue;
                 };
                 // Message numbers restart each ramp step.
                 let key = ((body.s as u64) << 40) | body.k;
-                if !seen.insert(key) {
+                if !r.seen.insert(key) {
                     r.duplicates += 1;
                     continue;
                 }
                 window = Some((body.w0, body.w1));
                 let lat = now.saturating_sub(body.t).max(1);
                 if (body.w0..body.w1).contains(&body.t) {
-                    r.measured.insert(key);
+                    r.measured += 1;
                     let _ = r.latency.record(lat);
                     if let Some(prev) = last_delivery {
                         r.max_gap_us = r.max_gap_us.max(now.saturating_sub(prev));
@@ -660,4 +687,29 @@ pub async fn finish_all(clients: Vec<ClientHandle>) -> Vec<ClientResult> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips_at_the_requested_size() {
+        let p = Payload {
+            k: 42,
+            t: 1_234_567,
+            w0: 1_000_000,
+            w1: 9_000_000,
+            s: 3,
+        };
+        let text = p.text(64);
+        assert_eq!(text.len(), 64);
+        let q = Payload::parse(&text).unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(
+            (q.k, q.t, q.w0, q.w1, q.s),
+            (42, 1_234_567, 1_000_000, 9_000_000, 3)
+        );
+        assert!(Payload::parse("hello world").is_none());
+        assert!(Payload::parse("lt 1 2").is_none());
+    }
 }

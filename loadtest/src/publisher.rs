@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{histogram, ClientHandle, SharedSink};
+use crate::client::{histogram, ClientHandle, Payload, SharedSink};
 use crate::mix::Kind;
 use crate::{Clock, Live, Scenario};
 
@@ -94,11 +94,14 @@ pub async fn run_all(
                 let id = format!("{}-{now}-{due}-{}-{k}", kind_tag(kind), w.step);
                 let (cmd, sink) = match kind {
                     Kind::Chat => {
-                        let mut body = json!({"r": room, "k": k, "t": due, "w0": w.measure.0,
-                            "w1": w.measure.1, "s": w.step, "p": ""});
-                        let pad = size.saturating_sub(body.to_string().len());
-                        body["p"] = json!("x".repeat(pad));
-                        let cmd = json!({"id": id, "type": "chat.send", "room": code, "text": body.to_string()});
+                        let body = Payload {
+                            k,
+                            t: due,
+                            w0: w.measure.0,
+                            w1: w.measure.1,
+                            s: w.step,
+                        };
+                        let cmd = json!({"id": id, "type": "chat.send", "room": code, "text": body.text(size)});
                         (cmd, &members[k as usize % members.len()])
                     }
                     Kind::Ready => {

@@ -204,7 +204,7 @@ impl Report {
             let _ = connect.record(r.connect_us.max(1));
             members[r.room] += 1;
             rejected[r.room] += r.rejected_chat;
-            deliveries += r.measured.len() as u64;
+            deliveries += r.measured;
             duplicates += r.duplicates;
             reordered += r.reordered;
             errors += r.errors;
@@ -465,12 +465,7 @@ fn lost_acked(rooms: usize, results: &[ClientResult]) -> u64 {
     }
     results
         .iter()
-        .map(|r| {
-            acked[r.room]
-                .iter()
-                .filter(|k| !r.measured.contains(k))
-                .count() as u64
-        })
+        .map(|r| acked[r.room].iter().filter(|k| !r.seen.contains(k)).count() as u64)
         .sum()
 }
 
