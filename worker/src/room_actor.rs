@@ -229,10 +229,21 @@ impl Actor {
         let Some(ingest) = self.host.ingest.clone() else {
             return;
         };
-        let wanted: Vec<lockstep_shared::protocol::Source> = match &self.state {
-            State::Loaded(room) => room.durable().sources.clone(),
-            _ => Vec::new(),
+        // Called after every message: the common case (nothing changed) allocates nothing.
+        let current: &[lockstep_shared::protocol::Source] = match &self.state {
+            State::Loaded(room) => &room.durable().sources,
+            _ => &[],
         };
+        let unchanged = current.len() == self.runners.len()
+            && current.iter().all(|s| {
+                self.runners
+                    .get(&s.source_id)
+                    .is_some_and(|r| r.spec == s.spec)
+            });
+        if unchanged {
+            return;
+        }
+        let wanted = current.to_vec();
         self.runners.retain(|id, r| {
             let keep = wanted
                 .iter()
