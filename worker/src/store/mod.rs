@@ -7,7 +7,8 @@ pub mod sqlite;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use lockstep_shared::store::{CommitTicket, StoreError};
+use lockstep_shared::metrics as names;
+use lockstep_shared::store::{CommitTicket, Mutation, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 /// What a commit job reports back through.
@@ -28,4 +29,50 @@ pub(crate) fn enqueue_commit<J>(
     let (tx, rx) = oneshot::channel();
     let _ = tx.send(Err(StoreError::Unavailable(reason.into())));
     rx
+}
+
+/// A writer's queue entry: a commit to group with others, or any other job, which must wait
+/// its turn (reads see every earlier write).
+pub(crate) trait WriterJob: Sized {
+    fn into_commit(self) -> Result<(Vec<Mutation>, CommitReply), Self>;
+}
+
+/// Commits gathered for one transaction.
+pub(crate) struct Group {
+    pub batches: Vec<Vec<Mutation>>,
+    pub waiters: Vec<CommitReply>,
+    /// Mutations in all batches.
+    pub size: usize,
+}
+
+/// Group commit: after `first`, takes the commits already queued until `batch_max`
+/// mutations; a job that is not a commit ends the group and is returned to run next.
+pub(crate) fn gather<J: WriterJob>(
+    rx: &mut mpsc::Receiver<J>,
+    first: (Vec<Mutation>, CommitReply),
+    batch_max: usize,
+) -> (Group, Option<J>) {
+    let mut group = Group {
+        size: first.0.len(),
+        batches: vec![first.0],
+        waiters: vec![first.1],
+    };
+    while group.size < batch_max {
+        match rx.try_recv().map(WriterJob::into_commit) {
+            Ok(Ok((batch, reply))) => {
+                group.size += batch.len();
+                group.batches.push(batch);
+                group.waiters.push(reply);
+            }
+            Ok(Err(other)) => return (group, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (group, None)
+}
+
+/// Records one group commit's duration and size.
+pub(crate) fn record_commit(started: std::time::Instant, size: usize) {
+    metrics::histogram!(names::STORE_COMMIT_LATENCY).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(names::STORE_BATCH_SIZE).record(size as f64);
 }

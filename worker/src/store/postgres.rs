@@ -37,6 +37,15 @@ enum Job {
     Read(ReadJob),
 }
 
+impl super::WriterJob for Job {
+    fn into_commit(self) -> Result<(Vec<Mutation>, super::CommitReply), Self> {
+        match self {
+            Job::Commit(batch, reply) => Ok((batch, reply)),
+            other => Err(other),
+        }
+    }
+}
+
 /// Handle to the Postgres writers; cheap to share.
 pub struct PostgresStore {
     /// One queue per writer; a room always uses the same one.
@@ -334,29 +343,12 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize, event
                 drop(f(pool.clone()));
             }
             Job::Commit(batch, done) => {
-                let mut size = batch.len();
-                let mut batches = vec![batch];
-                let mut waiters = vec![done];
-                while size < batch_max {
-                    match rx.try_recv() {
-                        Ok(Job::Commit(b, d)) => {
-                            size += b.len();
-                            batches.push(b);
-                            waiters.push(d);
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let (group, after) = super::gather(&mut rx, (batch, done), batch_max);
+                next = after;
                 let started = Instant::now();
-                let results = commit(&pool, &batches, events_keep).await;
-                metrics::histogram!(names::STORE_COMMIT_LATENCY)
-                    .record(started.elapsed().as_secs_f64());
-                metrics::histogram!(names::STORE_BATCH_SIZE).record(size as f64);
-                for (w, r) in waiters.into_iter().zip(results) {
+                let results = commit(&pool, &group.batches, events_keep).await;
+                super::record_commit(started, group.size);
+                for (w, r) in group.waiters.into_iter().zip(results) {
                     if let Err(e) = &r {
                         metrics::counter!(names::STORE_ERRORS).increment(1);
                         tracing::warn!(cause = %e, "store batch refused");

@@ -35,6 +35,15 @@ enum Job {
     Read(ReadFn),
 }
 
+impl super::WriterJob for Job {
+    fn into_commit(self) -> Result<(Vec<Mutation>, super::CommitReply), Self> {
+        match self {
+            Job::Commit(batch, reply) => Ok((batch, reply)),
+            other => Err(other),
+        }
+    }
+}
+
 /// Handle to the writer thread; cheap to share.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
@@ -297,33 +306,17 @@ impl Writer {
             match job {
                 Job::Read(f) => f(&self.conn),
                 Job::Commit(batch, done) => {
-                    let mut size = batch.len();
-                    let mut batches = vec![batch];
-                    let mut waiters = vec![done];
-                    while size < self.options.batch_max {
-                        match rx.try_recv() {
-                            Ok(Job::Commit(b, d)) => {
-                                size += b.len();
-                                batches.push(b);
-                                waiters.push(d);
-                            }
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    let (group, after) =
+                        super::gather(&mut rx, (batch, done), self.options.batch_max);
+                    next = after;
                     let started = Instant::now();
-                    let result = self.commit(&batches);
-                    metrics::histogram!(names::STORE_COMMIT_LATENCY)
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::histogram!(names::STORE_BATCH_SIZE).record(size as f64);
+                    let result = self.commit(&group.batches);
+                    super::record_commit(started, group.size);
                     if let Err(e) = &result {
                         metrics::counter!(names::STORE_ERRORS).increment(1);
-                        tracing::error!(cause = %e, batches = waiters.len(), "store commit failed");
+                        tracing::error!(cause = %e, batches = group.waiters.len(), "store commit failed");
                     }
-                    for w in waiters {
+                    for w in group.waiters {
                         let _ = w.send(result.clone());
                     }
                 }
