@@ -141,11 +141,8 @@ async fn steady(
     clock: Clock,
     live: Arc<Live>,
 ) -> Report {
-    let start_us = clock.now_us() + 200_000;
-    let measure = (
-        start_us + (scn.warmup * 1e6) as u64,
-        start_us + ((scn.warmup + scn.duration) * 1e6) as u64,
-    );
+    let window = Window::new(scn, scn.rate, 0, clock.now_us() + 200_000);
+    let measure = window.measure;
     let wall_window = (
         wall_us() + (measure.0 - clock.now_us()),
         wall_us() + (measure.1 - clock.now_us()),
@@ -159,12 +156,6 @@ async fn steady(
             let _ = live.phase.send(Phase::Storm);
         })
     });
-    let window = Window {
-        rate: scn.rate,
-        step: 0,
-        start_us,
-        measure,
-    };
     let published = publisher::run_all(scn, codes, &clients, clock, window, live.clone()).await;
     tokio::time::sleep(Duration::from_secs_f64(scn.drain)).await;
     if let Some(s) = storm {
@@ -201,17 +192,8 @@ async fn ramp(
     let mut last_published = publisher::Published::none(scn.rooms);
     let mut last_window = (0, 1);
     for (i, &rate) in scn.steps.iter().enumerate() {
-        let start_us = clock.now_us() + 100_000;
-        let measure = (
-            start_us + (scn.warmup * 1e6) as u64,
-            start_us + ((scn.warmup + scn.duration) * 1e6) as u64,
-        );
-        let window = Window {
-            rate,
-            step: i,
-            start_us,
-            measure,
-        };
+        let window = Window::new(scn, rate, i, clock.now_us() + 100_000);
+        let measure = window.measure;
         let sent_before = live.errors.load(Ordering::Relaxed);
         let published = publisher::run_all(scn, codes, &clients, clock, window, live.clone()).await;
         tokio::time::sleep(Duration::from_secs_f64(scn.drain.min(3.0))).await;

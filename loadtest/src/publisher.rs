@@ -52,6 +52,21 @@ pub struct Window {
     pub measure: (u64, u64),
 }
 
+impl Window {
+    /// Publishing from `start_us`: `warmup` seconds, then the `duration`-second measured window.
+    pub fn new(scn: &Scenario, rate: f64, step: usize, start_us: u64) -> Window {
+        Window {
+            rate,
+            step,
+            start_us,
+            measure: (
+                start_us + (scn.warmup * 1e6) as u64,
+                start_us + ((scn.warmup + scn.duration) * 1e6) as u64,
+            ),
+        }
+    }
+}
+
 pub async fn run_all(
     scn: &Scenario,
     codes: &[String],
