@@ -170,49 +170,41 @@ async fn run_twitch(
     };
     drop(utx);
     loop {
-        let first = tokio::select! {
+        let mut next = tokio::select! {
             _ = cancel.cancelled() => return,
             u = urx.recv() => match u { Some(u) => u, None => return },
         };
+        // Items already queued go as one report; a status change ends the batch after them.
         let mut items = Vec::new();
-        let mut pending = Some(first);
-        while let Some(update) = pending.take() {
-            match update {
-                TwitchUpdate::Item(item) => {
-                    items.push(*item);
-                    if items.len() < BATCH_MAX {
-                        pending = urx.try_recv().ok();
-                    }
-                }
+        let mut status = None;
+        loop {
+            match next {
+                TwitchUpdate::Item(item) => items.push(*item),
                 TwitchUpdate::State(state, error) => {
-                    if !items.is_empty() {
-                        let batch = SourceReport::Items {
-                            source_id: source_id.clone(),
-                            items: std::mem::take(&mut items),
-                            cursor: None,
-                        };
-                        if tx.send(batch).await.is_err() {
-                            return;
-                        }
-                    }
-                    let report = SourceReport::Status {
-                        source_id: source_id.clone(),
-                        state,
-                        error,
-                    };
-                    if tx.send(report).await.is_err() {
-                        return;
-                    }
+                    status = Some((state, error));
+                    break;
                 }
             }
+            if items.len() >= BATCH_MAX {
+                break;
+            }
+            match urx.try_recv() {
+                Ok(u) => next = u,
+                Err(_) => break,
+            }
         }
-        if !items.is_empty() {
-            let batch = SourceReport::Items {
-                source_id: source_id.clone(),
-                items,
-                cursor: None,
-            };
-            if tx.send(batch).await.is_err() {
+        let batch = (!items.is_empty()).then(|| SourceReport::Items {
+            source_id: source_id.clone(),
+            items,
+            cursor: None,
+        });
+        let status = status.map(|(state, error)| SourceReport::Status {
+            source_id: source_id.clone(),
+            state,
+            error,
+        });
+        for report in batch.into_iter().chain(status) {
+            if tx.send(report).await.is_err() {
                 return;
             }
         }
