@@ -226,9 +226,9 @@ impl Actor {
 
     /// Starts runners for newly attached sources and stops those of removed ones.
     fn sync_sources(&mut self) {
-        let Some(ingest) = self.host.ingest.clone() else {
+        if self.host.ingest.is_none() {
             return;
-        };
+        }
         // Called after every message: the common case (nothing changed) allocates nothing.
         let current: &[lockstep_shared::protocol::Source] = match &self.state {
             State::Loaded(room) => &room.durable().sources,
@@ -244,6 +244,9 @@ impl Actor {
             return;
         }
         let wanted = current.to_vec();
+        let Some(ingest) = self.host.ingest.clone() else {
+            return;
+        };
         self.runners.retain(|id, r| {
             let keep = wanted
                 .iter()
