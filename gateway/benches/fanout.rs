@@ -5,29 +5,25 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lockstep_gateway::fanout::{Closer, ConnEntry, Fanout, OutFrame};
+use lockstep_gateway::fanout::{ConnEntry, Fanout};
 use lockstep_shared::bus::{ConnId, GatewaySink, Membership, ToGateway};
-use tokio::sync::mpsc;
 
-fn setup(n: u64) -> (Fanout, Vec<mpsc::Receiver<OutFrame>>) {
+fn setup(n: u64) -> (Fanout, Vec<Arc<ConnEntry>>) {
     let fanout = Fanout::new(7);
     let mut receivers = Vec::new();
     for local in 0..n {
-        let (tx, rx) = mpsc::channel(1024);
-        fanout.register(
-            local,
-            Arc::new(ConnEntry::new(tx, Arc::new(Closer::default()))),
-        );
+        let entry = Arc::new(ConnEntry::new(1024));
+        fanout.register(local, entry.clone());
         fanout.deliver(ToGateway::Reply {
             conn: ConnId { gateway: 7, local },
             id: None,
             membership: Some(Membership::Join("bench".into())),
             frames: vec![Arc::from("{}")],
         });
-        receivers.push(rx);
+        receivers.push(entry);
     }
-    for rx in &mut receivers {
-        while rx.try_recv().is_ok() {}
+    for entry in &receivers {
+        let _ = entry.take(usize::MAX);
     }
     (fanout, receivers)
 }
@@ -38,7 +34,7 @@ fn benches(c: &mut Criterion) {
         r#"{"room":"bench","seq":1,"ts":1,"type":"chat.message","id":1,"user":{"user_id":"u","name":"U"},"text":"hello everyone","source":"room"}"#,
     );
     for n in [50u64, 1_000] {
-        let (fanout, mut receivers) = setup(n);
+        let (fanout, receivers) = setup(n);
         g.throughput(Throughput::Elements(n));
         g.bench_with_input(BenchmarkId::new("event to N connections", n), &n, |b, _| {
             b.iter(|| {
@@ -49,8 +45,8 @@ fn benches(c: &mut Criterion) {
                     frame: frame.clone(),
                     gateways: Arc::from(vec![7u64]),
                 });
-                for rx in &mut receivers {
-                    let _ = rx.try_recv();
+                for entry in &receivers {
+                    let _ = entry.take(usize::MAX);
                 }
             })
         });

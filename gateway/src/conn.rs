@@ -1,46 +1,46 @@
-//! One WebSocket connection: a reader that validates frames and forwards commands, and a
-//! writer that drains the bounded outbound queue, pings, and enforces the pong timeout.
+//! One WebSocket connection, served by one task: it reads client frames, writes the
+//! outbound queue, pings, and enforces the pong timeout.
+//!
+//! Memory is the design constraint: a gateway holds tens of thousands of mostly idle
+//! sockets. While a client is quiet the task holds no read or write buffer: it waits for
+//! one byte, then reads into a buffer sized for the frame and frees it once the frames are
+//! handled; writes are encoded into a buffer that is freed when the queue is empty.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastwebsockets::{Frame, OpCode, Payload, WebSocket, WebSocketError};
+use fastwebsockets::{OpCode, WebSocket};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use lockstep_shared::bus::{Caller, CommandEnvelope, ConnId, ToWorker};
+use lockstep_shared::bus::{Caller, ConnId, ToWorker};
 use lockstep_shared::metrics as names;
-use lockstep_shared::protocol::{
-    ack_frame, decode_client_frame, error_frame, ClientCommand, ClientFrame, ErrorCode,
-};
+use lockstep_shared::protocol::ErrorCode;
 use lockstep_worker::clock::now_ms;
-use lockstep_worker::engine::TokenBucket;
-use serde_json::json;
-use tokio::io::{AsyncWrite, BufWriter};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
 use crate::auth::Claims;
-use crate::fanout::{close, Closer, ConnEntry, OutFrame};
+use crate::fanout::{close, ConnEntry, OutFrame};
+use crate::frame::{self, FrameError, Progress};
+use crate::session::Session;
 use crate::state::AppState;
 
 type Io = TokioIo<Upgraded>;
+type Cancelled<'a, 'b> = std::pin::Pin<&'a mut WaitForCancellationFuture<'b>>;
 
-/// Control frames the reader owes the peer (pong, close echo), written by the writer.
-struct Ctrl {
-    opcode: OpCode,
-    payload: Vec<u8>,
-}
-
-/// Write buffer per socket, bytes.
-const WRITE_BUFFER: usize = 2048;
 /// Most frames written before one flush.
 const WRITE_BATCH: usize = 128;
+/// Read size when a frame's length is not yet known.
+const READ_CHUNK: usize = 4096;
 /// How long the final close frame may take to write.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves an upgraded socket until it closes.
 pub async fn serve(ws: WebSocket<Io>, claims: Claims, state: Arc<AppState>) {
+    // fastwebsockets did the handshake; nothing has been read through it yet, so taking the
+    // stream back loses no bytes and frees its 8 KiB read buffer.
+    let io = ws.into_inner();
     let local = state.next_conn_id();
     let conn = ConnId {
         gateway: state.fanout.gateway_id(),
@@ -48,51 +48,25 @@ pub async fn serve(ws: WebSocket<Io>, claims: Claims, state: Arc<AppState>) {
     };
     let span = tracing::info_span!("conn", conn = local, user = %claims.sub);
     async move {
-        let cfg = &state.cfg.gateway;
-        let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue);
-        let (ctrl_tx, ctrl_rx) = mpsc::channel::<Ctrl>(16);
-        let closer = Arc::new(Closer::default());
-        let entry = Arc::new(ConnEntry::new(out_tx, closer.clone()));
+        let entry = Arc::new(ConnEntry::new(state.cfg.gateway.outbound_queue));
         state.fanout.register(local, entry.clone());
         metrics::gauge!(names::GATEWAY_CONNECTIONS).increment(1.0);
         metrics::counter!(names::GATEWAY_CONNECTIONS_OPENED).increment(1);
         tracing::debug!("connected");
 
-        let last_seen = Arc::new(AtomicU64::new(now_ms()));
-        let (read_half, write_half) = ws.split(|io| {
-            let (r, w) = tokio::io::split(io);
-            // Small: frames are written in batches and flushed at once; 8 KiB per idle socket
-            // was a third of its memory.
-            (r, BufWriter::with_capacity(WRITE_BUFFER, w))
-        });
-        let writer = tokio::spawn(
-            write_loop(
-                write_half,
-                out_rx,
-                ctrl_rx,
-                closer.clone(),
-                last_seen.clone(),
-                Duration::from_millis(cfg.ping_interval_ms),
-                state.cfg.presence.timeout_ms,
-            )
-            .in_current_span(),
-        );
         let caller = Caller {
             user_id: claims.sub.clone(),
             name: claims.name.clone(),
             conn,
         };
-        let mut reader = Reader {
-            state: state.clone(),
-            entry: entry.clone(),
-            caller,
-            last_seen,
-            commands: TokenBucket::full(cfg.command_burst, now_ms()),
-            signals: TokenBucket::full(cfg.signal_rate, now_ms()),
-        };
-        let code = reader.run(read_half, ctrl_tx).await;
-        closer.close(code);
-
+        let mut session = Session::new(state.clone(), entry.clone(), caller);
+        let mut socket = Socket::new(io, &state);
+        let ended = socket.run(&mut session).await;
+        if let Some(code) = ended {
+            entry.closer.close(code);
+        }
+        // Presence first: a client that stopped reading must not hold its seat while the
+        // close frame waits for buffer space.
         for room in state.fanout.unregister(local) {
             let msg = ToWorker::ConnClosed {
                 room,
@@ -103,8 +77,11 @@ pub async fn serve(ws: WebSocket<Io>, claims: Claims, state: Arc<AppState>) {
                 tracing::warn!(cause = %e.message, "could not report closed connection");
             }
         }
-        let _ = writer.await;
-        let code = closer.code();
+        let code = match entry.closer.code() {
+            0 => 1000,
+            c => c,
+        };
+        Box::pin(socket.finish(code)).await;
         metrics::gauge!(names::GATEWAY_CONNECTIONS).decrement(1.0);
         metrics::counter!(names::GATEWAY_CONNECTIONS_CLOSED, "code" => code.to_string())
             .increment(1);
@@ -114,281 +91,330 @@ pub async fn serve(ws: WebSocket<Io>, claims: Claims, state: Arc<AppState>) {
     .await
 }
 
-struct Reader {
-    state: Arc<AppState>,
-    entry: Arc<ConnEntry>,
-    caller: Caller,
-    last_seen: Arc<AtomicU64>,
-    commands: TokenBucket,
-    signals: TokenBucket,
+/// The socket side of a connection.
+struct Socket<S> {
+    io: S,
+    /// Bytes read and not yet parsed; empty (no allocation) between messages.
+    rbuf: Vec<u8>,
+    /// The one byte an idle socket waits for.
+    probe: [u8; 1],
+    /// Bytes the frame at the head of `rbuf` needs in total.
+    want: usize,
+    /// A fragmented message being assembled.
+    partial: Option<(OpCode, Vec<u8>)>,
+    /// Encoded frames about to be written; freed when the queue is drained.
+    wbuf: Vec<u8>,
+    /// How much of `wbuf` is written. A write interrupted by a close keeps its place, so
+    /// the close frame follows whole frames (a slow client reads everything, then 4008).
+    wpos: usize,
+    last_seen: u64,
+    max_frame: usize,
+    ping_every: Duration,
+    timeout_ms: u64,
+    metrics: WriterMetrics,
 }
 
-impl Reader {
-    /// Reads until the socket ends; returns the close code to record.
-    async fn run(
-        &mut self,
-        read_half: fastwebsockets::WebSocketRead<tokio::io::ReadHalf<Io>>,
-        ctrl_tx: mpsc::Sender<Ctrl>,
-    ) -> u16 {
-        let mut read_half = read_half;
-        let max = self.state.cfg.gateway.max_frame_bytes;
-        read_half.set_max_message_size(max + 1);
-        read_half.set_auto_pong(true);
-        read_half.set_auto_close(true);
-        let mut send_ctrl = |frame: Frame<'_>| {
-            let ctrl = Ctrl {
-                opcode: frame.opcode,
-                payload: frame.payload.to_vec(),
-            };
-            let result = ctrl_tx.try_send(ctrl);
-            async move {
-                // A peer flooding pings past the small control queue just loses pongs.
-                let _ = result;
-                Ok::<(), std::io::Error>(())
-            }
-        };
-        let token = self.entry.closer.token().clone();
-        // One waiter for the whole connection, not one per frame.
+/// A complete message: still in the read buffer, or assembled from fragments.
+enum Message {
+    InPlace(OpCode, std::ops::Range<usize>),
+    Assembled(OpCode, Vec<u8>),
+}
+
+/// What woke the connection.
+enum Wake {
+    Cancelled,
+    Read(std::io::Result<usize>),
+    Pushed,
+    Ping,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    fn new(io: S, state: &AppState) -> Socket<S> {
+        Socket {
+            io,
+            rbuf: Vec::new(),
+            probe: [0],
+            want: 0,
+            partial: None,
+            wbuf: Vec::new(),
+            wpos: 0,
+            last_seen: now_ms(),
+            max_frame: state.cfg.gateway.max_frame_bytes,
+            ping_every: Duration::from_millis(state.cfg.gateway.ping_interval_ms),
+            timeout_ms: state.cfg.presence.timeout_ms,
+            metrics: WriterMetrics::new(),
+        }
+    }
+
+    /// Serves until the socket ends or the connection is asked to close; returns the close
+    /// code to record when the socket decided it (`None` when the closer already holds one).
+    async fn run(&mut self, session: &mut Session) -> Option<u16> {
+        let entry = session.entry.clone();
+        let token = entry.closer.token().clone();
+        // One waiter for the whole connection, not one per wake-up.
         let cancelled = token.cancelled();
         tokio::pin!(cancelled);
-        let mut partial: Option<(OpCode, Vec<u8>)> = None;
+        let mut ping = tokio::time::interval(self.ping_every);
+        ping.tick().await;
         loop {
-            let frame = tokio::select! {
-                _ = &mut cancelled => return self.entry.closer.code(),
-                f = read_half.read_frame(&mut send_ctrl) => f,
+            let wake = tokio::select! {
+                biased;
+                _ = &mut cancelled => Wake::Cancelled,
+                // Client input is rate limited, so reading first cannot starve writes.
+                r = read_some(&mut self.io, &mut self.rbuf, &mut self.probe, self.want) => Wake::Read(r),
+                _ = entry.pushed() => Wake::Pushed,
+                _ = ping.tick() => Wake::Ping,
             };
-            let frame = match frame {
-                Ok(f) => f,
-                Err(WebSocketError::FrameTooLarge) => return close::TOO_BIG,
-                Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::ConnectionClosed) => {
-                    return 1006
+            let step = match wake {
+                Wake::Cancelled => return None,
+                // Boxed: the task's own future stays as small as its idle wait, and the
+                // larger state of handling a wake-up exists only while it runs.
+                Wake::Pushed => Box::pin(self.drain(&entry, cancelled.as_mut())).await,
+                Wake::Read(Ok(0)) | Wake::Read(Err(_)) => return Some(1006),
+                Wake::Read(Ok(_)) => {
+                    self.last_seen = now_ms();
+                    Box::pin(self.on_bytes(session, cancelled.as_mut())).await
                 }
-                Err(WebSocketError::IoError(_)) => return 1006,
-                Err(e) => {
-                    tracing::debug!(cause = %e, "protocol error");
-                    return close::PROTOCOL;
-                }
-            };
-            self.last_seen.store(now_ms(), Ordering::Relaxed);
-            let (opcode, payload) = match frame.opcode {
-                OpCode::Close => return 1000,
-                OpCode::Ping | OpCode::Pong => continue,
-                OpCode::Text | OpCode::Binary if frame.fin => {
-                    if partial.is_some() {
-                        return close::PROTOCOL;
+                Wake::Ping => {
+                    if now_ms().saturating_sub(self.last_seen) > self.timeout_ms {
+                        return Some(close::PONG_TIMEOUT);
                     }
-                    (frame.opcode, frame.payload.to_vec())
+                    frame::encode(&mut self.wbuf, OpCode::Ping, b"lockstep");
+                    self.flush(cancelled.as_mut()).await
+                }
+            };
+            if let Err(code) = step {
+                return code;
+            }
+        }
+    }
+
+    /// Handles every complete frame in the read buffer.
+    async fn on_bytes(
+        &mut self,
+        session: &mut Session,
+        mut cancelled: Cancelled<'_, '_>,
+    ) -> Result<(), Option<u16>> {
+        let mut off = 0;
+        let result = loop {
+            let parsed = match frame::parse(&mut self.rbuf[off..], self.max_frame) {
+                Ok(Progress::Frame(p)) => p,
+                Ok(Progress::Need(n)) => {
+                    self.want = n;
+                    break Ok(());
+                }
+                Err(e) => break Err(Some(frame_error_code(e))),
+            };
+            let start = off + parsed.payload.start;
+            let end = off + parsed.payload.end;
+            off += parsed.consumed;
+            let message = match parsed.opcode {
+                OpCode::Close => break Err(Some(close_code(&self.rbuf[start..end]))),
+                OpCode::Pong => continue,
+                OpCode::Ping => {
+                    frame::encode(&mut self.wbuf, OpCode::Pong, &self.rbuf[start..end]);
+                    continue;
+                }
+                OpCode::Text | OpCode::Binary if parsed.fin => {
+                    if self.partial.is_some() {
+                        break Err(Some(close::PROTOCOL));
+                    }
+                    Message::InPlace(parsed.opcode, start..end)
                 }
                 OpCode::Text | OpCode::Binary => {
-                    if partial.is_some() {
-                        return close::PROTOCOL;
+                    if self.partial.is_some() {
+                        break Err(Some(close::PROTOCOL));
                     }
-                    partial = Some((frame.opcode, frame.payload.to_vec()));
+                    self.partial = Some((parsed.opcode, self.rbuf[start..end].to_vec()));
                     continue;
                 }
                 OpCode::Continuation => {
-                    let Some((_, buf)) = partial.as_mut() else {
-                        return close::PROTOCOL;
+                    let Some((_, buf)) = self.partial.as_mut() else {
+                        break Err(Some(close::PROTOCOL));
                     };
-                    if buf.len() + frame.payload.len() > max {
-                        return close::TOO_BIG;
+                    if buf.len() + (end - start) > self.max_frame {
+                        break Err(Some(close::TOO_BIG));
                     }
-                    buf.extend_from_slice(&frame.payload);
-                    if !frame.fin {
+                    buf.extend_from_slice(&self.rbuf[start..end]);
+                    if !parsed.fin {
                         continue;
                     }
-                    match partial.take() {
-                        Some(done) => done,
-                        None => return close::PROTOCOL,
+                    match self.partial.take() {
+                        Some((opcode, bytes)) => Message::Assembled(opcode, bytes),
+                        None => break Err(Some(close::PROTOCOL)),
                     }
                 }
             };
+            let assembled;
+            let (opcode, bytes) = match message {
+                Message::InPlace(opcode, range) => (opcode, &self.rbuf[range]),
+                Message::Assembled(opcode, bytes) => {
+                    assembled = bytes;
+                    (opcode, &assembled[..])
+                }
+            };
             if opcode == OpCode::Binary {
-                self.reply_error(
+                session.reply_error(
                     None,
                     ErrorCode::BadRequest,
                     "binary frames are not supported; send JSON text",
                 );
                 continue;
             }
-            match std::str::from_utf8(&payload) {
-                Ok(text) => self.on_text(text).await,
-                Err(_) => return 1007,
+            match std::str::from_utf8(bytes) {
+                Ok(text) => session.on_text(text).await,
+                Err(_) => break Err(Some(1007)),
             }
+        };
+        self.rbuf.drain(..off);
+        if self.rbuf.is_empty() {
+            self.rbuf = Vec::new();
+            self.want = 0;
+        }
+        // Pongs owed for the pings just read.
+        self.flush(cancelled.as_mut()).await?;
+        result
+    }
+
+    /// Writes everything queued, a batch per flush.
+    async fn drain(
+        &mut self,
+        entry: &ConnEntry,
+        mut cancelled: Cancelled<'_, '_>,
+    ) -> Result<(), Option<u16>> {
+        loop {
+            let (batch, depth) = entry.take(WRITE_BATCH);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.metrics.depth.record(depth as f64);
+            let now = now_ms();
+            let mut n = 0u64;
+            for item in &batch {
+                match item {
+                    OutFrame::Event { text, created_ms } => {
+                        frame::encode(&mut self.wbuf, OpCode::Text, text.as_bytes());
+                        let lag = now.saturating_sub(*created_ms) as f64 / 1000.0;
+                        self.metrics.delivery.record(lag);
+                        n += 1;
+                    }
+                    OutFrame::Direct(text) => {
+                        frame::encode(&mut self.wbuf, OpCode::Text, text.as_bytes());
+                        n += 1;
+                    }
+                    OutFrame::Batch(frames) => {
+                        for text in frames {
+                            frame::encode(&mut self.wbuf, OpCode::Text, text.as_bytes());
+                        }
+                        n += frames.len() as u64;
+                    }
+                }
+            }
+            drop(batch);
+            self.metrics.frames.increment(n);
+            self.flush(cancelled.as_mut()).await?;
         }
     }
 
-    async fn on_text(&mut self, text: &str) {
-        let frame = match decode_client_frame(text) {
-            Ok(f) => f,
-            Err(e) => {
-                metrics::counter!(names::GATEWAY_COMMANDS, "type" => "invalid", "outcome" => e.code.as_str()).increment(1);
-                self.reply_error(e.id.as_deref(), e.code, &e.message);
-                return;
-            }
-        };
-        let kind = frame.cmd.kind();
-        let outcome = self.on_command(frame).await;
-        let outcome = match outcome {
-            Ok(()) => "forwarded",
-            Err(code) => code.as_str(),
-        };
-        metrics::counter!(names::GATEWAY_COMMANDS, "type" => kind, "outcome" => outcome)
-            .increment(1);
-    }
-
-    async fn on_command(&mut self, frame: ClientFrame) -> Result<(), ErrorCode> {
-        let ClientFrame { id, cmd } = frame;
-        let cfg = &self.state.cfg.gateway;
-        let now = now_ms();
-        let allowed = if let ClientCommand::SignalSend { .. } = cmd {
-            self.signals.try_take(cfg.signal_rate, cfg.signal_rate, now)
-        } else {
-            self.commands
-                .try_take(cfg.command_rate, cfg.command_burst, now)
-        };
-        if !allowed {
-            self.reply_error(
-                id.as_deref(),
-                ErrorCode::RateLimited,
-                "too many commands; slow down",
-            );
-            return Err(ErrorCode::RateLimited);
-        }
-        if let ClientCommand::TimeSync { t0 } = cmd {
-            let ack = ack_frame(id.as_deref(), &json!({"t0": t0, "server_ts": now}));
-            self.entry.push(OutFrame::Direct(Arc::from(ack)));
+    /// Writes the encoded frames; a connection asked to close stops waiting for a socket
+    /// that does not drain.
+    async fn flush(&mut self, mut cancelled: Cancelled<'_, '_>) -> Result<(), Option<u16>> {
+        if self.wbuf.is_empty() {
             return Ok(());
         }
-        let room = cmd.room().unwrap_or_default().to_owned();
-        let mut new_join = false;
-        if let ClientCommand::RoomJoin { .. } = cmd {
-            let Ok(mut rooms) = self.entry.rooms.lock() else {
-                return Err(ErrorCode::Internal);
+        while self.wpos < self.wbuf.len() {
+            let rest = &self.wbuf[self.wpos..];
+            let written = tokio::select! {
+                r = self.io.write(rest) => r,
+                _ = cancelled.as_mut() => return Err(None),
             };
-            if !rooms.contains(&room) {
-                if rooms.len() >= cfg.max_rooms_per_connection {
-                    drop(rooms);
-                    let msg = format!(
-                        "at most {} rooms per connection",
-                        cfg.max_rooms_per_connection
-                    );
-                    self.reply_error(id.as_deref(), ErrorCode::Conflict, &msg);
-                    return Err(ErrorCode::Conflict);
-                }
-                rooms.insert(room.clone());
-                new_join = true;
+            match written {
+                Ok(0) | Err(_) => return Err(Some(1006)),
+                Ok(n) => self.wpos += n,
             }
         }
-        if let Some(id) = &id {
-            self.entry.track(id, cmd.kind());
-        }
-        let msg = ToWorker::Command(CommandEnvelope {
-            caller: self.caller.clone(),
-            id: id.clone(),
-            cmd,
-        });
-        if let Err(refusal) = self.state.link.send(msg).await {
-            if new_join {
-                if let Ok(mut rooms) = self.entry.rooms.lock() {
-                    rooms.remove(&room);
-                }
-            }
-            self.reply_error(id.as_deref(), refusal.code, &refusal.message);
-            return Err(refusal.code);
-        }
-        Ok(())
-    }
-
-    fn reply_error(&self, id: Option<&str>, code: ErrorCode, message: &str) {
-        self.entry
-            .push(OutFrame::Direct(Arc::from(error_frame(id, code, message))));
-    }
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut ws: fastwebsockets::WebSocketWrite<W>,
-    mut out_rx: mpsc::Receiver<OutFrame>,
-    mut ctrl_rx: mpsc::Receiver<Ctrl>,
-    closer: Arc<Closer>,
-    last_seen: Arc<AtomicU64>,
-    ping_every: Duration,
-    timeout_ms: u64,
-) {
-    let mut ping = tokio::time::interval(ping_every);
-    ping.tick().await;
-    let token = closer.token().clone();
-    // One waiter for the whole connection, not one per wake-up.
-    let cancelled = token.cancelled();
-    tokio::pin!(cancelled);
-    let metrics = WriterMetrics::new();
-    loop {
-        let step = tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            ctrl = ctrl_rx.recv() => match ctrl {
-                Some(c) => {
-                    let is_close = c.opcode == OpCode::Close;
-                    let frame = Frame::new(true, c.opcode, None, Payload::Owned(c.payload));
-                    let r = write_flush(&mut ws, frame).await;
-                    if is_close { return; }
-                    r
-                }
-                None => Ok(()),
-            },
-            first = out_rx.recv() => match first {
-                Some(first) => write_batch(&mut ws, &mut out_rx, first, cancelled.as_mut(), &metrics).await,
-                None => break,
-            },
-            _ = ping.tick() => {
-                if now_ms().saturating_sub(last_seen.load(Ordering::Relaxed)) > timeout_ms {
-                    closer.close(close::PONG_TIMEOUT);
-                    break;
-                }
-                write_flush(&mut ws, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"lockstep"))).await
-            }
+        let flushed = tokio::select! {
+            r = self.io.flush() => r,
+            _ = cancelled.as_mut() => return Err(None),
         };
-        if step.is_err() {
-            if token.is_cancelled() {
-                break;
-            }
-            closer.close(1006);
+        // Freed, not cleared: an idle socket keeps no write buffer.
+        self.wbuf = Vec::new();
+        self.wpos = 0;
+        flushed.map_err(|_| Some(1006))
+    }
+
+    /// Writes what is left of the last batch, then the close frame.
+    async fn finish(&mut self, code: u16) {
+        if code == 1006 {
             return;
         }
+        let reason: &[u8] = match code {
+            close::SLOW_CONSUMER => b"slow consumer: resume with since_seq",
+            close::TOO_BIG => b"message too big",
+            close::PONG_TIMEOUT => b"pong timeout",
+            close::GOING_AWAY => b"server shutting down",
+            close::RESTART => b"room restarted: rejoin with since_seq",
+            _ => b"",
+        };
+        frame::encode_close(&mut self.wbuf, code, reason);
+        let io = &mut self.io;
+        let rest = &self.wbuf[self.wpos..];
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+            io.write_all(rest).await?;
+            io.flush().await
+        })
+        .await;
     }
-    let code = match closer.code() {
+}
+
+/// Waits for bytes: one byte while idle (so no buffer is held), otherwise a read sized for
+/// the frame in progress. Cancel-safe: a read that did not finish consumed nothing.
+async fn read_some<S: AsyncRead + Unpin>(
+    io: &mut S,
+    rbuf: &mut Vec<u8>,
+    probe: &mut [u8; 1],
+    want: usize,
+) -> std::io::Result<usize> {
+    if rbuf.is_empty() {
+        let n = io.read(probe).await?;
+        if n == 1 {
+            rbuf.reserve(READ_CHUNK);
+            rbuf.push(probe[0]);
+        }
+        return Ok(n);
+    }
+    let target = want.max(READ_CHUNK);
+    if rbuf.capacity() < target {
+        rbuf.reserve(target - rbuf.len());
+    }
+    io.read_buf(rbuf).await
+}
+
+/// The close code a framing error ends the connection with.
+fn frame_error_code(e: FrameError) -> u16 {
+    tracing::debug!(cause = %e, "protocol error");
+    match e {
+        FrameError::TooBig => close::TOO_BIG,
+        _ => close::PROTOCOL,
+    }
+}
+
+/// The code to record for a client's close frame: 1000, or 1002 when the frame is malformed.
+fn close_code(payload: &[u8]) -> u16 {
+    match payload.len() {
         0 => 1000,
-        c => c,
-    };
-    let reason: &[u8] = match code {
-        close::SLOW_CONSUMER => b"slow consumer: resume with since_seq",
-        close::TOO_BIG => b"message too big",
-        close::PONG_TIMEOUT => b"pong timeout",
-        close::GOING_AWAY => b"server shutting down",
-        close::RESTART => b"room restarted: rejoin with since_seq",
-        _ => b"",
-    };
-    let _ = tokio::time::timeout(
-        CLOSE_WRITE_TIMEOUT,
-        write_flush(&mut ws, Frame::close(code, reason)),
-    )
-    .await;
-}
-
-async fn write_text<W: AsyncWrite + Unpin>(
-    ws: &mut fastwebsockets::WebSocketWrite<W>,
-    text: &str,
-) -> Result<(), WebSocketError> {
-    ws.write_frame(Frame::text(Payload::Borrowed(text.as_bytes())))
-        .await
-}
-
-async fn write_flush<W: AsyncWrite + Unpin>(
-    ws: &mut fastwebsockets::WebSocketWrite<W>,
-    frame: Frame<'_>,
-) -> Result<(), WebSocketError> {
-    ws.write_frame(frame).await?;
-    ws.flush().await
+        1 => close::PROTOCOL,
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+                && std::str::from_utf8(&payload[2..]).is_ok();
+            if valid {
+                1000
+            } else {
+                close::PROTOCOL
+            }
+        }
+    }
 }
 
 /// The writer's metric handles, looked up once per connection instead of per frame.
@@ -405,52 +431,5 @@ impl WriterMetrics {
             delivery: metrics::histogram!(names::GATEWAY_EVENT_DELIVERY_LATENCY),
             frames: metrics::counter!(names::GATEWAY_FRAMES_SENT),
         }
-    }
-}
-
-/// Writes the first frame and whatever else is already queued, then flushes once. A socket
-/// that stops draining is abandoned as soon as the connection is asked to close.
-async fn write_batch<W: AsyncWrite + Unpin>(
-    ws: &mut fastwebsockets::WebSocketWrite<W>,
-    out_rx: &mut mpsc::Receiver<OutFrame>,
-    first: OutFrame,
-    cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
-    m: &WriterMetrics,
-) -> Result<(), WebSocketError> {
-    let work = async {
-        // What is queued when the writer wakes up: sampled once per batch, not per push.
-        let depth = 1 + out_rx.len();
-        m.depth.record(depth as f64);
-        let mut next = Some(first);
-        let mut n = 0;
-        while let Some(item) = next.take() {
-            match item {
-                OutFrame::Event { text, created_ms } => {
-                    write_text(ws, &text).await?;
-                    let lag = now_ms().saturating_sub(created_ms) as f64 / 1000.0;
-                    m.delivery.record(lag);
-                    n += 1;
-                }
-                OutFrame::Direct(text) => {
-                    write_text(ws, &text).await?;
-                    n += 1;
-                }
-                OutFrame::Batch(frames) => {
-                    for text in &frames {
-                        write_text(ws, text).await?;
-                    }
-                    n += frames.len();
-                }
-            }
-            if n < WRITE_BATCH {
-                next = out_rx.try_recv().ok();
-            }
-        }
-        m.frames.increment(n as u64);
-        ws.flush().await
-    };
-    tokio::select! {
-        r = work => r,
-        _ = cancelled => Err(WebSocketError::ConnectionClosed),
     }
 }

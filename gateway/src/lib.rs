@@ -6,7 +6,9 @@
 //! - `cluster`: the gateway side of the Redis bus.
 //! - `server`: accept loop, TLS, per-IP limiting.
 //! - `http`: REST API, health, metrics, upgrade.
-//! - `conn`: one WebSocket connection (reader, writer, ping/pong).
+//! - `conn`: one WebSocket connection served by one task (frames in and out, ping/pong).
+//! - `frame`: client frame parsing and server frame encoding.
+//! - `session`: a connection's commands: rate limits, forwarding to workers.
 //! - `fanout`: room membership per connection and bounded outbound queues.
 //! - `auth`: JWT tokens and guest names.
 //! - `limits`: per-IP connection limiter.
@@ -18,9 +20,11 @@ pub mod cluster;
 mod conn;
 pub mod embedded;
 pub mod fanout;
+mod frame;
 mod http;
 pub mod limits;
 mod server;
+mod session;
 pub mod state;
 /// Telemetry lives in the worker crate so both binaries share one recorder setup.
 pub use lockstep_worker::telemetry;
