@@ -36,42 +36,58 @@ const READ_CHUNK: usize = 4096;
 /// How long the final close frame may take to write.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves an upgraded socket until it closes.
-pub async fn serve(ws: WebSocket<Io>, claims: Claims, state: Arc<AppState>) {
+/// Sets up an upgraded socket and returns the future that serves it until it closes;
+/// spawn it as its own task. Set-up happens here, outside the future, so the future (which
+/// every held connection keeps in memory) holds only the connection itself.
+pub fn serve(
+    ws: WebSocket<Io>,
+    claims: Claims,
+    state: Arc<AppState>,
+) -> impl std::future::Future<Output = ()> + Send {
     // fastwebsockets did the handshake; nothing has been read through it yet, so taking the
     // stream back loses no bytes and frees its 8 KiB read buffer.
     let io = ws.into_inner();
     let local = state.next_conn_id();
-    let conn = ConnId {
-        gateway: state.fanout.gateway_id(),
-        local,
-    };
     let span = tracing::info_span!("conn", conn = local, user = %claims.sub);
-    async move {
-        let entry = Arc::new(ConnEntry::new(state.cfg.gateway.outbound_queue));
-        state.fanout.register(local, entry.clone());
-        metrics::gauge!(names::GATEWAY_CONNECTIONS).increment(1.0);
-        metrics::counter!(names::GATEWAY_CONNECTIONS_OPENED).increment(1);
-        tracing::debug!("connected");
+    let entry = Arc::new(ConnEntry::new(state.cfg.gateway.outbound_queue));
+    state.fanout.register(local, entry.clone());
+    metrics::gauge!(names::GATEWAY_CONNECTIONS).increment(1.0);
+    metrics::counter!(names::GATEWAY_CONNECTIONS_OPENED).increment(1);
+    let caller = Caller {
+        user_id: claims.sub,
+        name: claims.name,
+        conn: ConnId {
+            gateway: state.fanout.gateway_id(),
+            local,
+        },
+    };
+    let socket = Socket::new(io, &state);
+    let session = Session::new(state, entry, caller);
+    Connection { socket, session }.run().instrument(span)
+}
 
-        let caller = Caller {
-            user_id: claims.sub.clone(),
-            name: claims.name.clone(),
-            conn,
-        };
-        let mut session = Session::new(state.clone(), entry.clone(), caller);
-        let mut socket = Socket::new(io, &state);
-        let ended = socket.run(&mut session).await;
-        if let Some(code) = ended {
+/// A served connection: its socket and its session.
+struct Connection {
+    socket: Socket<Io>,
+    session: Session,
+}
+
+impl Connection {
+    async fn run(mut self) {
+        tracing::debug!("connected");
+        let entry = self.session.entry.clone();
+        let state = self.session.state.clone();
+        if let Some(code) = self.socket.run(&mut self.session).await {
             entry.closer.close(code);
         }
         // Presence first: a client that stopped reading must not hold its seat while the
         // close frame waits for buffer space.
-        for room in state.fanout.unregister(local) {
+        let conn = self.session.caller.conn;
+        for room in state.fanout.unregister(conn.local) {
             let msg = ToWorker::ConnClosed {
                 room,
                 conn,
-                user_id: claims.sub.clone(),
+                user_id: self.session.caller.user_id.clone(),
             };
             if let Err(e) = state.link.send(msg).await {
                 tracing::warn!(cause = %e.message, "could not report closed connection");
@@ -81,14 +97,12 @@ pub async fn serve(ws: WebSocket<Io>, claims: Claims, state: Arc<AppState>) {
             0 => 1000,
             c => c,
         };
-        Box::pin(socket.finish(code)).await;
+        Box::pin(self.socket.finish(code)).await;
         metrics::gauge!(names::GATEWAY_CONNECTIONS).decrement(1.0);
         metrics::counter!(names::GATEWAY_CONNECTIONS_CLOSED, "code" => code.to_string())
             .increment(1);
         tracing::debug!(code, "closed");
     }
-    .instrument(span)
-    .await
 }
 
 /// The socket side of a connection.

@@ -147,7 +147,14 @@ impl ConnEntry {
     }
 
     fn observe_reply(&self, id: &str) {
-        let found = self.inflight.lock().ok().and_then(|mut m| m.remove(id));
+        let found = self.inflight.lock().ok().and_then(|mut m| {
+            let found = m.remove(id);
+            if m.is_empty() {
+                // A map keeps its table when emptied; an idle connection should not.
+                *m = HashMap::new();
+            }
+            found
+        });
         if let Some((kind, started)) = found {
             metrics::histogram!(names::GATEWAY_COMMAND_LATENCY, "type" => kind)
                 .record(started.elapsed().as_secs_f64());

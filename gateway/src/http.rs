@@ -193,9 +193,13 @@ fn upgrade(mut req: Request<Incoming>, state: &Arc<AppState>) -> Result<Response
     let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)
         .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
     let state = state.clone();
+    // The upgrade waits in a short-lived task; the connection then gets a task of its own,
+    // so the long-lived one carries nothing of the upgrade.
     tokio::spawn(async move {
         match fut.await {
-            Ok(ws) => conn::serve(ws, claims, state).await,
+            Ok(ws) => {
+                tokio::spawn(conn::serve(ws, claims, state));
+            }
             Err(e) => tracing::debug!(cause = %e, "upgrade failed"),
         }
     });

@@ -2,6 +2,7 @@
 //! every server in it) and the tracing subscriber.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -13,6 +14,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 const COUNT_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -30,7 +34,10 @@ pub fn metrics_handle() -> PrometheusHandle {
                 });
             match builder {
                 Ok(b) => match b.install_recorder() {
-                    Ok(handle) => handle,
+                    Ok(handle) => {
+                        spawn_upkeep(handle.clone());
+                        handle
+                    }
                     Err(e) => {
                         tracing::warn!(cause = %e, "metrics recorder already installed; /metrics will be empty");
                         PrometheusBuilder::new().build_recorder().handle()
@@ -43,6 +50,22 @@ pub fn metrics_handle() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// Histogram samples wait in a per-metric buffer until upkeep folds them into buckets;
+/// `install_recorder` leaves upkeep to us. Without this thread a node nobody scrapes would
+/// keep every delivery's latency sample (8 bytes each) forever. One thread per process,
+/// living as long as the recorder it serves.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(cause = %e, "no metrics upkeep thread; histograms drain only when scraped");
+    }
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
