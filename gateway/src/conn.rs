@@ -35,6 +35,8 @@ const WRITE_BATCH: usize = 128;
 const READ_CHUNK: usize = 4096;
 /// How long the final close frame may take to write.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the close frame may hold up reporting the departure.
+const CLOSE_PROMPTLY: Duration = Duration::from_millis(100);
 
 /// Sets up an upgraded socket and returns the future that serves it until it closes;
 /// spawn it as its own task. Set-up happens here, outside the future, so the future (which
@@ -80,8 +82,15 @@ impl Connection {
         if let Some(code) = self.socket.run(&mut self.session).await {
             entry.closer.close(code);
         }
-        // Presence first: a client that stopped reading must not hold its seat while the
-        // close frame waits for buffer space.
+        let code = match entry.closer.code() {
+            0 => 1000,
+            c => c,
+        };
+        // The close frame goes out at once when the socket takes it (a node shutting down
+        // must not exit before its clients hear 1001); a client that stopped reading must
+        // not hold its presence seat while we wait, so the rest waits until after that.
+        let closing = self.socket.queue_close(code);
+        let sent = !closing || Box::pin(self.socket.write_rest(CLOSE_PROMPTLY)).await;
         let conn = self.session.caller.conn;
         for room in state.fanout.unregister(conn.local) {
             let msg = ToWorker::ConnClosed {
@@ -93,11 +102,9 @@ impl Connection {
                 tracing::warn!(cause = %e.message, "could not report closed connection");
             }
         }
-        let code = match entry.closer.code() {
-            0 => 1000,
-            c => c,
-        };
-        Box::pin(self.socket.finish(code)).await;
+        if !sent {
+            Box::pin(self.socket.write_rest(CLOSE_WRITE_TIMEOUT)).await;
+        }
         metrics::gauge!(names::GATEWAY_CONNECTIONS).decrement(1.0);
         metrics::counter!(names::GATEWAY_CONNECTIONS_CLOSED, "code" => code.to_string())
             .increment(1);
@@ -357,10 +364,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         flushed.map_err(|_| Some(1006))
     }
 
-    /// Writes what is left of the last batch, then the close frame.
-    async fn finish(&mut self, code: u16) {
+    /// Queues the close frame after what is left of the last batch; false when the socket
+    /// is already broken and nothing should be written.
+    fn queue_close(&mut self, code: u16) -> bool {
         if code == 1006 {
-            return;
+            return false;
         }
         let reason: &[u8] = match code {
             close::SLOW_CONSUMER => b"slow consumer: resume with since_seq",
@@ -371,13 +379,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             _ => b"",
         };
         frame::encode_close(&mut self.wbuf, code, reason);
-        let io = &mut self.io;
-        let rest = &self.wbuf[self.wpos..];
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
-            io.write_all(rest).await?;
-            io.flush().await
-        })
-        .await;
+        true
+    }
+
+    /// Writes what is left in the buffer within `limit`; true when all of it went out (or
+    /// the socket broke, so there is nothing more to try). A write cut off by the limit
+    /// keeps its place for the next call.
+    async fn write_rest(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.wpos < self.wbuf.len() {
+            let rest = &self.wbuf[self.wpos..];
+            match tokio::time::timeout_at(deadline, self.io.write(rest)).await {
+                Ok(Ok(n)) if n > 0 => self.wpos += n,
+                Ok(_) => return true,
+                Err(_) => return false,
+            }
+        }
+        tokio::time::timeout_at(deadline, self.io.flush())
+            .await
+            .is_ok()
     }
 }
 
