@@ -6,6 +6,7 @@
 //! one byte, then reads into a buffer sized for the frame and frees it once the frames are
 //! handled; writes are encoded into a buffer that is freed when the queue is empty.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ pub fn serve(
     ws: WebSocket<Io>,
     claims: Claims,
     state: Arc<AppState>,
-) -> impl std::future::Future<Output = ()> + Send {
+) -> impl Future<Output = ()> + Send {
     // fastwebsockets did the handshake; nothing has been read through it yet, so taking the
     // stream back loses no bytes and frees its 8 KiB read buffer.
     let io = ws.into_inner();
@@ -339,29 +340,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
 
     /// Writes the encoded frames; a connection asked to close stops waiting for a socket
     /// that does not drain.
-    async fn flush(&mut self, mut cancelled: Cancelled<'_, '_>) -> Result<(), Option<u16>> {
+    async fn flush(&mut self, cancelled: Cancelled<'_, '_>) -> Result<(), Option<u16>> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
+        match self.write_pending(cancelled).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(None),
+            Err(_) => Err(Some(1006)),
+        }
+    }
+
+    /// Writes the buffer from where the last write stopped, until all of it is out (true,
+    /// and the buffer is freed: an idle socket keeps none) or `stop` resolves first (false).
+    /// A stopped write keeps its place, so whatever follows starts on a frame boundary.
+    async fn write_pending(&mut self, stop: impl Future<Output = ()>) -> std::io::Result<bool> {
+        tokio::pin!(stop);
         while self.wpos < self.wbuf.len() {
             let rest = &self.wbuf[self.wpos..];
-            let written = tokio::select! {
-                r = self.io.write(rest) => r,
-                _ = cancelled.as_mut() => return Err(None),
+            let n = tokio::select! {
+                r = self.io.write(rest) => r?,
+                _ = &mut stop => return Ok(false),
             };
-            match written {
-                Ok(0) | Err(_) => return Err(Some(1006)),
-                Ok(n) => self.wpos += n,
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
             }
+            self.wpos += n;
         }
-        let flushed = tokio::select! {
-            r = self.io.flush() => r,
-            _ = cancelled.as_mut() => return Err(None),
-        };
-        // Freed, not cleared: an idle socket keeps no write buffer.
+        tokio::select! {
+            r = self.io.flush() => r?,
+            _ = &mut stop => return Ok(false),
+        }
         self.wbuf = Vec::new();
         self.wpos = 0;
-        flushed.map_err(|_| Some(1006))
+        Ok(true)
     }
 
     /// Queues the close frame after what is left of the last batch; false when the socket
@@ -383,21 +395,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     }
 
     /// Writes what is left in the buffer within `limit`; true when all of it went out (or
-    /// the socket broke, so there is nothing more to try). A write cut off by the limit
-    /// keeps its place for the next call.
+    /// the socket broke, so there is nothing more to try).
     async fn write_rest(&mut self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.wpos < self.wbuf.len() {
-            let rest = &self.wbuf[self.wpos..];
-            match tokio::time::timeout_at(deadline, self.io.write(rest)).await {
-                Ok(Ok(n)) if n > 0 => self.wpos += n,
-                Ok(_) => return true,
-                Err(_) => return false,
-            }
-        }
-        tokio::time::timeout_at(deadline, self.io.flush())
-            .await
-            .is_ok()
+        !matches!(
+            self.write_pending(tokio::time::sleep(limit)).await,
+            Ok(false)
+        )
     }
 }
 
