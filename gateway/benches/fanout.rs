@@ -12,7 +12,7 @@ fn setup(n: u64) -> (Fanout, Vec<Arc<ConnEntry>>) {
     let fanout = Fanout::new(7);
     let mut receivers = Vec::new();
     for local in 0..n {
-        let entry = Arc::new(ConnEntry::new(1024));
+        let entry = Arc::new(ConnEntry::new(1024, None));
         fanout.register(local, entry.clone());
         fanout.deliver(ToGateway::Reply {
             conn: ConnId { gateway: 7, local },
@@ -23,7 +23,7 @@ fn setup(n: u64) -> (Fanout, Vec<Arc<ConnEntry>>) {
         receivers.push(entry);
     }
     for entry in &receivers {
-        let _ = entry.take(usize::MAX);
+        let _ = entry.outbox.take(usize::MAX);
     }
     (fanout, receivers)
 }
@@ -46,7 +46,7 @@ fn benches(c: &mut Criterion) {
                     gateways: Arc::from(vec![7u64]),
                 });
                 for entry in &receivers {
-                    let _ = entry.take(usize::MAX);
+                    let _ = entry.outbox.take(usize::MAX);
                 }
             })
         });

@@ -18,14 +18,17 @@ use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::ErrorCode;
 use lockstep_worker::clock::now_ms;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
 use crate::auth::Claims;
 use crate::fanout::{close, ConnEntry, OutFrame};
 use crate::frame::{self, FrameError, Progress};
+use crate::outbox::writer_metrics;
 use crate::session::Session;
 use crate::state::AppState;
+use crate::wire::SharedTcp;
 
 type Io = TokioIo<Upgraded>;
 type Cancelled<'a, 'b> = std::pin::Pin<&'a mut WaitForCancellationFuture<'b>>;
@@ -47,15 +50,8 @@ pub fn serve(
     claims: Claims,
     state: Arc<AppState>,
 ) -> impl Future<Output = ()> + Send {
-    // fastwebsockets did the handshake; nothing has been read through it yet, so taking the
-    // stream back loses no bytes and frees its 8 KiB read buffer.
-    let io = ws.into_inner();
     let local = state.next_conn_id();
     let span = tracing::info_span!("conn", conn = local, user = %claims.sub);
-    let entry = Arc::new(ConnEntry::new(state.cfg.gateway.outbound_queue));
-    state.fanout.register(local, entry.clone());
-    metrics::gauge!(names::GATEWAY_CONNECTIONS).increment(1.0);
-    metrics::counter!(names::GATEWAY_CONNECTIONS_OPENED).increment(1);
     let caller = Caller {
         user_id: claims.sub,
         name: claims.name,
@@ -64,18 +60,52 @@ pub fn serve(
             local,
         },
     };
-    let socket = Socket::new(io, &state);
+    metrics::gauge!(names::GATEWAY_CONNECTIONS).increment(1.0);
+    metrics::counter!(names::GATEWAY_CONNECTIONS_OPENED).increment(1);
+    // fastwebsockets did the handshake; nothing has been read through it yet, so taking the
+    // stream back loses no bytes and frees its 8 KiB read buffer. A plain TCP stream is
+    // shared with the fan-out so it can write without waking the task; TLS stays with the
+    // task.
+    let upgraded = ws.into_inner().into_inner();
+    let queue = state.cfg.gateway.outbound_queue;
+    let served: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let tcp = Arc::new(parts.io.into_inner());
+                let entry = Arc::new(ConnEntry::new(queue, Some(tcp.clone())));
+                let mut socket = Socket::new(SharedTcp(tcp), &state);
+                // Bytes the client sent right behind its upgrade request.
+                socket.rbuf.extend_from_slice(&parts.read_buf);
+                Box::pin(connection(socket, entry, caller, state))
+            }
+            Err(upgraded) => {
+                let entry = Arc::new(ConnEntry::new(queue, None));
+                let socket = Socket::new(TokioIo::new(upgraded), &state);
+                Box::pin(connection(socket, entry, caller, state))
+            }
+        };
+    served.instrument(span)
+}
+
+/// Registers the connection and serves it.
+fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    socket: Socket<S>,
+    entry: Arc<ConnEntry>,
+    caller: Caller,
+    state: Arc<AppState>,
+) -> impl Future<Output = ()> + Send {
+    state.fanout.register(caller.conn.local, entry.clone());
     let session = Session::new(state, entry, caller);
-    Connection { socket, session }.run().instrument(span)
+    Connection { socket, session }.run()
 }
 
 /// A served connection: its socket and its session.
-struct Connection {
-    socket: Socket<Io>,
+struct Connection<S> {
+    socket: Socket<S>,
     session: Session,
 }
 
-impl Connection {
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn run(mut self) {
         tracing::debug!("connected");
         let entry = self.session.entry.clone();
@@ -90,7 +120,7 @@ impl Connection {
         // The close frame goes out at once when the socket takes it (a node shutting down
         // must not exit before its clients hear 1001); a client that stopped reading must
         // not hold its presence seat while we wait, so the rest waits until after that.
-        let closing = self.socket.queue_close(code);
+        let closing = self.socket.queue_close(&entry, code);
         let sent = !closing || Box::pin(self.socket.write_rest(CLOSE_PROMPTLY)).await;
         let conn = self.session.caller.conn;
         for room in state.fanout.unregister(conn.local) {
@@ -124,6 +154,8 @@ struct Socket<S> {
     want: usize,
     /// A fragmented message being assembled.
     partial: Option<(OpCode, Vec<u8>)>,
+    /// Frames the task itself owes the client (pongs, pings), written with the next batch.
+    own: Vec<u8>,
     /// Encoded frames about to be written; freed when the queue is drained.
     wbuf: Vec<u8>,
     /// How much of `wbuf` is written. A write interrupted by a close keeps its place, so
@@ -133,7 +165,6 @@ struct Socket<S> {
     max_frame: usize,
     ping_every: Duration,
     timeout_ms: u64,
-    metrics: WriterMetrics,
 }
 
 /// A complete message: still in the read buffer, or assembled from fragments.
@@ -158,13 +189,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             probe: [0],
             want: 0,
             partial: None,
+            own: Vec::new(),
             wbuf: Vec::new(),
             wpos: 0,
             last_seen: now_ms(),
             max_frame: state.cfg.gateway.max_frame_bytes,
             ping_every: Duration::from_millis(state.cfg.gateway.ping_interval_ms),
             timeout_ms: state.cfg.presence.timeout_ms,
-            metrics: WriterMetrics::new(),
         }
     }
 
@@ -184,25 +215,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 _ = &mut cancelled => Wake::Cancelled,
                 // Client input is rate limited, so reading first cannot starve writes.
                 r = read_some(&mut self.io, &mut self.rbuf, &mut self.probe, self.want) => Wake::Read(r),
-                _ = entry.pushed() => Wake::Pushed,
+                _ = entry.outbox.pushed() => Wake::Pushed,
                 _ = ping.tick() => Wake::Ping,
             };
             let step = match wake {
                 Wake::Cancelled => return None,
                 // Boxed: the task's own future stays as small as its idle wait, and the
                 // larger state of handling a wake-up exists only while it runs.
-                Wake::Pushed => Box::pin(self.drain(&entry, cancelled.as_mut())).await,
+                Wake::Pushed => Box::pin(self.flush(&entry, cancelled.as_mut())).await,
                 Wake::Read(Ok(0)) | Wake::Read(Err(_)) => return Some(1006),
                 Wake::Read(Ok(_)) => {
                     self.last_seen = now_ms();
-                    Box::pin(self.on_bytes(session, cancelled.as_mut())).await
+                    Box::pin(self.on_bytes(session, &entry, cancelled.as_mut())).await
                 }
                 Wake::Ping => {
                     if now_ms().saturating_sub(self.last_seen) > self.timeout_ms {
                         return Some(close::PONG_TIMEOUT);
                     }
-                    frame::encode(&mut self.wbuf, OpCode::Ping, b"lockstep");
-                    self.flush(cancelled.as_mut()).await
+                    frame::encode(&mut self.own, OpCode::Ping, b"lockstep");
+                    self.flush(&entry, cancelled.as_mut()).await
                 }
             };
             if let Err(code) = step {
@@ -215,6 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     async fn on_bytes(
         &mut self,
         session: &mut Session,
+        entry: &ConnEntry,
         mut cancelled: Cancelled<'_, '_>,
     ) -> Result<(), Option<u16>> {
         let mut off = 0;
@@ -234,7 +266,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 OpCode::Close => break Err(Some(close_code(&self.rbuf[start..end]))),
                 OpCode::Pong => continue,
                 OpCode::Ping => {
-                    frame::encode(&mut self.wbuf, OpCode::Pong, &self.rbuf[start..end]);
+                    // Answered before anything the following frames cause.
+                    frame::encode(&mut self.own, OpCode::Pong, &self.rbuf[start..end]);
+                    if let Err(e) = self.flush(entry, cancelled.as_mut()).await {
+                        break Err(e);
+                    }
                     continue;
                 }
                 OpCode::Text | OpCode::Binary if parsed.fin => {
@@ -293,31 +329,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             self.rbuf = Vec::new();
             self.want = 0;
         }
-        // Pongs owed for the pings just read.
-        self.flush(cancelled.as_mut()).await?;
+
         result
     }
 
-    /// Writes everything queued, a batch per flush.
-    async fn drain(
+    /// Writes everything queued (and the task's own frames), a batch per write, then gives
+    /// the socket back to the fan-out; a connection asked to close stops waiting for a
+    /// socket that does not drain.
+    async fn flush(
         &mut self,
         entry: &ConnEntry,
         mut cancelled: Cancelled<'_, '_>,
     ) -> Result<(), Option<u16>> {
         loop {
-            let (batch, depth) = entry.take(WRITE_BATCH);
-            if batch.is_empty() {
-                return Ok(());
+            let taken = entry.outbox.take(WRITE_BATCH);
+            let m = writer_metrics();
+            // A direct write's unwritten tail goes first: it is the rest of a frame.
+            self.wbuf.extend_from_slice(&taken.spill);
+            if !taken.frames.is_empty() {
+                m.depth.record(taken.depth as f64);
             }
-            self.metrics.depth.record(depth as f64);
             let now = now_ms();
             let mut n = 0u64;
-            for item in &batch {
+            for item in &taken.frames {
                 match item {
                     OutFrame::Event { text, created_ms } => {
                         frame::encode(&mut self.wbuf, OpCode::Text, text.as_bytes());
-                        let lag = now.saturating_sub(*created_ms) as f64 / 1000.0;
-                        self.metrics.delivery.record(lag);
+                        m.delivery
+                            .record(now.saturating_sub(*created_ms) as f64 / 1000.0);
                         n += 1;
                     }
                     OutFrame::Direct(text) => {
@@ -332,22 +371,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                     }
                 }
             }
-            drop(batch);
-            self.metrics.frames.increment(n);
-            self.flush(cancelled.as_mut()).await?;
-        }
-    }
-
-    /// Writes the encoded frames; a connection asked to close stops waiting for a socket
-    /// that does not drain.
-    async fn flush(&mut self, cancelled: Cancelled<'_, '_>) -> Result<(), Option<u16>> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        match self.write_pending(cancelled).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(None),
-            Err(_) => Err(Some(1006)),
+            drop(taken);
+            m.frames.increment(n);
+            if !self.own.is_empty() {
+                self.wbuf.append(&mut self.own);
+                self.own = Vec::new();
+            }
+            if self.wbuf.is_empty() {
+                if entry.outbox.release() {
+                    return Ok(());
+                }
+                continue;
+            }
+            match self.write_pending(cancelled.as_mut()).await {
+                Ok(true) => {}
+                Ok(false) => return Err(None),
+                Err(_) => return Err(Some(1006)),
+            }
         }
     }
 
@@ -376,12 +416,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         Ok(true)
     }
 
-    /// Queues the close frame after what is left of the last batch; false when the socket
-    /// is already broken and nothing should be written.
-    fn queue_close(&mut self, code: u16) -> bool {
+    /// Queues the close frame after what is left of the last batch (taking the socket
+    /// from the fan-out first); false when the socket is broken and nothing should be
+    /// written.
+    fn queue_close(&mut self, entry: &ConnEntry, code: u16) -> bool {
         if code == 1006 {
             return false;
         }
+        // Frames still queued are dropped, but a direct write's tail must be completed.
+        let taken = entry.outbox.take(0);
+        self.wbuf.extend_from_slice(&taken.spill);
         let reason: &[u8] = match code {
             close::SLOW_CONSUMER => b"slow consumer: resume with since_seq",
             close::TOO_BIG => b"message too big",
@@ -450,23 +494,6 @@ fn close_code(payload: &[u8]) -> u16 {
             } else {
                 close::PROTOCOL
             }
-        }
-    }
-}
-
-/// The writer's metric handles, looked up once per connection instead of per frame.
-struct WriterMetrics {
-    depth: metrics::Histogram,
-    delivery: metrics::Histogram,
-    frames: metrics::Counter,
-}
-
-impl WriterMetrics {
-    fn new() -> WriterMetrics {
-        WriterMetrics {
-            depth: metrics::histogram!(names::GATEWAY_OUTBOUND_QUEUE_DEPTH),
-            delivery: metrics::histogram!(names::GATEWAY_EVENT_DELIVERY_LATENCY),
-            frames: metrics::counter!(names::GATEWAY_FRAMES_SENT),
         }
     }
 }

@@ -2,16 +2,17 @@
 //! outbound queue per connection. Delivery never waits: a full queue closes that connection
 //! with 4008 (it resumes by `seq`), so one slow client never slows a room (invariant 6).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use lockstep_shared::bus::{ConnId, GatewaySink, Membership, ToGateway};
 use lockstep_shared::metrics as names;
-use tokio::sync::futures::Notified;
-use tokio::sync::Notify;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::outbox::{Outbox, Pushed};
 
 /// Close codes this gateway uses.
 pub mod close {
@@ -68,14 +69,8 @@ impl Closer {
 }
 
 /// What the fan-out knows about one connection.
-///
-/// The outbound queue is a plain deque behind a lock plus a `Notify`, not a channel: it
-/// allocates nothing while empty (an idle socket's queue costs a few words), and its bound is
-/// checked on every push.
 pub struct ConnEntry {
-    outbox: Mutex<VecDeque<OutFrame>>,
-    capacity: usize,
-    wake: Notify,
+    pub outbox: Outbox,
     pub closer: Closer,
     /// Rooms joined or being joined; each gets a `ConnClosed` when the socket goes.
     pub rooms: Mutex<HashSet<String>>,
@@ -84,56 +79,29 @@ pub struct ConnEntry {
 }
 
 impl ConnEntry {
-    /// An entry whose queue holds at most `capacity` frames (`gateway.outbound_queue`).
-    pub fn new(capacity: usize) -> ConnEntry {
+    /// An entry whose queue holds at most `capacity` frames (`gateway.outbound_queue`);
+    /// `direct` is the socket when the fan-out may write to it itself (plain TCP).
+    pub fn new(capacity: usize, direct: Option<Arc<TcpStream>>) -> ConnEntry {
         ConnEntry {
-            outbox: Mutex::new(VecDeque::new()),
-            capacity: capacity.max(1),
-            wake: Notify::new(),
+            outbox: Outbox::new(capacity, direct),
             closer: Closer::default(),
             rooms: Mutex::new(HashSet::new()),
             inflight: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Queues a frame, closing the connection with 4008 when its queue is full.
+    /// Sends or queues a frame, closing the connection with 4008 when its queue is full.
     pub fn push(&self, item: OutFrame) {
         if self.closer.code() != 0 {
             return;
         }
-        let queued = match self.outbox.lock() {
-            Ok(mut q) if q.len() < self.capacity => {
-                q.push_back(item);
-                true
+        match self.outbox.push(item) {
+            Pushed::Written | Pushed::Queued => {}
+            Pushed::Full => {
+                metrics::counter!(names::GATEWAY_OUTBOUND_OVERFLOW).increment(1);
+                self.closer.close(close::SLOW_CONSUMER);
             }
-            Ok(_) => false,
-            Err(_) => return,
-        };
-        if queued {
-            self.wake.notify_one();
-        } else {
-            metrics::counter!(names::GATEWAY_OUTBOUND_OVERFLOW).increment(1);
-            self.closer.close(close::SLOW_CONSUMER);
-        }
-    }
-
-    /// Resolves once something was pushed since the last call (a push while nobody waits
-    /// is remembered), so the socket task never misses a frame.
-    pub fn pushed(&self) -> Notified<'_> {
-        self.wake.notified()
-    }
-
-    /// Takes up to `max` queued frames and reports how many were queued. Taking the whole
-    /// deque when it fits leaves the entry with no allocation at all.
-    pub fn take(&self, max: usize) -> (VecDeque<OutFrame>, usize) {
-        let Ok(mut q) = self.outbox.lock() else {
-            return (VecDeque::new(), 0);
-        };
-        let depth = q.len();
-        if depth <= max {
-            (std::mem::take(&mut *q), depth)
-        } else {
-            (q.drain(..max).collect(), depth)
+            Pushed::Broken => self.closer.close(1006),
         }
     }
 

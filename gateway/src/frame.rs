@@ -106,8 +106,9 @@ pub fn parse(buf: &mut [u8], max_payload: usize) -> Result<Progress, FrameError>
     }))
 }
 
-/// Appends one unmasked server frame (header formatted by fastwebsockets) to `out`.
-pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+/// The header of an unmasked server frame carrying `payload`, formatted by fastwebsockets;
+/// the second value is its length.
+pub fn head(opcode: OpCode, payload: &[u8]) -> ([u8; MAX_HEAD], usize) {
     let mut frame = fastwebsockets::Frame::new(
         true,
         opcode,
@@ -116,6 +117,12 @@ pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     );
     let mut head = [0u8; MAX_HEAD];
     let n = frame.fmt_head(&mut head);
+    (head, n)
+}
+
+/// Appends one unmasked server frame to `out`.
+pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let (head, n) = head(opcode, payload);
     out.extend_from_slice(&head[..n]);
     out.extend_from_slice(payload);
 }

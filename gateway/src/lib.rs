@@ -9,7 +9,9 @@
 //! - `conn`: one WebSocket connection served by one task (frames in and out, ping/pong).
 //! - `frame`: client frame parsing and server frame encoding.
 //! - `session`: a connection's commands: rate limits, forwarding to workers.
-//! - `fanout`: room membership per connection and bounded outbound queues.
+//! - `fanout`: room membership per connection.
+//! - `outbox`: a connection's bounded outbound queue, and direct writes from the fan-out.
+//! - `wire`: a plain TCP socket shared by its task and the fan-out.
 //! - `auth`: JWT tokens and guest names.
 //! - `limits`: per-IP connection limiter.
 //! - `state`: shared handler state.
@@ -23,8 +25,10 @@ pub mod fanout;
 mod frame;
 mod http;
 pub mod limits;
+pub mod outbox;
 mod server;
 mod session;
 pub mod state;
+mod wire;
 /// Telemetry lives in the worker crate so both binaries share one recorder setup.
 pub use lockstep_worker::telemetry;
