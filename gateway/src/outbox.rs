@@ -89,12 +89,13 @@ impl Outbox {
         }
     }
 
-    /// Writes the frame now if the socket is free and takes it, otherwise queues it.
-    pub fn push(&self, item: OutFrame) -> Pushed {
+    /// Writes the frame now if `direct` is allowed, the socket is free and takes it;
+    /// otherwise queues it.
+    pub fn push(&self, item: OutFrame, direct: bool) -> Pushed {
         let Ok(mut s) = self.state.lock() else {
             return Pushed::Broken;
         };
-        if let (false, Some(tcp)) = (s.busy, &self.direct) {
+        if let (true, false, Some(tcp)) = (direct, s.busy, &self.direct) {
             let (text, created_ms) = match &item {
                 OutFrame::Event { text, created_ms } => (Some(text), Some(*created_ms)),
                 OutFrame::Direct(text) => (Some(text), None),

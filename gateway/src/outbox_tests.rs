@@ -96,12 +96,16 @@ fn tcp_clone(tcp: &TcpStream) -> TcpStream {
 async fn an_idle_socket_is_written_by_the_pusher_itself() {
     let (tcp, mut client) = pair(None).await;
     let outbox = Outbox::new(8, Some(tcp.clone()));
-    assert_eq!(outbox.push(event("one")), Pushed::Written);
-    assert_eq!(outbox.push(event("two")), Pushed::Written);
+    assert_eq!(outbox.push(event("one"), true), Pushed::Written);
+    assert_eq!(outbox.push(event("two"), true), Pushed::Written);
     assert_eq!(read_texts(&mut client, 2).await, vec!["one", "two"]);
     // Nothing was queued, so the task has nothing to do.
     let taken = outbox.take(usize::MAX);
     assert!(taken.frames.is_empty() && taken.spill.is_empty());
+    assert!(outbox.release());
+    // A big room's fan-out asks for the queue even when the socket is free.
+    assert_eq!(outbox.push(event("big"), false), Pushed::Queued);
+    assert_eq!(outbox.take(usize::MAX).frames.len(), 1);
     assert!(outbox.release());
 }
 
@@ -111,22 +115,22 @@ async fn while_the_task_holds_the_socket_frames_queue_up_to_the_bound() {
     let outbox = Outbox::new(2, Some(tcp.clone()));
     let taken = outbox.take(usize::MAX);
     assert!(taken.frames.is_empty());
-    assert_eq!(outbox.push(event("a")), Pushed::Queued);
-    assert_eq!(outbox.push(event("b")), Pushed::Queued);
-    assert_eq!(outbox.push(event("c")), Pushed::Full);
+    assert_eq!(outbox.push(event("a"), true), Pushed::Queued);
+    assert_eq!(outbox.push(event("b"), true), Pushed::Queued);
+    assert_eq!(outbox.push(event("c"), true), Pushed::Full);
     // More arrived while the task held the socket: it must take again before releasing.
     assert!(!outbox.release());
     assert_eq!(task_drains(&outbox, &tcp).await, 2);
     assert_eq!(read_texts(&mut client, 2).await, vec!["a", "b"]);
     // Free again: the next push is direct.
-    assert_eq!(outbox.push(event("d")), Pushed::Written);
+    assert_eq!(outbox.push(event("d"), true), Pushed::Written);
     assert_eq!(read_texts(&mut client, 1).await, vec!["d"]);
 }
 
 #[tokio::test]
 async fn a_tls_socket_always_goes_through_the_task() {
     let outbox = Outbox::new(4, None);
-    assert_eq!(outbox.push(event("x")), Pushed::Queued);
+    assert_eq!(outbox.push(event("x"), true), Pushed::Queued);
     let taken = outbox.take(usize::MAX);
     assert_eq!(taken.frames.len(), 1);
     assert_eq!(taken.depth, 1);
@@ -143,7 +147,7 @@ async fn a_partly_written_frame_is_finished_first_and_nothing_interleaves() {
         .collect();
     let mut outcomes = Vec::new();
     for t in &texts {
-        outcomes.push(outbox.push(event(t)));
+        outcomes.push(outbox.push(event(t), true));
     }
     let written = outcomes.iter().filter(|o| **o == Pushed::Written).count();
     let queued = outcomes.iter().filter(|o| **o == Pushed::Queued).count();
@@ -170,7 +174,7 @@ async fn a_broken_socket_is_reported() {
     // The first write may still be taken by the kernel; a reset peer fails the next ones.
     let mut outcome = Pushed::Written;
     for _ in 0..50 {
-        outcome = outbox.push(event("into the void"));
+        outcome = outbox.push(event("into the void"), true);
         if outcome == Pushed::Broken {
             break;
         }
