@@ -12,6 +12,7 @@
 
 mod bucket;
 mod chat;
+mod conns;
 mod durable;
 mod history;
 mod idempotency;
@@ -66,7 +67,7 @@ impl Output {
 #[derive(Debug, Clone)]
 struct Member {
     name: String,
-    conns: BTreeSet<ConnId>,
+    conns: conns::Conns,
     ready: bool,
     ad: bool,
 }

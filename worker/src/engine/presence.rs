@@ -1,7 +1,5 @@
 //! Presence (per user, across connections), ready flags, roles, settings and sources.
 
-use std::collections::BTreeSet;
-
 use lockstep_shared::bus::{Caller, ConnId, Membership};
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{
@@ -32,7 +30,7 @@ impl Room {
                     caller.user_id.clone(),
                     Member {
                         name: caller.name.clone(),
-                        conns: BTreeSet::from([caller.conn]),
+                        conns: super::conns::Conns::one(caller.conn),
                         ready: false,
                         ad: false,
                     },
