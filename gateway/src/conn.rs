@@ -209,6 +209,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         tokio::pin!(cancelled);
         let mut ping = tokio::time::interval(self.ping_every);
         ping.tick().await;
+        // Frames that arrived with the upgrade request are handled before waiting for more.
+        if !self.rbuf.is_empty() {
+            if let Err(code) = Box::pin(self.on_bytes(session, &entry, cancelled.as_mut())).await {
+                return code;
+            }
+        }
         loop {
             let wake = tokio::select! {
                 biased;
@@ -233,7 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                         return Some(close::PONG_TIMEOUT);
                     }
                     frame::encode(&mut self.own, OpCode::Ping, b"lockstep");
-                    self.flush(&entry, cancelled.as_mut()).await
+                    Box::pin(self.flush(&entry, cancelled.as_mut())).await
                 }
             };
             if let Err(code) = step {

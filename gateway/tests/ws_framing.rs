@@ -21,6 +21,11 @@ struct Raw {
 
 impl Raw {
     async fn connect(node: &Node, name: &str) -> Raw {
+        Raw::connect_sending(node, name, &[]).await
+    }
+
+    /// Connects, writing `early` in the same write as the upgrade request.
+    async fn connect_sending(node: &Node, name: &str, early: &[u8]) -> Raw {
         let (token, _) = node.guest(name).await;
         let mut s = TcpStream::connect(node.addr).await.unwrap();
         let req = format!(
@@ -29,7 +34,9 @@ impl Raw {
              Sec-WebSocket-Version: 13\r\n\r\n",
             node.addr
         );
-        s.write_all(req.as_bytes()).await.unwrap();
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(early);
+        s.write_all(&bytes).await.unwrap();
         let mut buf = Vec::new();
         let end = loop {
             let mut chunk = [0u8; 512];
@@ -263,5 +270,14 @@ async fn framing_violations_close_with_their_codes() {
         c.write(&bytes).await;
         assert_eq!(c.close_code().await, code, "case {name}");
     }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_answered() {
+    let (_d, mut node) = node("early").await;
+    let early = masked(true, OpCode::Text, sync("early").as_bytes());
+    let mut c = Raw::connect_sending(&node, "Early", &early).await;
+    assert_eq!(c.json().await["id"], "early");
     node.stop().await;
 }
