@@ -20,7 +20,8 @@ pub const GATEWAY_EVENT_DELIVERY_LATENCY: &str = "lockstep_gateway_event_deliver
 pub const GATEWAY_FRAMES_SENT: &str = "lockstep_gateway_frames_sent_total";
 /// Connections closed because their outbound queue was full (4008).
 pub const GATEWAY_OUTBOUND_OVERFLOW: &str = "lockstep_gateway_outbound_overflow_total";
-/// Depth of an outbound queue when a frame is queued (histogram).
+/// Depth of a connection's outbound queue each time its task takes a batch (histogram);
+/// frames the fan-out writes straight into a free socket never queue.
 pub const GATEWAY_OUTBOUND_QUEUE_DEPTH: &str = "lockstep_gateway_outbound_queue_depth_frames";
 /// HTTP requests, labels `route` and `status`.
 pub const GATEWAY_HTTP_REQUESTS: &str = "lockstep_gateway_http_requests_total";
