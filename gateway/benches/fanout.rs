@@ -1,5 +1,8 @@
-//! Fan-out of one encoded room event to N local connections' outbound queues, the gateway's
-//! per-event cost. `cargo bench -p lockstep-gateway --bench fanout`
+//! Fan-out of one encoded room event to N local connections, the gateway's per-event cost:
+//! into N outbound queues (what big rooms and TLS sockets do), and written straight into N
+//! real loopback sockets whose other ends are drained (what a room of up to 128 local
+//! members on plain TCP does; the kernel's send path is included).
+//! `cargo bench -p lockstep-gateway --bench fanout`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -8,11 +11,14 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lockstep_gateway::fanout::{ConnEntry, Fanout};
 use lockstep_shared::bus::{ConnId, GatewaySink, Membership, ToGateway};
 
-fn setup(n: u64) -> (Fanout, Vec<Arc<ConnEntry>>) {
+/// N connections in room "bench"; with `sockets`, each gets a real loopback socket whose
+/// client end a task on `rt` drains.
+fn setup(n: u64, sockets: Option<&tokio::runtime::Runtime>) -> (Fanout, Vec<Arc<ConnEntry>>) {
     let fanout = Fanout::new(7);
     let mut receivers = Vec::new();
     for local in 0..n {
-        let entry = Arc::new(ConnEntry::new(1024, None));
+        let direct = sockets.map(|rt| rt.block_on(drained_socket()));
+        let entry = Arc::new(ConnEntry::new(1024, direct));
         fanout.register(local, entry.clone());
         fanout.deliver(ToGateway::Reply {
             conn: ConnId { gateway: 7, local },
@@ -24,8 +30,23 @@ fn setup(n: u64) -> (Fanout, Vec<Arc<ConnEntry>>) {
     }
     for entry in &receivers {
         let _ = entry.outbox.take(usize::MAX);
+        entry.outbox.release();
     }
     (fanout, receivers)
+}
+
+/// The server end of a loopback connection whose client end is read and discarded.
+async fn drained_socket() -> Arc<tokio::net::TcpStream> {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    let mut client = client.unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    Arc::new(server.unwrap().0)
 }
 
 fn benches(c: &mut Criterion) {
@@ -34,24 +55,44 @@ fn benches(c: &mut Criterion) {
         r#"{"room":"bench","seq":1,"ts":1,"type":"chat.message","id":1,"user":{"user_id":"u","name":"U"},"text":"hello everyone","source":"room"}"#,
     );
     for n in [50u64, 1_000] {
-        let (fanout, receivers) = setup(n);
+        let (fanout, receivers) = setup(n, None);
         g.throughput(Throughput::Elements(n));
-        g.bench_with_input(BenchmarkId::new("event to N connections", n), &n, |b, _| {
+        g.bench_with_input(BenchmarkId::new("event to N queues", n), &n, |b, _| {
             b.iter(|| {
-                fanout.deliver(ToGateway::RoomEvent {
-                    room: Arc::from("bench"),
-                    seq: 1,
-                    created_ms: 1,
-                    frame: frame.clone(),
-                    gateways: Arc::from(vec![7u64]),
-                });
+                fanout.deliver(event(&frame));
                 for entry in &receivers {
                     let _ = entry.outbox.take(usize::MAX);
+                    entry.outbox.release();
                 }
             })
         });
     }
+    // The runtime drives socket readiness and the draining tasks while the bench writes.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = 50u64;
+    let (fanout, receivers) = setup(n, Some(&rt));
+    g.throughput(Throughput::Elements(n));
+    g.bench_with_input(BenchmarkId::new("event to N sockets", n), &n, |b, _| {
+        b.iter(|| {
+            fanout.deliver(event(&frame));
+            // A socket whose drainer fell behind queues instead; drop that here.
+            for entry in &receivers {
+                let _ = entry.outbox.take(usize::MAX);
+                entry.outbox.release();
+            }
+        })
+    });
     g.finish();
+}
+
+fn event(frame: &Arc<str>) -> ToGateway {
+    ToGateway::RoomEvent {
+        room: Arc::from("bench"),
+        seq: 1,
+        created_ms: 1,
+        frame: frame.clone(),
+        gateways: Arc::from(vec![7u64]),
+    }
 }
 
 criterion_group!(fan, benches);
