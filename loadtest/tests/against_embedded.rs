@@ -237,11 +237,19 @@ async fn failover_reports_reconnects_and_the_gap_across_a_node_restart() {
         "the outage shows as a gap: {}",
         report.max_gap_ms
     );
-    // Sends during the outage failed (the generator is open loop); everything that was
-    // sent reached every member, replayed after the restart where needed.
+    // Sends during the outage failed (the generator is open loop). Every acknowledged
+    // message reached every member, replayed after the restart where needed. A message
+    // written in the instant before the server's 1001 arrived was never read, so never
+    // acknowledged: at most that one per room's publisher may be missing, and then at every
+    // member alike (a message some members got and others not would be a fan-out bug).
     assert!(report.send_failures > 0, "{report:?}");
-    assert_eq!(report.lost, 0, "{report:?}");
-    assert_eq!(report.lost_acked, 0);
+    assert_eq!(report.lost_acked, 0, "{report:?}");
+    let per_room = 5;
+    assert_eq!(report.lost % per_room, 0, "whole messages only: {report:?}");
+    assert!(
+        report.lost <= 2 * per_room,
+        "one in flight per room at most: {report:?}"
+    );
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
