@@ -28,10 +28,7 @@ fn setup(n: u64, sockets: Option<&tokio::runtime::Runtime>) -> (Fanout, Vec<Arc<
         });
         receivers.push(entry);
     }
-    for entry in &receivers {
-        let _ = entry.outbox.take(usize::MAX);
-        entry.outbox.release();
-    }
+    drain(&receivers);
     (fanout, receivers)
 }
 
@@ -60,10 +57,7 @@ fn benches(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("event to N queues", n), &n, |b, _| {
             b.iter(|| {
                 fanout.deliver(event(&frame));
-                for entry in &receivers {
-                    let _ = entry.outbox.take(usize::MAX);
-                    entry.outbox.release();
-                }
+                drain(&receivers);
             })
         });
     }
@@ -75,14 +69,19 @@ fn benches(c: &mut Criterion) {
     g.bench_with_input(BenchmarkId::new("event to N sockets", n), &n, |b, _| {
         b.iter(|| {
             fanout.deliver(event(&frame));
-            // A socket whose drainer fell behind queues instead; drop that here.
-            for entry in &receivers {
-                let _ = entry.outbox.take(usize::MAX);
-                entry.outbox.release();
-            }
+            // A socket whose drainer fell behind queues instead; that is dropped here.
+            drain(&receivers);
         })
     });
     g.finish();
+}
+
+/// Empties every outbox as a socket task would, without writing.
+fn drain(receivers: &[Arc<ConnEntry>]) {
+    for entry in receivers {
+        let _ = entry.outbox.take(usize::MAX);
+        entry.outbox.release();
+    }
 }
 
 fn event(frame: &Arc<str>) -> ToGateway {

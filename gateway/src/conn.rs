@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastwebsockets::{OpCode, WebSocket};
+use fastwebsockets::{CloseCode, OpCode, WebSocket};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use lockstep_shared::bus::{Caller, ConnId, ToWorker};
@@ -361,8 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 match item {
                     OutFrame::Event { text, created_ms } => {
                         frame::encode(&mut self.wbuf, OpCode::Text, text.as_bytes());
-                        m.delivery
-                            .record(now.saturating_sub(*created_ms) as f64 / 1000.0);
+                        m.delivered(now, *created_ms);
                         n += 1;
                     }
                     OutFrame::Direct(text) => {
@@ -492,9 +491,8 @@ fn close_code(payload: &[u8]) -> u16 {
         0 => 1000,
         1 => close::PROTOCOL,
         _ => {
-            let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
-                && std::str::from_utf8(&payload[2..]).is_ok();
+            let code = CloseCode::from(u16::from_be_bytes([payload[0], payload[1]]));
+            let valid = code.is_allowed() && std::str::from_utf8(&payload[2..]).is_ok();
             if valid {
                 1000
             } else {

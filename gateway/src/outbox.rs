@@ -41,6 +41,14 @@ pub struct WriterMetrics {
     pub frames: metrics::Counter,
 }
 
+impl WriterMetrics {
+    /// Records one event's delivery latency (server clock, from its creation).
+    pub fn delivered(&self, now_ms: u64, created_ms: u64) {
+        self.delivery
+            .record(now_ms.saturating_sub(created_ms) as f64 / 1000.0);
+    }
+}
+
 /// The process's writer metric handles, looked up once rather than per frame or per socket.
 pub fn writer_metrics() -> &'static WriterMetrics {
     static HANDLES: OnceLock<WriterMetrics> = OnceLock::new();
@@ -107,8 +115,7 @@ impl Outbox {
                         let m = writer_metrics();
                         m.frames.increment(1);
                         if let Some(created) = created_ms {
-                            m.delivery
-                                .record(now_ms().saturating_sub(created) as f64 / 1000.0);
+                            m.delivered(now_ms(), created);
                         }
                         if !rest.is_empty() {
                             s.spill = rest;

@@ -8,12 +8,6 @@ use common::*;
 use figment::providers::Serialized;
 use serde_json::{json, Value};
 
-async fn node(tag: &str) -> (TempDir, Node) {
-    let dir = TempDir::new(tag);
-    let node = start(&dir.0, |f| f).await;
-    (dir, node)
-}
-
 #[tokio::test]
 async fn join_ack_snapshot_shape_and_presence() {
     let (_d, mut node) = node("join").await;

@@ -145,12 +145,6 @@ fn sync(id: &str) -> String {
     format!(r#"{{"type":"time.sync","id":"{id}","t0":5}}"#)
 }
 
-async fn node(tag: &str) -> (TempDir, Node) {
-    let dir = TempDir::new(tag);
-    let node = start(&dir.0, |f| f).await;
-    (dir, node)
-}
-
 #[tokio::test]
 async fn pings_fragments_and_split_or_packed_frames() {
     let (_d, mut node) = node("framing").await;

@@ -417,3 +417,10 @@ impl Client {
 pub fn close_code(code: CloseCode) -> u16 {
     u16::from(code)
 }
+
+/// A node with the test configuration and its scratch directory (keep both alive).
+pub async fn node(tag: &str) -> (TempDir, Node) {
+    let dir = TempDir::new(tag);
+    let node = start(&dir.0, |f| f).await;
+    (dir, node)
+}
