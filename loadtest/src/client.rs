@@ -14,7 +14,7 @@ use anyhow::Context;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -272,7 +272,7 @@ pub async fn connect_all(
 struct Joined {
     sink: Sink,
     stream: Stream,
-    ack: Value,
+    ack: ReplyResult,
 }
 
 async fn start(ctx: Ctx) -> anyhow::Result<ClientHandle> {
@@ -298,7 +298,7 @@ async fn start(ctx: Ctx) -> anyhow::Result<ClientHandle> {
     let connect_us = ctx.clock.now_us() - t0;
     let shared: SharedSink = Arc::new(Mutex::new(Some(sink)));
     let stats = Arc::new(std::sync::Mutex::new(Progress::default()));
-    let last_seq = joined.ack["result"]["seq"].as_u64().unwrap_or(0);
+    let last_seq = joined.ack.seq.unwrap_or(0);
     let task = tokio::spawn(run(
         ctx.clone(),
         shared.clone(),
@@ -352,9 +352,12 @@ async fn time_sync(sink: &mut Sink, stream: &mut Stream) -> anyhow::Result<f64> 
             json!({"id": id, "type": "time.sync", "t0": t0 as u64}).to_string(),
         ))
         .await?;
-        let ack = read_reply(stream, &id).await?;
+        let reply = read_reply(stream, &id).await?;
         let t3 = wall_us() as f64 / 1000.0;
-        let server = ack["result"]["server_ts"].as_f64().unwrap_or(t0);
+        let server = match reply {
+            Reply::Ack(r) => r.server_ts.unwrap_or(t0),
+            Reply::Error { frame, .. } => anyhow::bail!("time.sync refused: {frame}"),
+        };
         let rtt = t3 - t0;
         let offset = server - (t0 + t3) / 2.0;
         if best.is_none_or(|(r, _)| rtt < r) {
@@ -364,19 +367,55 @@ async fn time_sync(sink: &mut Sink, stream: &mut Stream) -> anyhow::Result<f64> 
     Ok(best.map(|(_, o)| o).unwrap_or(0.0))
 }
 
-async fn read_reply(stream: &mut Stream, id: &str) -> anyhow::Result<Value> {
+/// The parts of an ack or error the generator uses. Everything else — a join's snapshot
+/// of thousands of members, the events that arrive before the reply — is skipped unparsed:
+/// building a `Value` tree of every snapshot was most of the generator's CPU in a big room.
+#[derive(serde::Deserialize)]
+struct ReplyFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(borrow)]
+    id: Option<Id<'a>>,
+    #[serde(borrow)]
+    code: Option<&'a str>,
+    result: Option<ReplyResult>,
+}
+
+/// An ack's `result` fields the generator reads.
+#[derive(serde::Deserialize, Default)]
+struct ReplyResult {
+    seq: Option<u64>,
+    recovered: Option<bool>,
+    server_ts: Option<f64>,
+}
+
+/// A command's answer: `Ok` with the result's fields, or the error's code and frame text.
+enum Reply {
+    Ack(ReplyResult),
+    Error { code: String, frame: String },
+}
+
+async fn read_reply(stream: &mut Stream, id: &str) -> anyhow::Result<Reply> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let msg = tokio::time::timeout_at(deadline, stream.next())
             .await
             .context("reply timed out")?
             .context("closed before the reply")??;
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
-            if v["id"] == id {
-                return Ok(v);
-            }
+        let Message::Text(t) = msg else { continue };
+        let Ok(f) = serde_json::from_str::<ReplyFrame>(t.as_str()) else {
+            continue;
+        };
+        if !matches!(f.id, Some(Id::Text(i)) if i == id) {
+            continue;
         }
+        return Ok(match f.kind {
+            "ack" => Reply::Ack(f.result.unwrap_or_default()),
+            _ => Reply::Error {
+                code: f.code.unwrap_or_default().to_owned(),
+                frame: t.as_str().to_owned(),
+            },
+        });
     }
 }
 
@@ -394,11 +433,12 @@ async fn join(
     // a real client does.
     for attempt in 0..JOIN_ATTEMPTS {
         sink.send(Message::text(cmd.to_string())).await?;
-        let ack = read_reply(&mut stream, "join").await?;
-        if ack["type"] == "ack" {
-            return Ok(Joined { sink, stream, ack });
+        match read_reply(&mut stream, "join").await? {
+            Reply::Ack(ack) => return Ok(Joined { sink, stream, ack }),
+            Reply::Error { code, frame } => {
+                anyhow::ensure!(code == "unavailable", "join refused: {frame}")
+            }
         }
-        anyhow::ensure!(ack["code"] == "unavailable", "join refused: {ack}");
         let cap = (50u64 << attempt.min(5)).min(2_000);
         tokio::time::sleep(Duration::from_millis(rand_below(cap) + 10)).await;
     }
@@ -489,7 +529,7 @@ async fn run(
                     match rejoin(&ctx, last_seq, jitter).await {
                         Some(j) => {
                             r.storm_back_us = Some(ctx.clock.now_us() - storm_at);
-                            r.storm_recovered = j.ack["result"]["recovered"] == true;
+                            r.storm_recovered = j.ack.recovered == Some(true);
                             let (s, seq) = adopt(&mut r, &sink, j, storm_at, &ctx).await;
                             stream = s;
                             last_seq = last_seq.max(seq);
@@ -656,12 +696,12 @@ async fn adopt(
     let _ = r
         .reconnect_us
         .record((ctx.clock.now_us() - since_us).max(1));
-    let seq = if j.ack["result"]["recovered"] == true {
+    let seq = if j.ack.recovered == Some(true) {
         r.recovered += 1;
         0
     } else {
         r.snapshots += 1;
-        j.ack["result"]["seq"].as_u64().unwrap_or(0)
+        j.ack.seq.unwrap_or(0)
     };
     *sink.lock().await = Some(j.sink);
     (j.stream, seq)

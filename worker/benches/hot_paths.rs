@@ -96,6 +96,43 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // A join's ack carries every present member (DESIGN.md §3): in a big room that snapshot,
+    // not the event, is the join's cost, and the room's actor runs joins one at a time.
+    let mut g = c.benchmark_group("join");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    let mut room = room_with_members(5_000);
+    g.bench_function("join + leave, 5,000-member room", |b| {
+        b.iter(|| {
+            now += 1;
+            let joiner = caller(9_999);
+            let out = room.handle(
+                now,
+                ToWorker::Command(CommandEnvelope {
+                    caller: joiner.clone(),
+                    id: Some("j".into()),
+                    cmd: ClientCommand::RoomJoin {
+                        room: "bench".into(),
+                        since_seq: None,
+                    },
+                }),
+            );
+            std::hint::black_box(out);
+            let out = room.handle(
+                now,
+                ToWorker::Command(CommandEnvelope {
+                    caller: joiner,
+                    id: Some("l".into()),
+                    cmd: ClientCommand::RoomLeave {
+                        room: "bench".into(),
+                    },
+                }),
+            );
+            std::hint::black_box(out)
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(hot, benches);

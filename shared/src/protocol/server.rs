@@ -75,9 +75,28 @@ impl EventBody {
     }
 }
 
-/// `{"type":"ack","id":..,"result":..}`.
-pub fn ack_frame(id: Option<&str>, result: &Value) -> String {
-    serde_json::json!({"type": "ack", "id": id, "result": result}).to_string()
+/// `{"type":"ack","id":..,"result":..}`, serialized straight from `result` (a join's
+/// snapshot of thousands of members is never copied into an intermediate `Value`).
+pub fn ack_frame<T: Serialize + ?Sized>(id: Option<&str>, result: &T) -> String {
+    #[derive(Serialize)]
+    struct AckFrame<'a, T: ?Sized> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        id: Option<&'a str>,
+        result: &'a T,
+    }
+    let frame = AckFrame {
+        kind: "ack",
+        id,
+        result,
+    };
+    serde_json::to_string(&frame).unwrap_or_else(|e| {
+        error_frame(
+            id,
+            ErrorCode::Internal,
+            &format!("reply not encodable: {e}"),
+        )
+    })
 }
 
 /// `{"type":"error","id":..,"code":..,"message":..}`.

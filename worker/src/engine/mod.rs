@@ -8,6 +8,7 @@
 //! - `queue.rs`: queue commands.
 //! - `presence.rs`: join/leave, ready flags, roles, settings, sources.
 //! - `chat.rs`: chat and signal relay.
+//! - `snapshot.rs`: the join snapshot, serialized from borrowed state.
 //! - `history.rs`, `idempotency.rs`, `bucket.rs`, `youtube.rs`, `durable.rs`: helpers.
 
 mod bucket;
@@ -20,6 +21,7 @@ mod ingest;
 mod player;
 mod presence;
 mod queue;
+mod snapshot;
 pub mod youtube;
 
 #[cfg(test)]
@@ -72,9 +74,16 @@ struct Member {
     ad: bool,
 }
 
+/// What an ack's `result` is: a small value, or the join snapshot (written from the state
+/// when the ack is framed, never built as a `Value`).
+enum AckResult {
+    Value(Value),
+    Join,
+}
+
 /// A successful command's answer.
 struct Ack {
-    result: Value,
+    result: AckResult,
     membership: Option<Membership>,
     /// Frames after the ack (replayed events on recovery).
     extra: Vec<Arc<str>>,
@@ -87,7 +96,7 @@ impl Ack {
 
     fn with(result: Value) -> Self {
         Ack {
-            result,
+            result: AckResult::Value(result),
             membership: None,
             extra: Vec::new(),
         }
@@ -296,7 +305,17 @@ impl Room {
         let reply_id = id.clone();
         match self.dispatch(now, &caller, cmd) {
             Ok(ack) => {
-                let frame: Arc<str> = Arc::from(ack_frame(reply_id.as_deref(), &ack.result));
+                let text = match &ack.result {
+                    AckResult::Value(v) => ack_frame(reply_id.as_deref(), v),
+                    AckResult::Join => ack_frame(
+                        reply_id.as_deref(),
+                        &snapshot::JoinResult {
+                            seq: self.seq,
+                            snapshot: self.snapshot_view(true),
+                        },
+                    ),
+                };
+                let frame: Arc<str> = Arc::from(text);
                 if let (true, Some(id)) = (cacheable, id) {
                     self.idem.insert(
                         &caller.user_id,
@@ -445,40 +464,6 @@ impl Room {
             clock: self.d.clock.clone(),
             entry: self.d.current.clone(),
         }
-    }
-
-    /// The join snapshot (DESIGN.md §3); `with_chat` false for the HTTP room body.
-    pub fn snapshot(&self, with_chat: bool) -> Value {
-        let members: Vec<User> = self
-            .members
-            .keys()
-            .filter_map(|id| self.user_view(id))
-            .collect();
-        let mut snap = json!({
-            "room": &*self.code,
-            "settings": self.d.settings,
-            "members": members,
-            "player": self.player_view(),
-            "queue": self.d.queue,
-            "sources": self.sources_view(),
-        });
-        if with_chat {
-            let chat: Vec<Value> = self
-                .chat_recent
-                .iter()
-                .map(|m| {
-                    serde_json::to_value(Event {
-                        room: self.code.to_string(),
-                        seq: m.id,
-                        ts: m.ts,
-                        body: EventBody::ChatMessage(m.body()),
-                    })
-                    .unwrap_or(Value::Null)
-                })
-                .collect();
-            snap["chat"] = Value::Array(chat);
-        }
-        snap
     }
 
     /// Whether `user_id` may read the audit log.

@@ -7,7 +7,7 @@ use lockstep_shared::protocol::{
 };
 use serde_json::json;
 
-use super::{Ack, Handled, Member, Room};
+use super::{Ack, AckResult, Handled, Member, Room};
 
 /// Longest room name, in characters.
 pub const MAX_ROOM_NAME_CHARS: usize = 100;
@@ -43,13 +43,13 @@ impl Room {
         let membership = Some(Membership::Join(code));
         if let Some(replay) = since_seq.and_then(|s| self.history.replay(s, self.seq)) {
             return Ok(Ack {
-                result: json!({"seq": self.seq, "recovered": true}),
+                result: AckResult::Value(json!({"seq": self.seq, "recovered": true})),
                 membership,
                 extra: replay,
             });
         }
         Ok(Ack {
-            result: json!({"seq": self.seq, "snapshot": self.snapshot(true)}),
+            result: AckResult::Join,
             membership,
             extra: Vec::new(),
         })

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use lockstep_shared::bus::{Caller, CommandEnvelope, ConnId, Membership, ToGateway, ToWorker};
 use lockstep_shared::config::RoomConfig;
-use lockstep_shared::protocol::{ClientCommand, PlayState};
+use lockstep_shared::protocol::{ClientCommand, PlayState, Role};
 use lockstep_shared::store::Mutation;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -169,6 +169,60 @@ fn join_snapshot_contains_joiner_and_ack_seq_is_the_join_event() {
     assert_eq!(snap["settings"]["ad_policy"], "ignore");
     assert!(snap["player"]["entry"].is_null());
     assert!(snap["chat"].is_array());
+}
+
+#[test]
+fn join_ack_snapshot_lists_every_member_with_role_and_ready() {
+    let mut h = Harness::new();
+    h.join("op", 2);
+    h.join("amy", 3);
+    let role = h.cmd(
+        "owner",
+        1,
+        ClientCommand::RoomRole {
+            room: ROOM.into(),
+            user_id: "op".into(),
+            role: Role::Operator,
+        },
+    );
+    assert_eq!(role["type"], "ack", "{role}");
+    let ready = h.cmd(
+        "amy",
+        3,
+        ClientCommand::UserReady {
+            room: ROOM.into(),
+            ready: true,
+        },
+    );
+    assert_eq!(ready["type"], "ack", "{ready}");
+    let reply = h.join("zed", 4);
+    let snap = &reply["result"]["snapshot"];
+    let members: Vec<(String, String, bool)> = snap["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    (
+                        m["user_id"].as_str().unwrap_or("?").to_owned(),
+                        m["role"].as_str().unwrap_or("?").to_owned(),
+                        m["ready"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let expect = |u: &str, r: &str, ready| (u.to_owned(), r.to_owned(), ready);
+    assert_eq!(
+        members,
+        vec![
+            expect("amy", "participant", true),
+            expect("op", "operator", false),
+            expect("owner", "owner", false),
+            expect("zed", "participant", false),
+        ]
+    );
+    // The ack's snapshot (written from borrowed state) is the snapshot the HTTP API serves.
+    assert_eq!(*snap, h.room.snapshot(true));
 }
 
 #[test]
