@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
@@ -62,13 +61,10 @@ pub struct Progress {
     pub timeline: Vec<LogBuckets>,
 }
 
-/// What one client saw.
+/// What one client saw. Its latencies go to the run's shared histograms
+/// ([`crate::figures::SharedFigures`]), not here: per-client histograms cost ~400 KiB each.
 pub struct ClientResult {
     pub room: usize,
-    /// Intended send → received, µs, for messages in the measured window.
-    pub latency: Histogram<u64>,
-    /// Actual send → ack, µs (publishers only).
-    pub ack: Histogram<u64>,
     pub connect_us: u64,
     /// Distinct messages received whose intended time fell in the window.
     pub measured: u64,
@@ -90,8 +86,6 @@ pub struct ClientResult {
     pub reconnects: u64,
     pub recovered: u64,
     pub snapshots: u64,
-    /// Disconnect → rejoin acked, µs.
-    pub reconnect_us: Histogram<u64>,
     /// Storm: µs after the storm began when this client was back (None: never).
     pub storm_back_us: Option<u64>,
     pub storm_recovered: bool,
@@ -99,15 +93,6 @@ pub struct ClientResult {
     pub max_gap_us: u64,
     pub player: Vec<PlayerObs>,
     pub offset_ms: f64,
-}
-
-/// A histogram for microsecond latencies up to 60 s, 3 significant figures.
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3)
-        .or_else(|_| Histogram::new(3))
-        .unwrap_or_else(|_| {
-            Histogram::new_with_max(u64::MAX / 2, 2).unwrap_or_else(|_| unreachable!())
-        })
 }
 
 /// The fields of a server frame the generator reads; everything else is skipped unparsed.
@@ -484,8 +469,6 @@ async fn run(
 ) -> ClientResult {
     let mut r = ClientResult {
         room: ctx.room,
-        latency: histogram(),
-        ack: histogram(),
         connect_us,
         measured: 0,
         seen: HashSet::new(),
@@ -499,7 +482,6 @@ async fn run(
         reconnects: 0,
         recovered: 0,
         snapshots: 0,
-        reconnect_us: histogram(),
         storm_back_us: None,
         storm_recovered: false,
         max_gap_us: 0,
@@ -589,7 +571,9 @@ async fn run(
                 let lat = now.saturating_sub(body.t).max(1);
                 if (body.w0..body.w1).contains(&body.t) {
                     r.measured += 1;
-                    let _ = r.latency.record(lat);
+                    ctx.live.figures.record(ctx.index, |f| {
+                        let _ = f.latency.record(lat);
+                    });
                     if let Some(prev) = last_delivery {
                         r.max_gap_us = r.max_gap_us.max(now.saturating_sub(prev));
                     }
@@ -635,7 +619,10 @@ async fn run(
                     num(parts.next()),
                 );
                 if let Some(sent) = sent {
-                    let _ = r.ack.record(now.saturating_sub(sent).max(1));
+                    let us = now.saturating_sub(sent).max(1);
+                    ctx.live.figures.record(ctx.index, |f| {
+                        let _ = f.ack.record(us);
+                    });
                 }
                 if let (Some("chat"), Some(due), Some(step), Some(k)) = (tag, due, step, k) {
                     if window.is_some_and(|(a, b)| (a..b).contains(&due)) {
@@ -693,9 +680,10 @@ async fn adopt(
     ctx: &Ctx,
 ) -> (Stream, u64) {
     r.reconnects += 1;
-    let _ = r
-        .reconnect_us
-        .record((ctx.clock.now_us() - since_us).max(1));
+    let us = (ctx.clock.now_us() - since_us).max(1);
+    ctx.live.figures.record(ctx.index, |f| {
+        let _ = f.reconnect.record(us);
+    });
     let seq = if j.ack.recovered == Some(true) {
         r.recovered += 1;
         0

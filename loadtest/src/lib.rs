@@ -11,11 +11,13 @@
 //! - `client`: one connection: sync, join, read, record, reconnect.
 //! - `publisher`: the open-loop schedule per room.
 //! - `sync`: sync error from recorded `player.state` events.
+//! - `figures`: the run's HDR histograms, shared by all clients in a few shards.
 //! - `buckets`: compact log buckets for timelines and ramp steps.
 //! - `report`: merging, the table, JSON, the SLO check. `html`: the HTML/SVG report.
 
 mod buckets;
 mod client;
+mod figures;
 mod html;
 mod mix;
 mod publisher;
@@ -71,6 +73,8 @@ pub struct Live {
     pub sent: AtomicU64,
     pub errors: AtomicU64,
     pub phase: tokio::sync::watch::Sender<Phase>,
+    /// Every client's latencies, merged into the report at the end.
+    pub figures: figures::SharedFigures,
 }
 
 impl Default for Live {
@@ -80,6 +84,7 @@ impl Default for Live {
             sent: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             phase: tokio::sync::watch::Sender::new(Phase::Run),
+            figures: figures::SharedFigures::default(),
         }
     }
 }
@@ -165,7 +170,8 @@ async fn steady(
     let _ = live.phase.send(Phase::Stop);
     let _ = progress.await;
     let results = client::finish_all(clients).await;
-    let mut report = Report::build(scn, &results, published, measure);
+    let figures = live.figures.merged();
+    let mut report = Report::build(scn, &results, &figures, published, measure);
     report.add_timeline(&timeline, measure);
     if scn.mix.moves_clock() {
         report.add_sync(&results, scn.rooms, wall_window);
@@ -234,7 +240,8 @@ async fn ramp(
     let timeline = collect_timeline(&clients);
     let _ = live.phase.send(Phase::Stop);
     let results = client::finish_all(clients).await;
-    let mut report = Report::build(scn, &results, last_published, last_window);
+    let figures = live.figures.merged();
+    let mut report = Report::build(scn, &results, &figures, last_published, last_window);
     report.add_timeline(&timeline, (0, last_window.1));
     report.add_ramp(steps);
     report
@@ -286,6 +293,7 @@ async fn idle(
     let mut report = Report::build(
         scn,
         &results,
+        &live.figures.merged(),
         publisher::Published::none(scn.rooms),
         (0, (scn.duration * 1e6) as u64),
     );

@@ -11,7 +11,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{histogram, ClientHandle, Payload, SharedSink};
+use crate::client::{ClientHandle, Payload, SharedSink};
+use crate::figures::histogram;
 use crate::mix::Kind;
 use crate::{Clock, Live, Scenario};
 

@@ -7,7 +7,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::buckets::LogBuckets;
-use crate::client::{histogram, ClientResult};
+use crate::client::ClientResult;
+use crate::figures::{histogram, Figures};
 use crate::publisher::Published;
 use crate::Scenario;
 
@@ -180,27 +181,23 @@ impl Report {
     pub fn build(
         scn: &Scenario,
         results: &[ClientResult],
+        figures: &Figures,
         published: Published,
         window: (u64, u64),
     ) -> Report {
-        let mut latency = histogram();
-        let mut ack = histogram();
+        let (latency, ack, reconnect) = (&figures.latency, &figures.ack, &figures.reconnect);
         let mut connect = histogram();
         let mut members = vec![0u64; scn.rooms];
         let mut rejected = vec![0u64; scn.rooms];
         let (mut deliveries, mut duplicates, mut reordered, mut errors, mut rate_limited) =
             (0, 0, 0, 0, 0);
         let mut closed_by_code = BTreeMap::new();
-        let mut reconnect = histogram();
         let (mut reconnects, mut recovered, mut snapshots, mut max_gap) = (0, 0, 0, 0u64);
         for r in results {
-            let _ = reconnect.add(&r.reconnect_us);
             reconnects += r.reconnects;
             recovered += r.recovered;
             snapshots += r.snapshots;
             max_gap = max_gap.max(r.max_gap_us);
-            let _ = latency.add(&r.latency);
-            let _ = ack.add(&r.ack);
             let _ = connect.record(r.connect_us.max(1));
             members[r.room] += 1;
             rejected[r.room] += r.rejected_chat;
@@ -223,8 +220,8 @@ impl Report {
         Report {
             scenario: scn.clone(),
             clients_connected: results.len(),
-            latency_ms: Percentiles::of(&latency),
-            ack_ms: Percentiles::of(&ack),
+            latency_ms: Percentiles::of(latency),
+            ack_ms: Percentiles::of(ack),
             connect_ms: Percentiles::of(&connect),
             send_lag_ms: Percentiles::of(&published.send_lag),
             messages_measured: published.measured.iter().sum(),
@@ -252,7 +249,7 @@ impl Report {
             reconnects,
             recovered,
             snapshots,
-            reconnect_ms: Percentiles::of(&reconnect),
+            reconnect_ms: Percentiles::of(reconnect),
             max_gap_ms: max_gap as f64 / 1000.0,
             storm: None,
             ramp: Vec::new(),

@@ -55,7 +55,7 @@ pub fn sync_error(
     to_us: u64,
     step_us: u64,
 ) -> Histogram<u64> {
-    let mut h = crate::client::histogram();
+    let mut h = crate::figures::histogram();
     for clients in rooms {
         // The truth: every event any member saw, by seq.
         let mut truth: Vec<PlayerObs> =
