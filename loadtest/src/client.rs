@@ -341,7 +341,8 @@ async fn time_sync(sink: &mut Sink, stream: &mut Stream) -> anyhow::Result<f64> 
         let t3 = wall_us() as f64 / 1000.0;
         let server = match reply {
             Reply::Ack(r) => r.server_ts.unwrap_or(t0),
-            Reply::Error { frame, .. } => anyhow::bail!("time.sync refused: {frame}"),
+            // A refused sample (e.g. `rate_limited`) is skipped, not taken as offset 0.
+            Reply::Error { .. } => continue,
         };
         let rtt = t3 - t0;
         let offset = server - (t0 + t3) / 2.0;
@@ -354,7 +355,8 @@ async fn time_sync(sink: &mut Sink, stream: &mut Stream) -> anyhow::Result<f64> 
 
 /// The parts of an ack or error the generator uses. Everything else — a join's snapshot
 /// of thousands of members, the events that arrive before the reply — is skipped unparsed:
-/// building a `Value` tree of every snapshot was most of the generator's CPU in a big room.
+/// building a `Value` tree of every snapshot was a large part of the generator's CPU while a
+/// big room filled.
 #[derive(serde::Deserialize)]
 struct ReplyFrame<'a> {
     #[serde(rename = "type", borrow)]
@@ -374,7 +376,7 @@ struct ReplyResult {
     server_ts: Option<f64>,
 }
 
-/// A command's answer: `Ok` with the result's fields, or the error's code and frame text.
+/// A command's answer: `Ack` with the result's fields, or the error's code and frame text.
 enum Reply {
     Ack(ReplyResult),
     Error { code: String, frame: String },
