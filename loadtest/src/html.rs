@@ -165,6 +165,9 @@ fn summary(out: &mut String, r: &Report) {
             format!("{:.2}", r.send_lag_ms.p99),
         ),
     ];
+    if let Some(c) = &r.cpu {
+        rows.push(("cpu".into(), c.line()));
+    }
     if let Some(s) = &r.sync_error_ms {
         rows.push((
             "sync error ms".into(),

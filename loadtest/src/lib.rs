@@ -11,12 +11,14 @@
 //! - `client`: one connection: sync, join, read, record, reconnect.
 //! - `publisher`: the open-loop schedule per room.
 //! - `sync`: sync error from recorded `player.state` events.
+//! - `cpu`: server and generator CPU per delivery over the window, from /proc.
 //! - `figures`: the run's HDR histograms, shared by all clients in a few shards.
 //! - `buckets`: compact log buckets for timelines and ramp steps.
 //! - `report`: merging, the table, JSON, the SLO check. `html`: the HTML/SVG report.
 
 mod buckets;
 mod client;
+mod cpu;
 mod figures;
 mod html;
 mod mix;
@@ -112,7 +114,7 @@ async fn run_inner(scn: Scenario) -> anyhow::Result<Report> {
         scn.urls.len()
     );
     let plan = setup::prepare(&scn).await?;
-    let rss_before = scn.pid.and_then(report::rss_kib);
+    let rss_before = report::rss_kib_sum(&scn.pid);
     let connect_started = Instant::now();
     let clients = client::connect_all(&scn, &plan, clock, live.clone()).await?;
     eprintln!(
@@ -153,6 +155,7 @@ async fn steady(
         wall_us() + (measure.1 - clock.now_us()),
     );
     let progress = tokio::spawn(progress(live.clone(), clock, measure.1));
+    let cpu = sample_cpu(scn.pid.clone(), clock, measure);
     let storm = (scn.name == "storm").then(|| {
         let (live, at) = (live.clone(), measure.0 + (scn.storm_at * 1e6) as u64);
         tokio::spawn(async move {
@@ -172,6 +175,7 @@ async fn steady(
     let results = client::finish_all(clients).await;
     let figures = live.figures.merged();
     let mut report = Report::build(scn, &results, &figures, published, measure);
+    report.cpu = cpu_between(cpu, report.deliveries).await;
     report.add_timeline(&timeline, measure);
     if scn.mix.moves_clock() {
         report.add_sync(&results, scn.rooms, wall_window);
@@ -201,12 +205,13 @@ async fn ramp(
         let window = Window::new(scn, rate, i, clock.now_us() + 100_000);
         let measure = window.measure;
         let sent_before = live.errors.load(Ordering::Relaxed);
+        let cpu = sample_cpu(scn.pid.clone(), clock, measure);
         let published = publisher::run_all(scn, codes, &clients, clock, window, live.clone()).await;
         tokio::time::sleep(Duration::from_secs_f64(scn.drain.min(3.0))).await;
         let (received, buckets) = step_figures(&clients, i);
         let expected = published.expected(&members);
         let errors = live.errors.load(Ordering::Relaxed) - sent_before;
-        let step = report::StepReport::new(
+        let mut step = report::StepReport::new(
             rate,
             scn.duration,
             expected,
@@ -216,8 +221,15 @@ async fn ramp(
             &published,
             scn.ramp_p99_ms,
         );
+        step.cpu = cpu_between(cpu, received).await;
+        let server_us = step
+            .cpu
+            .as_ref()
+            .filter(|c| !c.by_pid.is_empty())
+            .map(|c| format!("  server {:.1} µs/delivery", c.server_us_per_delivery))
+            .unwrap_or_default();
         eprintln!(
-            "  step {:>2}: {:>8.1} msg/s/room  {:>10.0} deliveries/s  p50 {:>7.2} ms  p99 {:>7.2} ms  lost {:>6}  send lag p99 {:>6.1} ms  {}",
+            "  step {:>2}: {:>8.1} msg/s/room  {:>10.0} deliveries/s  p50 {:>7.2} ms  p99 {:>7.2} ms  lost {:>6}  send lag p99 {:>6.1} ms{server_us}  {}",
             i + 1,
             rate,
             step.deliveries_per_sec,
@@ -245,6 +257,29 @@ async fn ramp(
     report.add_timeline(&timeline, (0, last_window.1));
     report.add_ramp(steps);
     report
+}
+
+/// Samples the servers' (`--pid`) and the generator's CPU at the two ends of a window.
+fn sample_cpu(
+    pids: Vec<u32>,
+    clock: Clock,
+    window: (u64, u64),
+) -> tokio::task::JoinHandle<(cpu::Sample, cpu::Sample)> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(clock.at_us(window.0)).await;
+        let start = cpu::Sample::take(&pids);
+        tokio::time::sleep_until(clock.at_us(window.1)).await;
+        (start, cpu::Sample::take(&pids))
+    })
+}
+
+/// The window's CPU per delivery of the messages due in it.
+async fn cpu_between(
+    samples: tokio::task::JoinHandle<(cpu::Sample, cpu::Sample)>,
+    deliveries: u64,
+) -> Option<cpu::CpuReport> {
+    let (start, end) = samples.await.ok()?;
+    cpu::CpuReport::between(&start, &end, deliveries)
 }
 
 /// Merged per-step figures: measured deliveries and their latency buckets.
@@ -286,7 +321,7 @@ async fn idle(
     live: &Live,
 ) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs_f64(scn.duration)).await;
-    let rss_after = scn.pid.and_then(report::rss_kib);
+    let rss_after = report::rss_kib_sum(&scn.pid);
     let _ = live.phase.send(Phase::Stop);
     let held = clients.len();
     let results = client::finish_all(clients).await;

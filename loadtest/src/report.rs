@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::buckets::LogBuckets;
 use crate::client::ClientResult;
+use crate::cpu::CpuReport;
 use crate::figures::{histogram, Figures};
 use crate::publisher::Published;
 use crate::Scenario;
@@ -70,7 +71,9 @@ pub struct Report {
     pub send_failures: u64,
     /// Sockets the server closed during the run, by close code.
     pub closed_by_code: BTreeMap<u16, u64>,
-    /// `idle`: the server's resident memory after connecting, MiB (with `--pid`).
+    /// The measured window's CPU: every `--pid` together and the generator itself.
+    pub cpu: Option<CpuReport>,
+    /// `idle`: the servers' resident memory after connecting, MiB (with `--pid`).
     pub server_rss_mib: Option<f64>,
     /// `idle`: the server's RSS growth per held connection, KiB (with `--pid`).
     pub rss_kib_per_connection: Option<f64>,
@@ -126,6 +129,8 @@ pub struct StepReport {
     pub max_ms: f64,
     pub send_lag_p99_ms: f64,
     pub pass: bool,
+    /// The step's CPU, servers (`--pid`) and generator.
+    pub cpu: Option<CpuReport>,
 }
 
 impl StepReport {
@@ -154,6 +159,7 @@ impl StepReport {
             max_ms: latency.max_ms(),
             send_lag_p99_ms: published.send_lag.value_at_quantile(0.99) as f64 / 1000.0,
             pass: lost == 0 && errors == 0 && expected > 0 && p99_ms <= p99_bound_ms,
+            cpu: None,
         }
     }
 }
@@ -244,6 +250,7 @@ impl Report {
             closed_by_code,
             server_rss_mib: None,
             rss_kib_per_connection: None,
+            cpu: None,
             sync_error_ms: None,
             commands: published.commands.clone(),
             reconnects,
@@ -394,6 +401,9 @@ impl Report {
             self.rejected,
             self.send_failures
         );
+        if let Some(c) = &self.cpu {
+            println!("cpu                 {}", c.line());
+        }
         if let (Some(rss), Some(per)) = (self.server_rss_mib, self.rss_kib_per_connection) {
             println!("server RSS          {rss:.1} MiB, {per:.1} KiB per held connection");
         }
@@ -466,6 +476,15 @@ fn lost_acked(rooms: usize, results: &[ClientResult]) -> u64 {
         .sum()
 }
 
+/// Resident set size of every process in `pids` together, KiB; `None` when there are none
+/// or one cannot be read.
+pub fn rss_kib_sum(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| rss_kib(p)).sum()
+}
+
 /// Resident set size of a process in KiB, from /proc/<pid>/status (Linux).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -508,6 +527,12 @@ impl Clause {
                 .unwrap_or(f64::INFINITY),
             "gap" => r.max_gap_ms,
             "best_deliveries" => r.best_deliveries_per_sec.unwrap_or(0.0),
+            "cpu_us" => r
+                .cpu
+                .as_ref()
+                .filter(|c| !c.by_pid.is_empty())
+                .map(|c| c.server_us_per_delivery)
+                .unwrap_or(f64::NAN),
             _ => f64::NAN,
         };
         let pass = match self.op.as_str() {
@@ -543,6 +568,7 @@ pub fn parse_slo(text: &str) -> anyhow::Result<Vec<Clause>> {
         "recovered",
         "gap",
         "best_deliveries",
+        "cpu_us",
     ];
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -25,7 +25,7 @@ pub enum Command {
     /// One room with thousands of members (default 1 x 2000, 2 msg/s).
     Bigroom(Flags),
     /// Idle connections held for `--duration` (default 50 rooms x 100); with `--pid`, the
-    /// server's RSS growth per connection from /proc.
+    /// servers' RSS growth per connection from /proc.
     Idle(Flags),
     /// Every client drops at `--storm-at` seconds into the window and reconnects with
     /// jittered backoff (`--storm-jitter-ms`); reports the time until all are recovered.
@@ -113,9 +113,11 @@ pub struct Flags {
     /// Watchdog: abort after this many seconds.
     #[arg(long)]
     pub max_seconds: Option<f64>,
-    /// Server process to sample RSS from (/proc/<pid>/status), for `idle`.
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// Server processes, comma-separated (gateways, workers, Redis…): their CPU per delivery
+    /// over the measured window, and for `idle` their RSS per held connection (/proc).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(deserialize_with = "one_or_many")]
+    pub pid: Vec<u32>,
     /// Storm: seconds into the measured window when every client drops.
     #[arg(long)]
     pub storm_at: Option<f64>,
@@ -128,6 +130,20 @@ pub struct Flags {
     /// Ramp: a step fails when its p99 exceeds this (ms) or it loses a message.
     #[arg(long)]
     pub ramp_p99_ms: Option<f64>,
+}
+
+/// `pid = 123` or `pid = [123, 456]` in a scenario file.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(u32),
+        Many(Vec<u32>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// Preset per scenario: (rooms, clients, rate).
@@ -228,7 +244,8 @@ pub struct Scenario {
     pub json: Option<PathBuf>,
     pub html: Option<PathBuf>,
     pub max_seconds: f64,
-    pub pid: Option<u32>,
+    /// Server processes whose CPU (and, for `idle`, RSS) the report includes.
+    pub pid: Vec<u32>,
     /// Clients rejoin by seq when their socket dies.
     pub reconnect: bool,
     pub storm_at: f64,
@@ -323,6 +340,7 @@ rooms = 10
 steps = [10.0, 20.0]
 mix = "chat=9,seek=1"
 ramp_p99_ms = 30.0
+pid = 77
 "#,
         );
         let s = s.unwrap_or_else(|e| panic!("{e}"));
@@ -330,6 +348,9 @@ ramp_p99_ms = 30.0
         assert_eq!(s.urls.len(), 2);
         assert_eq!((s.rooms, s.clients), (10, 50));
         assert_eq!(s.steps, vec![10.0, 20.0]);
+        assert_eq!(s.pid, vec![77]);
+        let many = parse_file("pid = [1, 2]").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(many.pid, vec![1, 2]);
         assert!(s.mix.moves_clock());
         assert!(
             parse_file("scenario = \"ramp\"\nroomz = 3").is_err(),

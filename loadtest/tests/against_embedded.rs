@@ -44,7 +44,9 @@ async fn fanout_delivers_everything_and_reports_it() {
     let running = node(&dir).await;
     let mut scn = Scenario::small(&format!("http://{}", running.addr));
     scn.json = Some(dir.join("report.json"));
-    scn.slo = Some("loss=0,delivered>=1,p99<5s".into());
+    // The node runs in this process: its CPU is this process's (generator included).
+    scn.pid = vec![std::process::id()];
+    scn.slo = Some("loss=0,delivered>=1,p99<5s,cpu_us<1000000".into());
     let report = run(scn.clone()).await.unwrap();
     assert_eq!(report.clients_connected, 10);
     // 2 rooms x 20 msg/s x 2 s window, each to 5 members.
@@ -61,9 +63,16 @@ async fn fanout_delivers_everything_and_reports_it() {
     assert!(report.latency_ms.count > 0 && report.latency_ms.p99 > 0.0);
     assert!(report.ack_ms.count >= report.messages_measured);
     assert!(report.slo_failures().is_empty(), "{:?}", report.slo);
+    // CPU over the window per delivery: servers (here: this process) and the generator.
+    let cpu = report.cpu.clone().expect("cpu figures on Linux");
+    assert_eq!(cpu.by_pid.len(), 1);
+    assert!(cpu.seconds > 1.5 && cpu.seconds < 3.0, "{cpu:?}");
+    assert!(cpu.server_us_per_delivery > 0.0, "{cpu:?}");
+    assert!(cpu.generator_us_per_delivery > 0.0, "{cpu:?}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["deliveries"], report.deliveries);
+    assert!(json["cpu"]["server_us_per_delivery"].as_f64().is_some());
     // An impossible objective fails, and says which clause.
     scn.slo = Some("p50<0.001ms".into());
     scn.json = None;
@@ -93,7 +102,7 @@ async fn idle_holds_connections_and_samples_rss() {
     scn.name = "idle".into();
     scn.duration = 1.0;
     // The node runs in this process, so this process's RSS is the server's.
-    scn.pid = Some(std::process::id());
+    scn.pid = vec![std::process::id()];
     let report = run(scn).await.unwrap();
     assert_eq!(report.clients_connected, 10);
     assert!(
