@@ -505,6 +505,11 @@ pub struct Clause {
 }
 
 impl Clause {
+    /// The metric the clause constrains, e.g. `p99`.
+    pub fn metric(&self) -> &str {
+        &self.metric
+    }
+
     fn check(&self, r: &Report) -> SloResult {
         let actual = match self.metric.as_str() {
             "p50" => r.latency_ms.p50,

@@ -320,7 +320,11 @@ impl Scenario {
         anyhow::ensure!(self.max_seconds > 0.0, "--max-seconds must be > 0");
         Mix::parse(&self.mix_text)?;
         if let Some(slo) = &self.slo {
-            crate::report::parse_slo(slo)?;
+            let clauses = crate::report::parse_slo(slo)?;
+            anyhow::ensure!(
+                !clauses.iter().any(|c| c.metric() == "cpu_us") || !self.pid.is_empty(),
+                "the cpu_us objective needs --pid (the server processes to measure)"
+            );
         }
         Ok(())
     }

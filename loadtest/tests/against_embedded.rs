@@ -91,6 +91,12 @@ fn bad_scenarios_are_refused() {
     let mut scn = Scenario::small("http://127.0.0.1:1");
     scn.slo = Some("p99 around 5".into());
     assert!(scn.validate().is_err());
+    let mut scn = Scenario::small("http://127.0.0.1:1");
+    scn.slo = Some("cpu_us<20".into());
+    let err = scn.validate().map_err(|e| e.to_string());
+    assert!(err.is_err_and(|e| e.contains("--pid")));
+    scn.pid = vec![1];
+    assert!(scn.validate().is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
