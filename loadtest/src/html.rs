@@ -106,11 +106,11 @@ pub fn render(r: &Report) -> String {
             "ms",
             true,
         ));
-        out.push_str("<table><tr><th>rate/room</th><th>deliveries/s</th><th>p50 ms</th><th>p99 ms</th><th>lost</th><th>errors</th><th>send lag p99 ms</th><th>verdict</th></tr>");
+        out.push_str("<table><tr><th>rate/room</th><th>deliveries/s</th><th>p50 ms</th><th>p99 ms</th><th>lost</th><th>errors</th><th>send lag p99 ms</th><th>server µs/delivery</th><th>verdict</th></tr>");
         for s in &r.ramp {
             let _ = write!(
                 out,
-                "<tr><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{:.1}</td><td class=\"{}\">{}</td></tr>",
+                "<tr><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
                 s.rate,
                 s.deliveries_per_sec,
                 s.p50_ms,
@@ -118,6 +118,11 @@ pub fn render(r: &Report) -> String {
                 s.lost,
                 s.errors,
                 s.send_lag_p99_ms,
+                s.cpu
+                    .as_ref()
+                    .filter(|c| !c.by_pid.is_empty())
+                    .map(|c| format!("{:.1}", c.server_us_per_delivery))
+                    .unwrap_or_else(|| "—".into()),
                 if s.pass { "pass" } else { "fail" },
                 if s.pass { "pass" } else { "FAIL" }
             );

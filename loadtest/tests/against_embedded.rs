@@ -172,6 +172,8 @@ async fn ramp_steps_until_the_bound_fails() {
     scn.warmup = 0.3;
     // Generous: every step passes.
     scn.ramp_p99_ms = 5_000.0;
+    scn.pid = vec![std::process::id()];
+    scn.html = Some(dir.join("ramp.html"));
     let report = run(scn.clone()).await.unwrap();
     assert_eq!(report.ramp.len(), 3);
     assert!(
@@ -179,6 +181,18 @@ async fn ramp_steps_until_the_bound_fails() {
         "{:?}",
         report.ramp
     );
+    // Each step has its own CPU figures, and the HTML table shows them.
+    assert!(
+        report.ramp.iter().all(|s| s
+            .cpu
+            .as_ref()
+            .is_some_and(|c| c.by_pid.len() == 1 && c.seconds > 0.5)),
+        "{:?}",
+        report.ramp
+    );
+    let html = std::fs::read_to_string(dir.join("ramp.html")).unwrap();
+    assert!(html.contains("server µs/delivery"));
+    scn.html = None;
     assert_eq!(report.best_rate, Some(40.0));
     // 2 rooms × 40 msg/s × 5 members.
     let best = report.best_deliveries_per_sec.unwrap();
