@@ -4,7 +4,6 @@
 //! it rejoins with `since_seq` after a jittered backoff and records whether the server
 //! recovered it by replay.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::buckets::LogBuckets;
+use crate::seen::{self, Seen};
 use crate::setup::Plan;
 use crate::sync::{PlayerObs, OBS_MAX};
 use crate::{wall_us, Clock, Live, Phase, Scenario};
@@ -63,13 +63,12 @@ pub struct Progress {
 
 /// What one client saw. Its latencies go to the run's shared histograms
 /// ([`crate::figures::SharedFigures`]), not here: per-client histograms cost ~400 KiB each.
+#[derive(Default)]
 pub struct ClientResult {
     pub room: usize,
     pub connect_us: u64,
     /// Distinct messages received whose intended time fell in the window.
     pub measured: u64,
-    /// Every distinct message received (step and number), window or not.
-    pub seen: HashSet<u64>,
     pub duplicates: u64,
     pub reordered: u64,
     pub errors: u64,
@@ -473,7 +472,6 @@ async fn run(
         room: ctx.room,
         connect_us,
         measured: 0,
-        seen: HashSet::new(),
         duplicates: 0,
         reordered: 0,
         errors: 0,
@@ -493,6 +491,8 @@ async fn run(
     let timeline = ctx.index < TIMELINE_CLIENTS;
     let mut phase = ctx.live.phase.subscribe();
     let mut last_delivery: Option<u64> = None;
+    // Messages already received, for duplicates (bounded; see `seen`).
+    let mut seen = Seen::default();
     // The measured window, learnt from the payloads of this room's chat.
     let mut window: Option<(u64, u64)> = None;
     let mut stormed = false;
@@ -564,8 +564,7 @@ async fn run(
                     continue;
                 };
                 // Message numbers restart each ramp step.
-                let key = ((body.s as u64) << 40) | body.k;
-                if !r.seen.insert(key) {
+                if !seen.insert(body.s, body.k) {
                     r.duplicates += 1;
                     continue;
                 }
@@ -573,6 +572,9 @@ async fn run(
                 let lat = now.saturating_sub(body.t).max(1);
                 if (body.w0..body.w1).contains(&body.t) {
                     r.measured += 1;
+                    ctx.live
+                        .delivered
+                        .record(ctx.room, seen::key(body.s, body.k));
                     ctx.live.figures.record(ctx.index, |f| {
                         let _ = f.latency.record(lat);
                     });
@@ -628,7 +630,7 @@ async fn run(
                 }
                 if let (Some("chat"), Some(due), Some(step), Some(k)) = (tag, due, step, k) {
                     if window.is_some_and(|(a, b)| (a..b).contains(&due)) {
-                        r.acked.push((step << 40) | k);
+                        r.acked.push(seen::key(step as usize, k));
                     }
                 }
             }

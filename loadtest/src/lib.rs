@@ -12,6 +12,7 @@
 //! - `publisher`: the open-loop schedule per room.
 //! - `sync`: sync error from recorded `player.state` events.
 //! - `cpu`: server and generator CPU per delivery over the window, from /proc.
+//! - `seen`: duplicates and per-message delivery counts in bounded memory.
 //! - `figures`: the run's HDR histograms, shared by all clients in a few shards.
 //! - `buckets`: compact log buckets for timelines and ramp steps.
 //! - `report`: merging, the table, JSON, the SLO check. `html`: the HTML/SVG report.
@@ -25,6 +26,7 @@ mod mix;
 mod publisher;
 mod report;
 mod scenario;
+mod seen;
 mod setup;
 mod sync;
 
@@ -77,16 +79,19 @@ pub struct Live {
     pub phase: tokio::sync::watch::Sender<Phase>,
     /// Every client's latencies, merged into the report at the end.
     pub figures: figures::SharedFigures,
+    /// Per room: how many members received each measured message.
+    pub delivered: seen::DeliveryCounts,
 }
 
-impl Default for Live {
-    fn default() -> Self {
+impl Live {
+    pub fn new(rooms: usize) -> Self {
         Live {
             deliveries: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             phase: tokio::sync::watch::Sender::new(Phase::Run),
             figures: figures::SharedFigures::default(),
+            delivered: seen::DeliveryCounts::new(rooms),
         }
     }
 }
@@ -103,7 +108,7 @@ pub async fn run(scn: Scenario) -> anyhow::Result<Report> {
 
 async fn run_inner(scn: Scenario) -> anyhow::Result<Report> {
     let clock = Clock(Instant::now());
-    let live = Arc::new(Live::default());
+    let live = Arc::new(Live::new(scn.rooms));
     eprintln!(
         "loadtest {}: {} rooms x {} clients, {} msg/s per room, mix {}, {} URL(s)",
         scn.name,
@@ -174,7 +179,7 @@ async fn steady(
     let _ = progress.await;
     let results = client::finish_all(clients).await;
     let figures = live.figures.merged();
-    let mut report = Report::build(scn, &results, &figures, published, measure);
+    let mut report = Report::build(scn, &results, &figures, &live.delivered, published, measure);
     report.cpu = cpu_between(cpu, report.deliveries).await;
     report.add_timeline(&timeline, measure);
     if scn.mix.moves_clock() {
@@ -253,7 +258,14 @@ async fn ramp(
     let _ = live.phase.send(Phase::Stop);
     let results = client::finish_all(clients).await;
     let figures = live.figures.merged();
-    let mut report = Report::build(scn, &results, &figures, last_published, last_window);
+    let mut report = Report::build(
+        scn,
+        &results,
+        &figures,
+        &live.delivered,
+        last_published,
+        last_window,
+    );
     report.add_timeline(&timeline, (0, last_window.1));
     report.add_ramp(steps);
     report
@@ -329,6 +341,7 @@ async fn idle(
         scn,
         &results,
         &live.figures.merged(),
+        &live.delivered,
         publisher::Published::none(scn.rooms),
         (0, (scn.duration * 1e6) as u64),
     );

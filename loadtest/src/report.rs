@@ -11,6 +11,7 @@ use crate::client::ClientResult;
 use crate::cpu::CpuReport;
 use crate::figures::{histogram, Figures};
 use crate::publisher::Published;
+use crate::seen::DeliveryCounts;
 use crate::Scenario;
 
 /// Latency percentiles in milliseconds.
@@ -188,6 +189,7 @@ impl Report {
         scn: &Scenario,
         results: &[ClientResult],
         figures: &Figures,
+        delivered: &DeliveryCounts,
         published: Published,
         window: (u64, u64),
     ) -> Report {
@@ -245,7 +247,7 @@ impl Report {
             errors,
             rate_limited,
             rejected: rejected.iter().sum(),
-            lost_acked: lost_acked(scn.rooms, results),
+            lost_acked: lost_acked(&members, results, delivered),
             send_failures: published.send_failures,
             closed_by_code,
             server_rss_mib: None,
@@ -465,14 +467,22 @@ impl Report {
 }
 
 /// Acknowledged messages some member of their room never received.
-fn lost_acked(rooms: usize, results: &[ClientResult]) -> u64 {
-    let mut acked: Vec<std::collections::HashSet<u64>> = vec![Default::default(); rooms];
+fn lost_acked(members: &[u64], results: &[ClientResult], delivered: &DeliveryCounts) -> u64 {
+    let mut acked: Vec<std::collections::HashSet<u64>> = vec![Default::default(); members.len()];
     for r in results {
-        acked[r.room].extend(r.acked.iter().copied());
+        if let Some(a) = acked.get_mut(r.room) {
+            a.extend(r.acked.iter().copied());
+        }
     }
-    results
+    acked
         .iter()
-        .map(|r| acked[r.room].iter().filter(|k| !r.seen.contains(k)).count() as u64)
+        .enumerate()
+        .map(|(room, keys)| {
+            let n = members[room];
+            keys.iter()
+                .map(|&k| n.saturating_sub(u64::from(delivered.count(room, k))))
+                .sum::<u64>()
+        })
         .sum()
 }
 
@@ -609,6 +619,36 @@ pub fn parse_slo(text: &str) -> anyhow::Result<Vec<Clause>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acked_loss_counts_each_member_that_missed_an_acknowledged_message() {
+        use crate::seen::key;
+        // Room 0: three members; the publisher's two acknowledged messages.
+        let publisher = ClientResult {
+            acked: vec![key(0, 1), key(0, 2)],
+            ..ClientResult::default()
+        };
+        let results = vec![publisher, ClientResult::default(), ClientResult::default()];
+        let delivered = DeliveryCounts::new(1);
+        for _ in 0..3 {
+            delivered.record(0, key(0, 1));
+        }
+        assert_eq!(
+            lost_acked(&[3], &results, &delivered),
+            3,
+            "message 2 reached nobody"
+        );
+        for _ in 0..2 {
+            delivered.record(0, key(0, 2));
+        }
+        assert_eq!(
+            lost_acked(&[3], &results, &delivered),
+            1,
+            "one member missed message 2"
+        );
+        delivered.record(0, key(0, 2));
+        assert_eq!(lost_acked(&[3], &results, &delivered), 0);
+    }
 
     #[test]
     fn parses_slo_clauses() {
