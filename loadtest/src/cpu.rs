@@ -126,13 +126,21 @@ mod tests {
 
     #[test]
     fn own_cpu_is_readable_and_grows_with_work() {
-        let a = Sample::take(&[std::process::id()]);
+        let me = std::process::id();
+        let a = Sample::take(&[me]);
+        let start = cpu_seconds(me).expect("this process's /proc/self/stat");
+        // Work until this process has used 50 ms more CPU (however loaded the machine is,
+        // so never a timing assumption), bounded at 30 s of wall time.
         let mut x = 0u64;
         let spin = std::time::Instant::now();
-        while spin.elapsed() < std::time::Duration::from_millis(150) {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        while cpu_seconds(me).is_some_and(|now| now - start < 0.05)
+            && spin.elapsed() < std::time::Duration::from_secs(30)
+        {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
         }
-        let b = Sample::take(&[std::process::id()]);
+        let b = Sample::take(&[me]);
         let r = CpuReport::between(&a, &b, 1_000).expect("this process's /proc/self/stat");
         assert!(r.server_cores > 0.0, "{r:?}");
         assert!(r.generator_us_per_delivery > 0.0, "{r:?}");

@@ -67,8 +67,11 @@ async fn fanout_delivers_everything_and_reports_it() {
     let cpu = report.cpu.clone().expect("cpu figures on Linux");
     assert_eq!(cpu.by_pid.len(), 1);
     assert!(cpu.seconds > 1.5 && cpu.seconds < 3.0, "{cpu:?}");
-    assert!(cpu.server_us_per_delivery > 0.0, "{cpu:?}");
-    assert!(cpu.generator_us_per_delivery > 0.0, "{cpu:?}");
+    // A 2 s window of this small run may use only a few 10 ms ticks of CPU: present and sane
+    // here; that the figure grows with work is `cpu::tests`' job.
+    for v in [cpu.server_us_per_delivery, cpu.generator_us_per_delivery] {
+        assert!(v.is_finite() && v >= 0.0, "{cpu:?}");
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["deliveries"], report.deliveries);
