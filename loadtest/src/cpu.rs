@@ -88,24 +88,29 @@ impl CpuReport {
 }
 
 impl CpuReport {
+    /// The servers' µs per delivery, when any `--pid` was measured (without one the figure
+    /// would read 0, as if the servers cost nothing).
+    pub fn server_us(&self) -> Option<f64> {
+        (!self.by_pid.is_empty()).then_some(self.server_us_per_delivery)
+    }
+
     /// One line for the table: `servers 0.83 cores = 10.4 µs per delivery (pid 1: 0.83); …`.
     pub fn line(&self) -> String {
         let generator = format!(
             "generator {:.2} cores = {:.1} µs per delivery",
             self.generator_cores, self.generator_us_per_delivery
         );
-        if self.by_pid.is_empty() {
+        let Some(server_us) = self.server_us() else {
             return format!("{generator} (add --pid for the servers')");
-        }
+        };
         let pids: Vec<String> = self
             .by_pid
             .iter()
             .map(|(p, c)| format!("{p}: {c:.2}"))
             .collect();
         format!(
-            "servers {:.2} cores = {:.1} µs per delivery (pid {}); {generator}",
+            "servers {:.2} cores = {server_us:.1} µs per delivery (pid {}); {generator}",
             self.server_cores,
-            self.server_us_per_delivery,
             pids.join(", ")
         )
     }

@@ -120,8 +120,8 @@ pub fn render(r: &Report) -> String {
                 s.send_lag_p99_ms,
                 s.cpu
                     .as_ref()
-                    .filter(|c| !c.by_pid.is_empty())
-                    .map(|c| format!("{:.1}", c.server_us_per_delivery))
+                    .and_then(|c| c.server_us())
+                    .map(|us| format!("{us:.1}"))
                     .unwrap_or_else(|| "—".into()),
                 if s.pass { "pass" } else { "fail" },
                 if s.pass { "pass" } else { "FAIL" }

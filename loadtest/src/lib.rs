@@ -230,8 +230,8 @@ async fn ramp(
         let server_us = step
             .cpu
             .as_ref()
-            .filter(|c| !c.by_pid.is_empty())
-            .map(|c| format!("  server {:.1} µs/delivery", c.server_us_per_delivery))
+            .and_then(|c| c.server_us())
+            .map(|us| format!("  server {us:.1} µs/delivery"))
             .unwrap_or_default();
         eprintln!(
             "  step {:>2}: {:>8.1} msg/s/room  {:>10.0} deliveries/s  p50 {:>7.2} ms  p99 {:>7.2} ms  lost {:>6}  send lag p99 {:>6.1} ms{server_us}  {}",

@@ -545,8 +545,7 @@ impl Clause {
             "cpu_us" => r
                 .cpu
                 .as_ref()
-                .filter(|c| !c.by_pid.is_empty())
-                .map(|c| c.server_us_per_delivery)
+                .and_then(|c| c.server_us())
                 .unwrap_or(f64::NAN),
             _ => f64::NAN,
         };
