@@ -272,3 +272,163 @@ async fn postgres_outage_fails_writes_then_recovers() {
         3
     );
 }
+
+fn chat(room: &str, id: u64, text: &str) -> Mutation {
+    let mut m = msg(id);
+    m.text = text.into();
+    Mutation::Chat {
+        room: room.into(),
+        msg: m,
+    }
+}
+
+fn audit(room: &str, action: &str) -> Mutation {
+    Mutation::Audit {
+        room: room.into(),
+        entry: AuditEntry {
+            id: 0,
+            ts: 5,
+            actor: "u".into(),
+            action: action.into(),
+            detail: json!({}),
+        },
+    }
+}
+
+fn command(room: &str, id: &str, reply: &str) -> Mutation {
+    Mutation::Command {
+        room: room.into(),
+        record: CommandRecord {
+            user_id: "u".into(),
+            id: id.into(),
+            reply: reply.into(),
+            ts: 10,
+        },
+    }
+}
+
+fn seq_only(code: &str, seq: u64, epoch: u64) -> Mutation {
+    Mutation::Room {
+        code: code.into(),
+        seq,
+        state: None,
+        epoch,
+    }
+}
+
+/// Batches queued together are committed as one group of set statements; the outcome must
+/// be what applying them one by one gives: the last write of a key wins, a seq-only update
+/// keeps the state, audit keeps its order, an owner change inside the group is honoured and
+/// only the stale owner's batch is refused.
+#[tokio::test]
+async fn postgres_group_applies_as_batch_by_batch() {
+    let pg = Postgres::start();
+    let store = open_pg(pg.url()).await;
+    // Submitted without yielding: the writer finds them all queued and takes one group.
+    let tickets = vec![
+        store.submit(vec![
+            room("d", 1, 1),
+            chat("d", 1, "first"),
+            event("d", 1),
+            command("d", "c1", "ack1"),
+            audit("d", "a1"),
+        ]),
+        store.submit(vec![
+            seq_only("d", 2, 1),
+            chat("d", 1, "edited"),
+            chat("d", 2, "second"),
+            event("d", 2),
+            command("d", "c1", "ack2"),
+            audit("d", "a2"),
+        ]),
+        store.submit(vec![room("e", 1, 1), audit("e", "e1")]),
+        // A new owner takes "d" inside the same group...
+        store.submit(vec![seq_only("d", 3, 2), chat("d", 3, "new owner")]),
+        // ...and a late batch of the old owner is refused, all of it.
+        store.submit(vec![
+            seq_only("d", 4, 1),
+            chat("d", 4, "stale"),
+            audit("d", "stale"),
+        ]),
+        store.submit(vec![seq_only("e", 2, 1), chat("e", 5, "e")]),
+    ];
+    let mut results = Vec::new();
+    for t in tickets {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(
+        results,
+        vec![
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err(StoreError::Fenced(1)),
+            Ok(())
+        ]
+    );
+    let d = store
+        .load_room("d", limits(10, 0), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.record.seq, 3);
+    assert_eq!(d.record.state, json!({"v": 1}), "seq-only updates keep it");
+    let texts: Vec<(u64, &str)> = d.chat.iter().map(|m| (m.id, m.text.as_str())).collect();
+    assert_eq!(texts, vec![(1, "edited"), (2, "second"), (3, "new owner")]);
+    assert_eq!(
+        d.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(d.commands.len(), 1);
+    assert_eq!(d.commands[0].reply, "ack2");
+    let actions: Vec<String> = store
+        .audit("d", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["a2", "a1"],
+        "newest first, nothing of the stale batch"
+    );
+    let e = store
+        .load_room("e", limits(10, 0), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.record.seq, e.record.state), (2, json!({"v": 1})));
+    assert_eq!(e.chat.len(), 1);
+}
+
+/// The history is trimmed per room to `events_keep` as it grows, also when one group holds
+/// many events of several rooms.
+#[tokio::test]
+async fn postgres_trims_history_within_a_group() {
+    let pg = Postgres::start();
+    let store = open_pg(pg.url()).await;
+    let tickets: Vec<_> = (1..=250u64)
+        .flat_map(|seq| {
+            ["h1", "h2"].map(|code| store.submit(vec![seq_only(code, seq, 0), event(code, seq)]))
+        })
+        .collect();
+    for t in tickets {
+        assert_eq!(t.await.unwrap(), Ok(()));
+    }
+    for code in ["h1", "h2"] {
+        let all = LoadLimits {
+            chat: 0,
+            commands_since_ms: 0,
+            events: 1_000,
+            events_since_ms: 0,
+        };
+        let loaded = store.load_room(code, all, 0).await.unwrap().unwrap();
+        let seqs: Vec<u64> = loaded.events.iter().map(|e| e.seq).collect();
+        // events_keep is 100, trimmed every 10: the newest 100 to 110 remain.
+        assert_eq!(seqs.last(), Some(&250), "{code}");
+        assert!((100..=110).contains(&seqs.len()), "{code}: {}", seqs.len());
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{code}");
+    }
+}

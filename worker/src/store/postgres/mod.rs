@@ -1,14 +1,13 @@
 //! The cluster store: PostgreSQL through deadpool-postgres. Writer tasks, each owning a
 //! share of the rooms (by hash, so one room's writes stay in order), group-commit every batch
-//! queued while their previous transaction ran; each room's batch runs under a savepoint so a
-//! fenced (stale-owner) batch fails alone. Several writers keep several transactions in
+//! queued while their previous transaction ran, as a few set statements (see `commit`); a
+//! fenced (stale-owner) room's batches fail alone. Several writers keep several transactions in
 //! flight: a commit is mostly round trips and the fsync, which Postgres shares between
 //! concurrent commits. Reads queue behind earlier writes of the same room, like the SQLite
 //! store, so a room never loads stale state. Migrations (refinery) run at start-up.
 
 use std::time::Instant;
 
-use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Config as PoolSettings, Pool, PoolConfig, Runtime};
 use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::ChatMessage;
@@ -19,6 +18,8 @@ use lockstep_shared::store::{
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
+
+mod commit;
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
@@ -346,7 +347,7 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize, event
                 let (group, after) = super::gather(&mut rx, (batch, done), batch_max);
                 next = after;
                 let started = Instant::now();
-                let results = commit(&pool, &group.batches, events_keep).await;
+                let results = commit::commit(&pool, &group.batches, events_keep).await;
                 super::record_commit(started, group.size);
                 for (w, r) in group.waiters.into_iter().zip(results) {
                     if let Err(e) = &r {
@@ -358,144 +359,4 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Job>, batch_max: usize, event
             }
         }
     }
-}
-
-/// One transaction; a savepoint per batch so a fenced batch fails alone.
-async fn commit(
-    pool: &Pool,
-    batches: &[Vec<Mutation>],
-    events_keep: usize,
-) -> Vec<Result<(), StoreError>> {
-    let all_fail = |e: StoreError| batches.iter().map(|_| Err(e.clone())).collect();
-    let mut client = match pool.get().await {
-        Ok(c) => c,
-        Err(e) => return all_fail(unavailable(e)),
-    };
-    let mut tx = match client.transaction().await {
-        Ok(t) => t,
-        Err(e) => return all_fail(unavailable(e)),
-    };
-    let mut results = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let sp = match tx.savepoint("batch").await {
-            Ok(sp) => sp,
-            Err(e) => return all_fail(unavailable(e)),
-        };
-        match apply(&sp, batch, events_keep).await {
-            Ok(()) => match sp.commit().await {
-                Ok(()) => results.push(Ok(())),
-                Err(e) => return all_fail(unavailable(e)),
-            },
-            Err(StoreError::Fenced(epoch)) => {
-                if let Err(e) = sp.rollback().await {
-                    return all_fail(unavailable(e));
-                }
-                results.push(Err(StoreError::Fenced(epoch)));
-            }
-            Err(e) => return all_fail(e),
-        }
-    }
-    match tx.commit().await {
-        Ok(()) => results,
-        Err(e) => all_fail(unavailable(e)),
-    }
-}
-
-async fn apply(
-    c: &impl GenericClient,
-    batch: &[Mutation],
-    events_keep: usize,
-) -> Result<(), StoreError> {
-    // Issued together: tokio-postgres pipelines them on the connection, so a batch costs
-    // about one round trip instead of one per statement.
-    let results =
-        futures_util::future::try_join_all(batch.iter().map(|m| execute(c, m, events_keep)))
-            .await?;
-    for (m, fenced) in batch.iter().zip(results) {
-        if let (Mutation::Room { epoch, .. }, true) = (m, fenced) {
-            return Err(StoreError::Fenced(*epoch));
-        }
-    }
-    Ok(())
-}
-
-/// Runs one mutation; `true` when a room write was refused by fencing.
-async fn execute(
-    c: &impl GenericClient,
-    m: &Mutation,
-    events_keep: usize,
-) -> Result<bool, StoreError> {
-    match m {
-        Mutation::Room {
-            code,
-            seq,
-            state,
-            epoch,
-        } => {
-            let n = c
-                .execute(
-                    "INSERT INTO rooms (code, seq, state, epoch) VALUES ($1, $2, COALESCE($3, '{}'::jsonb), $4) \
-                     ON CONFLICT (code) DO UPDATE SET seq = EXCLUDED.seq, \
-                     state = COALESCE($3, rooms.state), epoch = EXCLUDED.epoch, updated_at = now() \
-                     WHERE rooms.epoch <= EXCLUDED.epoch",
-                    &[code, &(*seq as i64), state, &(*epoch as i64)],
-                )
-                .await
-                .map_err(unavailable)?;
-            return Ok(n == 0);
-        }
-        Mutation::Chat { room, msg } => {
-            let json = serde_json::to_value(msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            c.execute(
-                "INSERT INTO chat (room, id, ts, msg) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (room, id) DO UPDATE SET ts = EXCLUDED.ts, msg = EXCLUDED.msg",
-                &[room, &(msg.id as i64), &(msg.ts as i64), &json],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-        Mutation::Audit { room, entry } => {
-            c.execute(
-                "INSERT INTO audit (room, ts, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    room,
-                    &(entry.ts as i64),
-                    &entry.actor,
-                    &entry.action,
-                    &entry.detail,
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-        Mutation::Event { room, event } => {
-            c.execute(
-                "INSERT INTO events (room, seq, ts, frame) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (room, seq) DO UPDATE SET ts = EXCLUDED.ts, frame = EXCLUDED.frame",
-                &[room, &(event.seq as i64), &(event.ts as i64), &event.frame],
-            )
-            .await
-            .map_err(unavailable)?;
-            // Keep the newest `events_keep`: every tenth of that, drop what fell out.
-            let keep = events_keep as u64;
-            if keep > 0 && event.seq % (keep / 10).max(1) == 0 {
-                c.execute(
-                    "DELETE FROM events WHERE room = $1 AND seq <= $2",
-                    &[room, &(event.seq.saturating_sub(keep) as i64)],
-                )
-                .await
-                .map_err(unavailable)?;
-            }
-        }
-        Mutation::Command { room, record } => {
-            c.execute(
-                "INSERT INTO commands (room, user_id, id, reply, ts) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (room, user_id, id) DO UPDATE SET reply = EXCLUDED.reply, ts = EXCLUDED.ts",
-                &[room, &record.user_id, &record.id, &record.reply, &(record.ts as i64)],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-    }
-    Ok(false)
 }
