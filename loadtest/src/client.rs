@@ -10,23 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::buckets::LogBuckets;
 use crate::seen::{self, Seen};
 use crate::setup::Plan;
 use crate::sync::{PlayerObs, OBS_MAX};
+use crate::ws::{self, Frame, Reader as Stream, Writer as Sink};
 use crate::{wall_us, Clock, Live, Phase, Scenario};
-
-type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
-type Stream = SplitStream<WebSocketStream<TcpStream>>;
 
 /// Clients that keep a per-second latency timeline (for the HTML report).
 const TIMELINE_CLIENTS: usize = 256;
@@ -34,8 +28,6 @@ const TIMELINE_CLIENTS: usize = 256;
 const TIMELINE_MAX: usize = 3_600;
 /// Most ramp steps tracked.
 pub const STEPS_MAX: usize = 32;
-/// Per-socket read buffer of the WebSocket client.
-const READ_BUFFER: usize = 4 * 1024;
 /// Joins tried before giving up when the room answers `unavailable`.
 const JOIN_ATTEMPTS: u32 = 30;
 /// `time.sync` round trips per client; the one with the smallest RTT wins (NTP-style).
@@ -115,12 +107,40 @@ struct Incoming<'a> {
     rate: Option<f64>,
 }
 
-/// Replies carry the command's string id; chat messages a numeric message id.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
+/// Replies carry the command's string id; chat messages a numeric message id (`Other`).
+/// Hand-written: serde's untagged enum buffers the value and builds an error per miss, a
+/// visible share of the generator's CPU on every delivery.
 enum Id<'a> {
     Text(&'a str),
-    Number(#[allow(dead_code)] u64),
+    Other,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Id<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Id<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Id<'a>, E> {
+                Ok(Id::Text(v))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Id<'a>, E> {
+                Ok(Id::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Id<'a>, E> {
+                Ok(Id::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Id<'a>, E> {
+                Ok(Id::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Id<'a>, E> {
+                Ok(Id::Other)
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
 }
 
 /// What publishers put in the chat text: `lt <k> <t> <w0> <w1> <step> <padding>`. Plain
@@ -276,7 +296,7 @@ async fn start(ctx: Ctx) -> anyhow::Result<ClientHandle> {
             json!({"id": "setup-q", "type": "queue.add", "room": ctx.code, "url": "https://www.youtube.com/watch?v=dQw4w9WgXcQ"}),
             json!({"id": "setup-p", "type": "player.play", "room": ctx.code}),
         ] {
-            sink.send(Message::text(cmd.to_string())).await?;
+            sink.send_text(&cmd.to_string()).await?;
         }
     }
     let connect_us = ctx.clock.now_us() - t0;
@@ -312,18 +332,14 @@ async fn open(ctx: &Ctx, attempt: usize) -> anyhow::Result<(Sink, Stream)> {
         .context("connect timed out")?
         .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{addr}/v1/ws?token={}", ctx.token);
-    // tungstenite's default 128 KiB read buffer is zero-filled on every read: with thousands
-    // of sockets that memset was 43 % of the generator's CPU. Frames here are small.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER);
-    let (ws, _) = tokio::time::timeout(
+    let target = format!("/v1/ws?token={}", ctx.token);
+    let (stream, sink) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::client_async_with_config(url, stream, Some(config)),
+        ws::connect(stream, &addr.to_string(), &target),
     )
     .await
     .context("handshake timed out")??;
-    Ok(ws.split())
+    Ok((sink, stream))
 }
 
 /// NTP-style: several `time.sync` round trips; the offset of the fastest one.
@@ -332,11 +348,9 @@ async fn time_sync(sink: &mut Sink, stream: &mut Stream) -> anyhow::Result<f64> 
     for i in 0..SYNC_SAMPLES {
         let t0 = wall_us() as f64 / 1000.0;
         let id = format!("sync{i}");
-        sink.send(Message::text(
-            json!({"id": id, "type": "time.sync", "t0": t0 as u64}).to_string(),
-        ))
-        .await?;
-        let reply = read_reply(stream, &id).await?;
+        sink.send_text(&json!({"id": id, "type": "time.sync", "t0": t0 as u64}).to_string())
+            .await?;
+        let reply = read_reply(stream, sink, &id).await?;
         let t3 = wall_us() as f64 / 1000.0;
         let server = match reply {
             Reply::Ack(r) => r.server_ts.unwrap_or(t0),
@@ -381,15 +395,23 @@ enum Reply {
     Error { code: String, frame: String },
 }
 
-async fn read_reply(stream: &mut Stream, id: &str) -> anyhow::Result<Reply> {
+/// Reads until the reply to `id`, answering pings on the way.
+async fn read_reply(stream: &mut Stream, sink: &mut Sink, id: &str) -> anyhow::Result<Reply> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let msg = tokio::time::timeout_at(deadline, stream.next())
+        let frame = tokio::time::timeout_at(deadline, stream.next())
             .await
-            .context("reply timed out")?
-            .context("closed before the reply")??;
-        let Message::Text(t) = msg else { continue };
-        let Ok(f) = serde_json::from_str::<ReplyFrame>(t.as_str()) else {
+            .context("reply timed out")??;
+        let t = match frame {
+            Frame::Text(t) => t,
+            Frame::Ping(p) => {
+                sink.pong(&p).await?;
+                continue;
+            }
+            Frame::Close(code) => anyhow::bail!("closed before the reply (close code {code:?})"),
+            Frame::Binary(_) | Frame::Pong => continue,
+        };
+        let Ok(f) = serde_json::from_slice::<ReplyFrame>(&t) else {
             continue;
         };
         if !matches!(f.id, Some(Id::Text(i)) if i == id) {
@@ -399,7 +421,7 @@ async fn read_reply(stream: &mut Stream, id: &str) -> anyhow::Result<Reply> {
             "ack" => Reply::Ack(f.result.unwrap_or_default()),
             _ => Reply::Error {
                 code: f.code.unwrap_or_default().to_owned(),
-                frame: t.as_str().to_owned(),
+                frame: String::from_utf8_lossy(&t).into_owned(),
             },
         });
     }
@@ -418,8 +440,8 @@ async fn join(
     // `unavailable` means retry (a busy room during a join storm): back off with jitter, as
     // a real client does.
     for attempt in 0..JOIN_ATTEMPTS {
-        sink.send(Message::text(cmd.to_string())).await?;
-        match read_reply(&mut stream, "join").await? {
+        sink.send_text(&cmd.to_string()).await?;
+        match read_reply(&mut stream, &mut sink, "join").await? {
             Reply::Ack(ack) => return Ok(Joined { sink, stream, ack }),
             Reply::Error { code, frame } => {
                 anyhow::ensure!(code == "unavailable", "join refused: {frame}")
@@ -525,11 +547,22 @@ async fn run(
             }
         };
         let closed = match &msg {
-            Some(Ok(Message::Close(frame))) => {
-                Some(frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005))
+            Ok(Frame::Close(code)) => {
+                let code = code.unwrap_or(1005);
+                // Answer the close, as RFC 6455 §5.5.1 asks, before letting go.
+                if let Some(s) = sink.lock().await.as_mut() {
+                    let _ = s.close(if code == 1005 { 1000 } else { code }).await;
+                }
+                Some(code)
             }
-            Some(Ok(_)) => None,
-            _ => Some(1006),
+            Ok(Frame::Ping(p)) => {
+                if let Some(s) = sink.lock().await.as_mut() {
+                    let _ = s.pong(p).await;
+                }
+                None
+            }
+            Ok(_) => None,
+            Err(_) => Some(1006),
         };
         if let Some(code) = closed {
             r.closes.push(code);
@@ -542,11 +575,11 @@ async fn run(
                 None => break,
             }
         }
-        let Some(Ok(Message::Text(text))) = msg else {
+        let Ok(Frame::Text(text)) = msg else {
             continue;
         };
         let now = ctx.clock.now_us();
-        let Ok(f) = serde_json::from_str::<Incoming<'_>>(text.as_str()) else {
+        let Ok(f) = serde_json::from_slice::<Incoming<'_>>(&text) else {
             continue;
         };
         if let (Some(seq), false) = (f.seq, matches!(f.kind, "ack" | "error" | "chat.message")) {
@@ -704,7 +737,7 @@ impl ClientHandle {
     pub async fn finish(self) -> Option<ClientResult> {
         let r = self.task.await.ok();
         if let Some(mut s) = self.sink.lock().await.take() {
-            let _ = s.close().await;
+            let _ = s.close(1000).await;
         }
         r
     }

@@ -29,6 +29,7 @@ mod scenario;
 mod seen;
 mod setup;
 mod sync;
+mod ws;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

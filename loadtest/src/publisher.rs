@@ -6,10 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{ClientHandle, Payload, SharedSink};
 use crate::figures::histogram;
@@ -131,7 +129,7 @@ pub async fn run_all(
                     *commands.entry(kind_tag(kind).to_owned()).or_insert(0) += 1;
                 }
                 let ok = match sink.lock().await.as_mut() {
-                    Some(s) => s.send(Message::text(cmd.to_string())).await.is_ok(),
+                    Some(s) => s.send_text(&cmd.to_string()).await.is_ok(),
                     None => false,
                 };
                 if !ok {
