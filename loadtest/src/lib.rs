@@ -16,9 +16,12 @@
 //! - `figures`: the run's HDR histograms, shared by all clients in a few shards.
 //! - `buckets`: compact log buckets for timelines and ramp steps.
 //! - `report`: merging, the table, JSON, the SLO check. `html`: the HTML/SVG report.
+//! - `compare`: two runs' JSON reports side by side, with a regression bound for CI.
+//! - `ws`: the WebSocket client (handshake, cancel-safe reader, masking writer).
 
 mod buckets;
 mod client;
+pub mod compare;
 mod cpu;
 mod figures;
 mod html;
@@ -36,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use report::Report;
-pub use scenario::{parse_file, Cli, Scenario};
+pub use scenario::{parse_file, Action, Cli, Scenario};
 
 use buckets::LogBuckets;
 use publisher::Window;

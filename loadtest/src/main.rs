@@ -4,11 +4,23 @@
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let cli = lockstep_loadtest::Cli::parse();
+    let scenario = match lockstep_loadtest::Cli::parse().action()? {
+        lockstep_loadtest::Action::Run(s) => *s,
+        lockstep_loadtest::Action::Compare {
+            base,
+            new,
+            max_regression,
+        } => {
+            if !lockstep_loadtest::compare::run(&base, &new, max_regression)? {
+                std::process::exit(3);
+            }
+            return Ok(());
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(lockstep_loadtest::run(cli.scenario()?))?;
+    let report = runtime.block_on(lockstep_loadtest::run(scenario))?;
     let failed = report.slo_failures();
     if !failed.is_empty() {
         eprintln!("SLO failed: {}", failed.join("; "));

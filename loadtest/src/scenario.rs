@@ -41,9 +41,46 @@ pub enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Two runs' JSON reports side by side (`--json` of each); with `--max-regression`,
+    /// exits 3 when a figure got worse by more than that many percent or a loss appeared.
+    Compare {
+        /// The reference run.
+        base: PathBuf,
+        /// The run to judge.
+        new: PathBuf,
+        /// Allowed worsening in percent (latency, CPU, memory, throughput); losses,
+        /// duplicates and reordering may not grow at all.
+        #[arg(long)]
+        max_regression: Option<f64>,
+    },
+}
+
+/// What the command line asks for.
+pub enum Action {
+    Run(Box<Scenario>),
+    Compare {
+        base: PathBuf,
+        new: PathBuf,
+        max_regression: Option<f64>,
+    },
 }
 
 impl Cli {
+    pub fn action(self) -> anyhow::Result<Action> {
+        Ok(match self.command {
+            Command::Compare {
+                base,
+                new,
+                max_regression,
+            } => Action::Compare {
+                base,
+                new,
+                max_regression,
+            },
+            _ => Action::Run(Box::new(self.scenario()?)),
+        })
+    }
+
     pub fn scenario(self) -> anyhow::Result<Scenario> {
         Ok(match self.command {
             Command::Fanout(f) => f.into_scenario("fanout"),
@@ -53,6 +90,7 @@ impl Cli {
             Command::Failover(f) => f.into_scenario("failover"),
             Command::Ramp(f) => f.into_scenario("ramp"),
             Command::Run { file } => from_file(&file)?,
+            Command::Compare { .. } => anyhow::bail!("`compare` is not a scenario"),
         })
     }
 }

@@ -76,6 +76,15 @@ async fn fanout_delivers_everything_and_reports_it() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["deliveries"], report.deliveries);
     assert!(json["cpu"]["server_us_per_delivery"].as_f64().is_some());
+    // `loadtest compare` reads the file as written: a run against itself has every figure
+    // the same, and none regresses even with no slack at all.
+    let same = lockstep_loadtest::compare::compare(&json, &json, Some(0.0));
+    assert!(
+        same.rows.iter().any(|r| r.label == "fan-out p99 ms"),
+        "{same:?}"
+    );
+    assert!(same.rows.iter().any(|r| r.label == "server µs/delivery"));
+    assert!(same.regressions().is_empty() && same.layout_differs.is_empty());
     // An impossible objective fails, and says which clause.
     scn.slo = Some("p50<0.001ms".into());
     scn.json = None;
