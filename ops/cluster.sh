@@ -15,6 +15,9 @@ RUN=ops/run
 REDIS_PORT=${REDIS_PORT:-6379}
 PG_PORT=${PG_PORT:-5432}
 DB=${LOCKSTEP_DB:-lockstep}
+# Redis drops a subscriber whose backlog passes this; the default (pubsub 32mb 8mb 60) is too
+# small for a join storm in a big room (worker/src/cluster/pubsub_limit.rs).
+PUBSUB_LIMIT="pubsub 256mb 64mb 60"
 mkdir -p "$RUN"
 
 pg_bin() {
@@ -40,9 +43,18 @@ install_if_missing() {
 start_redis() {
   if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
     echo "redis: using the server on 127.0.0.1:$REDIS_PORT"
+    local limit
+    limit=$(redis-cli -p "$REDIS_PORT" config get client-output-buffer-limit 2>/dev/null | tail -n 1)
+    case "$limit" in
+      *"pubsub 33554432 8388608"*)
+        echo "redis: note: client-output-buffer-limit is Redis' default (pubsub 32mb 8mb 60): a join storm"
+        echo "       in a big room can get a gateway's subscription dropped. For load tests raise it:"
+        echo "       redis-cli -p $REDIS_PORT config set client-output-buffer-limit '$PUBSUB_LIMIT'" ;;
+    esac
     return
   fi
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --client-output-buffer-limit "$PUBSUB_LIMIT" \
     >"$RUN/redis.log" 2>&1 &
   echo $! >"$RUN/redis.pid"
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done

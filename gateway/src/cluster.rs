@@ -59,6 +59,7 @@ impl RedisLink {
         let answers = pending.clone();
         let sink = fanout.clone();
         let resetter = fanout.clone();
+        let client_for_check = client.clone();
         subscriber::spawn(
             client,
             vec![gateway_channel(gateway), ALL_GATEWAYS_CHANNEL.to_owned()],
@@ -85,6 +86,7 @@ impl RedisLink {
             cancel.clone(),
         );
         tokio::spawn(heartbeat(conn.clone(), gateway, cfg.heartbeat_ms, cancel));
+        lockstep_worker::cluster::pubsub_limit::check(&client_for_check, "gateway").await;
         Ok(RedisLink {
             conn,
             shards: cfg.shards,

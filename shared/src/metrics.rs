@@ -48,6 +48,9 @@ pub const BUS_PUBLISHED: &str = "lockstep_bus_published_total";
 pub const BUS_DROPPED: &str = "lockstep_bus_dropped_total";
 /// Messages received from Redis pub/sub.
 pub const BUS_RECEIVED: &str = "lockstep_bus_received_total";
+/// Redis' `client-output-buffer-limit pubsub` hard limit as read at start (gauge; 0 = none):
+/// below 256 MiB a big room's join storm can get this node's subscription dropped.
+pub const BUS_PUBSUB_LIMIT: &str = "lockstep_bus_pubsub_limit_bytes";
 /// Shard leases this worker holds (gauge).
 pub const LEASE_OWNED: &str = "lockstep_lease_owned_shards";
 /// Shard leases acquired (after a failover or a handoff).
@@ -102,6 +105,7 @@ pub const ALL: &[&str] = &[
     BUS_PUBLISHED,
     BUS_DROPPED,
     BUS_RECEIVED,
+    BUS_PUBSUB_LIMIT,
     LEASE_OWNED,
     LEASE_ACQUIRED,
     LEASE_DROPPED,

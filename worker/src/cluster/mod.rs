@@ -5,5 +5,6 @@ pub mod health;
 pub mod leases;
 pub mod node;
 pub mod publisher;
+pub mod pubsub_limit;
 pub mod sink;
 pub mod subscriber;

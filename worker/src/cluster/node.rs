@@ -76,6 +76,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // Shard channel messages → rooms.
     let (inbox_tx, inbox_rx) = mpsc::channel::<Vec<u8>>(INBOX);
     let redis_up = Arc::new(AtomicBool::new(false));
+    super::pubsub_limit::check(&client, "worker").await;
     let subs = subscriber::spawn(
         client.clone(),
         Vec::new(),

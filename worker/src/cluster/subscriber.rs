@@ -152,7 +152,9 @@ async fn run(
                 msg = stream.next() => match msg {
                     Some(msg) => on_message(msg.get_channel_name().to_owned(), msg.get_payload_bytes().to_vec()),
                     None => {
-                        tracing::warn!("pub/sub connection lost; reconnecting");
+                        // Most often Redis dropped a subscriber that fell behind (its log says
+                        // "overcoming of output buffer limits"): see `pubsub_limit`.
+                        tracing::warn!("pub/sub connection lost (if Redis logged output buffer limits, raise client-output-buffer-limit pubsub); reconnecting");
                         break;
                     }
                 },

