@@ -21,6 +21,8 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4 * 1024;
+/// Largest read buffer kept while empty.
+const KEEP_CAPACITY: usize = 64 * 1024;
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Why a connection failed; all end the client's socket.
@@ -123,6 +125,11 @@ impl Reader {
         loop {
             if let Some(frame) = self.framer.take_frame()? {
                 return Ok(frame);
+            }
+            // A big message (a join's snapshot) grew the buffer: let it go rather than keep
+            // hundreds of KiB per idle client.
+            if self.framer.buf.is_empty() && self.framer.buf.capacity() > KEEP_CAPACITY {
+                self.framer.buf = BytesMut::new();
             }
             self.framer.buf.reserve(READ_CHUNK);
             if self.io.read_buf(&mut self.framer.buf).await? == 0 {

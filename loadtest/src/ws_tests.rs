@@ -182,6 +182,12 @@ async fn talks_to_an_independent_server() {
         r.next().await,
         Err(WsError::Eof) | Err(WsError::Io(_))
     ));
+    // The 300 KB message's buffer was not kept for the life of the connection.
+    assert!(
+        r.framer.buf.capacity() <= KEEP_CAPACITY,
+        "{}",
+        r.framer.buf.capacity()
+    );
 }
 
 /// A read dropped while half a frame has arrived (as `select!` does) loses nothing.
