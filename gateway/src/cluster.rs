@@ -59,9 +59,8 @@ impl RedisLink {
         let answers = pending.clone();
         let sink = fanout.clone();
         let resetter = fanout.clone();
-        let client_for_check = client.clone();
         subscriber::spawn(
-            client,
+            client.clone(),
             vec![gateway_channel(gateway), ALL_GATEWAYS_CHANNEL.to_owned()],
             move |_, payload| {
                 metrics::counter!(names::BUS_RECEIVED).increment(1);
@@ -86,7 +85,7 @@ impl RedisLink {
             cancel.clone(),
         );
         tokio::spawn(heartbeat(conn.clone(), gateway, cfg.heartbeat_ms, cancel));
-        lockstep_worker::cluster::pubsub_limit::check(&client_for_check, "gateway").await;
+        lockstep_worker::cluster::pubsub_limit::check(&client, "gateway").await;
         Ok(RedisLink {
             conn,
             shards: cfg.shards,

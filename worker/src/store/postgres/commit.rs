@@ -202,23 +202,27 @@ async fn write_rooms<'a>(
     let (with, without): (Vec<&RoomRow>, Vec<&RoomRow>) =
         rooms.rows.iter().partition(|r| r.state.is_some());
     let with_state = async {
-        if with.is_empty() {
-            return Ok(Vec::new());
-        }
-        let codes: Vec<&str> = with.iter().map(|r| r.code).collect();
-        let seqs: Vec<i64> = with.iter().map(|r| r.seq).collect();
+        let (codes, seqs, epochs) = (
+            col(&with, |r| r.code),
+            col(&with, |r| r.seq),
+            col(&with, |r| r.epoch),
+        );
         let states: Vec<&Value> = with.iter().filter_map(|r| r.state).collect();
-        let epochs: Vec<i64> = with.iter().map(|r| r.epoch).collect();
-        query(c, ROOMS_WITH_STATE, &[&codes, &seqs, &states, &epochs]).await
+        query(
+            c,
+            ROOMS_WITH_STATE,
+            with.len(),
+            &[&codes, &seqs, &states, &epochs],
+        )
+        .await
     };
     let seq_only = async {
-        if without.is_empty() {
-            return Ok(Vec::new());
-        }
-        let codes: Vec<&str> = without.iter().map(|r| r.code).collect();
-        let seqs: Vec<i64> = without.iter().map(|r| r.seq).collect();
-        let epochs: Vec<i64> = without.iter().map(|r| r.epoch).collect();
-        query(c, ROOMS_SEQ_ONLY, &[&codes, &seqs, &epochs]).await
+        let (codes, seqs, epochs) = (
+            col(&without, |r| r.code),
+            col(&without, |r| r.seq),
+            col(&without, |r| r.epoch),
+        );
+        query(c, ROOMS_SEQ_ONLY, without.len(), &[&codes, &seqs, &epochs]).await
     };
     let (a, b) = futures_util::future::try_join(with_state, seq_only).await?;
     let written: HashSet<String> = a
@@ -404,11 +408,16 @@ async fn execute(
     c.execute(&statement, params).await.map_err(unavailable)
 }
 
+/// Like [`execute`], for a statement that returns rows.
 async fn query(
     c: &impl GenericClient,
     sql: &str,
+    rows: usize,
     params: &[Param<'_>],
 ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
     let statement = c.prepare_cached(sql).await.map_err(unavailable)?;
     c.query(&statement, params).await.map_err(unavailable)
 }
