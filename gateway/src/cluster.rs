@@ -84,7 +84,12 @@ impl RedisLink {
             connected.clone(),
             cancel.clone(),
         );
-        tokio::spawn(heartbeat(conn.clone(), gateway, cfg.heartbeat_ms, cancel));
+        // Liveness gets its own connection: behind a backlog of publishes on the shared one
+        // (a join storm), late heartbeats would get this gateway's members dropped.
+        let beat = redis::aio::ConnectionManager::new(client.clone())
+            .await
+            .context("connect to redis (heartbeat)")?;
+        tokio::spawn(heartbeat(beat, gateway, cfg.heartbeat_ms, cancel));
         lockstep_worker::cluster::pubsub_limit::check(&client, "gateway").await;
         Ok(RedisLink {
             conn,

@@ -312,6 +312,15 @@ impl Resilient {
         }
     }
 
+    /// Reads (rejoining as `drain` does) until the events seen satisfy `done`, for at most 10 s.
+    async fn drain_until(&mut self, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&self.events) {
+            assert!(Instant::now() < deadline, "{what}");
+            self.drain(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Reads whatever arrives for a while, rejoining by seq when the socket is closed.
     async fn drain(&mut self, wait: Duration) {
         let deadline = Instant::now() + wait;
@@ -521,18 +530,13 @@ async fn a_killed_gateway_drops_its_members_and_clients_resume_elsewhere() {
     cluster.gateways[1].signal("-9");
     let killed = Instant::now();
     // The member that does not come back leaves presence once its gateway is declared dead.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !watcher
-        .events
-        .iter()
-        .any(|v| v["type"] == "presence.leave" && v["user_id"] == x_id.as_str())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the dead gateway's member never left presence"
-        );
-        watcher.drain(Duration::from_millis(200)).await;
-    }
+    watcher
+        .drain_until("the dead gateway's member never left presence", |events| {
+            events
+                .iter()
+                .any(|v| v["type"] == "presence.leave" && v["user_id"] == x_id.as_str())
+        })
+        .await;
     eprintln!(
         "presence.leave {:.2} s after kill -9 of the gateway",
         killed.elapsed().as_secs_f64()
@@ -546,6 +550,54 @@ async fn a_killed_gateway_drops_its_members_and_clients_resume_elsewhere() {
         .await;
     assert_eq!(moves.snapshots, 1, "resumed with since_seq, not a snapshot");
     assert_gapless(&moves.events, "moves");
+}
+
+/// A gateway that only stalled (here: SIGSTOP) past `gateway_timeout_ms` is declared dead and
+/// its members leave presence; when it wakes, its sockets must not stay open outside presence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stalled_past_its_timeout_has_its_clients_rejoin() {
+    let cluster = Cluster::start(2, 1).await;
+    let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
+    let (ta, _) = guest_at(g0, "Watcher").await;
+    let (ts, s_id) = guest_at(g1, "Stalled").await;
+    let room = create_room_at(g0, &ta).await;
+    let mut watcher = Resilient::new(vec![g0], ta, room.clone()).await;
+    let mut stalled = Resilient::new(vec![g1], ts, room.clone()).await;
+    let left = |v: &Value| v["type"] == "presence.leave" && v["user_id"] == s_id.as_str();
+
+    cluster.gateways[1].signal("-STOP");
+    watcher
+        .drain_until(
+            "the stalled gateway's member never left presence",
+            |events| events.iter().any(left),
+        )
+        .await;
+    cluster.gateways[1].signal("-CONT");
+
+    // Its client is closed with 1012, rejoins by seq, and is present again.
+    stalled.drain(Duration::from_secs(2)).await;
+    watcher
+        .drain_until(
+            "the stalled gateway's client never came back into presence",
+            |events| {
+                let mut after_leave = events.iter().skip_while(|v| !left(v)).skip(1);
+                after_leave
+                    .any(|v| v["type"] == "presence.join" && v["user"]["user_id"] == s_id.as_str())
+            },
+        )
+        .await;
+    // And it can act again (a socket left outside presence would get `forbidden`).
+    stalled
+        .call(
+            json!({"type": "chat.send", "room": room, "text": "back"}),
+            "c0",
+        )
+        .await;
+    assert_eq!(
+        stalled.snapshots, 1,
+        "rejoined with since_seq, not a snapshot"
+    );
+    assert_gapless(&stalled.events, "stalled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

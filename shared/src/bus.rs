@@ -99,7 +99,8 @@ pub enum ToGateway {
     },
     /// An unsequenced frame for some connections only (`signal`).
     Direct { conns: Vec<ConnId>, frame: Arc<str> },
-    /// The room closed these connections' membership without a command (room reloaded).
+    /// The room closed these connections' membership without a command (room reloaded, or
+    /// their gateway missed its heartbeats): the gateway closes them with 1012.
     Evict { room: String, conns: Vec<ConnId> },
     /// A worker (re)loaded the room after an owner change: every local member's socket is
     /// closed with 1012 so its client rejoins with `since_seq`.

@@ -1,6 +1,6 @@
 //! Presence (per user, across connections), ready flags, roles, settings and sources.
 
-use lockstep_shared::bus::{Caller, ConnId, Membership};
+use lockstep_shared::bus::{Caller, ConnId, Membership, ToGateway};
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{
     AdPolicy, ControlMode, ErrorCode, EventBody, Role, Source, SourceSpec, TwitchAuth,
@@ -78,7 +78,10 @@ impl Room {
         self.check_ready_gate(now);
     }
 
-    /// Every connection of a dead gateway leaves.
+    /// Every connection of a gateway that stopped heartbeating leaves. The gateway is told
+    /// too: one that was only stalled (paused, starved, cut off from Redis for a while) still
+    /// holds those sockets, and they must close (1012) so their clients rejoin, instead of
+    /// staying open outside presence, getting no events and `forbidden` for every command.
     pub(super) fn drop_gateway(&mut self, now: u64, gateway: u64) {
         let gone: Vec<(String, ConnId)> = self
             .members
@@ -90,9 +93,17 @@ impl Room {
                     .map(move |c| (user.clone(), *c))
             })
             .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let conns = gone.iter().map(|(_, c)| *c).collect();
         for (user, conn) in gone {
             self.leave_conn(now, &user, conn);
         }
+        self.out.deliveries.push(ToGateway::Evict {
+            room: self.code.to_string(),
+            conns,
+        });
     }
 
     pub(super) fn set_ready(&mut self, now: u64, caller: &Caller, ready: bool) -> Handled {

@@ -277,6 +277,66 @@ fn second_connection_joins_silently_and_last_close_leaves() {
 }
 
 #[test]
+fn a_dead_gateways_members_leave_and_that_gateway_is_told_to_close_them() {
+    let mut h = Harness::new();
+    // Carol has one connection on gateway 1 and one on gateway 2; Dan only one on gateway 2.
+    let on_two = |user: &str, local: u64| Caller {
+        conn: ConnId { gateway: 2, local },
+        ..caller(user, local)
+    };
+    let join = ClientCommand::RoomJoin {
+        room: ROOM.into(),
+        since_seq: None,
+    };
+    h.join("carol", 5);
+    h.send_as(&on_two("carol", 6), Some("j1"), join.clone());
+    h.send_as(&on_two("dan", 7), Some("j2"), join);
+    let out = h.room.handle(
+        h.now,
+        ToWorker::GatewayGone {
+            room: ROOM.into(),
+            gateway: 2,
+        },
+    );
+    let mut left = Vec::new();
+    let mut evicted = Vec::new();
+    for d in &out.deliveries {
+        match d {
+            ToGateway::RoomEvent { frame, .. } => {
+                let v: Value = serde_json::from_str(frame).unwrap_or(Value::Null);
+                assert_eq!(v["type"], "presence.leave");
+                left.push(v["user_id"].as_str().unwrap_or_default().to_owned());
+            }
+            ToGateway::Evict { room, conns } => {
+                assert_eq!(room, ROOM);
+                evicted.extend(conns.iter().copied());
+            }
+            other => panic!("unexpected delivery {other:?}"),
+        }
+    }
+    assert_eq!(
+        left,
+        vec!["dan"],
+        "carol stays through her other connection"
+    );
+    evicted.sort_by_key(|c| c.local);
+    assert_eq!(
+        evicted,
+        vec![on_two("carol", 6).conn, on_two("dan", 7).conn],
+        "both of gateway 2's sockets are closed so a merely stalled gateway's clients rejoin"
+    );
+    // A gateway with no members here: nothing happens, nothing is sent.
+    let out = h.room.handle(
+        h.now,
+        ToWorker::GatewayGone {
+            room: ROOM.into(),
+            gateway: 3,
+        },
+    );
+    assert!(out.deliveries.is_empty());
+}
+
+#[test]
 fn commands_from_a_connection_that_did_not_join_are_forbidden() {
     let mut h = Harness::new();
     assert_eq!(code(&h.cmd("eve", 9, play())), "forbidden");
