@@ -403,6 +403,58 @@ async fn postgres_group_applies_as_batch_by_batch() {
     assert_eq!(e.chat.len(), 1);
 }
 
+/// `BEGIN` and `COMMIT` travel pipelined with the group's statements: when Postgres refuses
+/// one statement (here `\u0000`, which `jsonb` cannot hold), nothing of the group may be
+/// committed — not the room rows sent before it, not the other batch — and the connection
+/// must be usable for the next group. (One room: batches are grouped per writer, and a
+/// writer is picked by room.)
+#[tokio::test]
+async fn postgres_group_with_a_refused_statement_commits_nothing() {
+    let pg = Postgres::start();
+    let store = open_pg(pg.url()).await;
+    assert_eq!(store.submit(vec![room("p", 1, 1)]).await.unwrap(), Ok(()));
+    let tickets = vec![
+        store.submit(vec![seq_only("p", 2, 1), event("p", 2)]),
+        store.submit(vec![seq_only("p", 3, 1), chat("p", 1, "nul \u{0} inside")]),
+    ];
+    let mut results = Vec::new();
+    for t in tickets {
+        results.push(t.await.unwrap());
+    }
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::Unavailable(_)))),
+        "the whole group fails: {results:?}"
+    );
+    let p = store
+        .load_room("p", limits(10, 0), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p.record.seq, 1,
+        "the room upsert sent before the failure was rolled back"
+    );
+    assert!(p.events.is_empty() && p.chat.is_empty());
+    // The same connections serve the next groups.
+    for seq in 2..=9 {
+        assert_eq!(
+            store
+                .submit(vec![seq_only("p", seq, 1), chat("p", seq, "fine")])
+                .await
+                .unwrap(),
+            Ok(())
+        );
+    }
+    let p = store
+        .load_room("p", limits(10, 0), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.record.seq, p.chat.len()), (9, 8));
+}
+
 /// The history is trimmed per room to `events_keep` as it grows, also when one group holds
 /// many events of several rooms.
 #[tokio::test]
