@@ -57,11 +57,19 @@ impl Auth {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
-        if c.sub.is_empty() || c.sub.len() > 64 {
-            return Err(AuthError::Invalid("`sub` must be 1-64 bytes".into()));
+        if c.sub.is_empty() || c.sub.len() > 64 || c.sub.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(
+                "`sub` must be 1-64 bytes without control characters".into(),
+            ));
         }
         if c.name.chars().count() > MAX_NAME_CHARS {
             return Err(AuthError::Invalid("`name` is too long".into()));
+        }
+        // Another issuer's token may carry anything; a name is shown to everyone and stored.
+        if c.name.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(
+                "`name` must not contain control characters".into(),
+            ));
         }
         Ok(c)
     }
@@ -121,6 +129,20 @@ mod tests {
         let expired = auth.issue(&claims(1)).unwrap_or_default();
         assert!(auth.verify(&expired).is_err());
         assert!(auth.verify("not.a.jwt").is_err());
+    }
+
+    #[test]
+    fn rejects_control_characters_in_another_issuers_claims() {
+        let auth = Auth::new(b"0123456789abcdef0123");
+        for (sub, name) in [("u\u{0}1", "Ann"), ("u1", "A\u{0}nn"), ("u1", "A\nnn")] {
+            let c = Claims {
+                sub: sub.into(),
+                name: name.into(),
+                exp: u64::MAX / 2,
+            };
+            let token = auth.issue(&c).unwrap_or_default();
+            assert!(auth.verify(&token).is_err(), "{sub:?} {name:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use lockstep_shared::bus::Query;
 use lockstep_shared::ids::{id_from_random, is_valid_room_code};
 use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::error::Refusal;
-use lockstep_shared::protocol::ErrorCode;
+use lockstep_shared::protocol::{nul, ErrorCode};
 use lockstep_worker::clock::now_ms;
 use serde_json::{json, Value};
 
@@ -302,8 +302,12 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, Refusal> {
         .await
         .map_err(|_| Refusal::new(ErrorCode::TooLarge, "request body is too large"))?
         .to_bytes();
-    serde_json::from_slice(&body)
-        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("body is not JSON: {e}")))
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("body is not JSON: {e}")))?;
+    if nul::has_nul(&v) {
+        return Err(Refusal::new(ErrorCode::BadRequest, nul::NUL_REFUSED));
+    }
+    Ok(v)
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {

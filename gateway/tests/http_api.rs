@@ -220,6 +220,18 @@ async fn rest_api_rooms_chat_history_and_audit() {
         (status, body["error"]["code"].as_str()),
         (400, Some("bad_request"))
     );
+    let (status, body) = http(
+        node.addr,
+        "POST",
+        "/v1/auth/guest",
+        None,
+        Some(&json!({"name": "A\u{0}"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (400, Some("text must not contain U+0000 (NUL)"))
+    );
     let (status, _) = http(node.addr, "GET", "/nope", None, None).await;
     assert_eq!(status, 404);
     node.stop().await;

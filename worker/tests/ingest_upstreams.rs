@@ -115,3 +115,32 @@ fn fixture_responses_parse_to_every_kind() {
     let ended = include_str!("../../shared/testkit/fixtures/youtube/get_live_chat_ended.json");
     assert_eq!(parse_chat(ended.as_bytes()).unwrap().next, None);
 }
+
+/// Postgres can hold no U+0000: an upstream page that carries it (as `\u0000`) must not reach
+/// a commit (it would fail the whole group of rooms); it is read as U+FFFD.
+#[test]
+fn nul_from_youtube_is_scrubbed_where_the_page_is_parsed() {
+    let action = FakeYoutube::action(
+        ActionKind::TextWithEmoji,
+        "t",
+        "A\\u0000na",
+        "UC\\u0000a",
+        "",
+    );
+    let body = include_str!("../../shared/testkit/fixtures/youtube/get_live_chat.json")
+        .replace("__VIDEO__", "tky5A2gLuZo")
+        .replace("__TIMEOUT__", "5321")
+        .replace("__CONTINUATION__", "next\\u0000token")
+        .replace(
+            "__ACTIONS__",
+            &serde_json::Value::Array(vec![action]).to_string(),
+        );
+    assert!(body.contains("\\u0000"), "the fixture carries the escape");
+    let page = parse_chat(body.as_bytes()).unwrap();
+    let author = page.items[0].ext.author.clone().unwrap();
+    assert_eq!(
+        (author.name.as_str(), author.id.as_str()),
+        ("A\u{FFFD}na", "UC\u{FFFD}a")
+    );
+    assert_eq!(page.next, Some(("next\u{FFFD}token".to_owned(), 5321)));
+}

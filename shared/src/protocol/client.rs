@@ -183,6 +183,14 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, DecodeError> {
         return Err(DecodeError::bad(None, "frame must be a JSON object"));
     };
     let id = take_id(&mut map)?;
+    if super::nul::may_hold_nul(text) {
+        if id.as_deref().is_some_and(|i| i.contains('\0')) {
+            return Err(DecodeError::bad(None, super::nul::NUL_REFUSED));
+        }
+        if map.values().any(super::nul::has_nul) || map.keys().any(|k| k.contains('\0')) {
+            return Err(DecodeError::bad(id, super::nul::NUL_REFUSED));
+        }
+    }
     match map.get("type") {
         Some(Value::String(_)) => {}
         Some(_) => return Err(DecodeError::bad(id, "field `type` must be a string")),
@@ -265,6 +273,35 @@ mod tests {
                 assert_eq!(decode(&back).map(|f| f.cmd), Ok(frame.cmd));
             }
         }
+    }
+
+    #[test]
+    fn refuses_nul_anywhere_in_a_frame() {
+        let chat = decode(r#"{"id":"7","type":"chat.send","room":"abc","text":"a\u0000b"}"#);
+        let err = chat.err();
+        assert_eq!(err.as_ref().and_then(|e| e.id.as_deref()), Some("7"));
+        assert_eq!(err.as_ref().map(|e| e.code), Some(ErrorCode::BadRequest));
+        assert_eq!(
+            err.map(|e| e.message),
+            Some(super::super::nul::NUL_REFUSED.into())
+        );
+        // In the id: refused without echoing the id; in a relayed payload or a key: refused.
+        for text in [
+            r#"{"id":"x\u0000","type":"player.play","room":"abc"}"#,
+            r#"{"type":"signal.send","room":"abc","to":"u2","payload":{"k":["\u0000"]}}"#,
+            r#"{"type":"player.play","room":"abc","\u0000":1}"#,
+        ] {
+            let err = decode(text).err();
+            assert_eq!(
+                err.as_ref().map(|e| e.code),
+                Some(ErrorCode::BadRequest),
+                "{text}"
+            );
+            assert_eq!(err.and_then(|e| e.id), None, "{text}");
+        }
+        // A backslash followed by "u0000" is ordinary text.
+        let ok = decode(r#"{"type":"chat.send","room":"abc","text":"\\u0000"}"#);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

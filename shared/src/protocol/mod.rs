@@ -4,6 +4,7 @@ pub mod client;
 pub mod error;
 pub mod ext;
 pub mod model;
+pub mod nul;
 pub mod server;
 
 pub use client::{decode_client_frame, ClientCommand, ClientFrame, DecodeError, MAX_ID_LEN};

@@ -15,7 +15,7 @@ use http_body_util::Empty;
 use hyper::Request;
 use lockstep_shared::config::TwitchConfig;
 use lockstep_shared::metrics as names;
-use lockstep_shared::protocol::TwitchAuth;
+use lockstep_shared::protocol::{nul, TwitchAuth};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -333,7 +333,8 @@ impl Conn {
                         return;
                     }
                     OpCode::Text | OpCode::Binary => {
-                        let text = String::from_utf8_lossy(&frame.payload).into_owned();
+                        let mut text = String::from_utf8_lossy(&frame.payload).into_owned();
+                        nul::scrub_str(&mut text);
                         for line in text.split("\r\n").filter(|l| !l.is_empty()) {
                             if lines_tx.send(Ok(line.to_owned())).await.is_err() {
                                 return;

@@ -5,6 +5,7 @@
 //! response without the expected skeleton is a format error.
 
 use lockstep_shared::protocol::ext::{Badge, ChatExt, Emote, ExtAuthor, ExtKind, Paid};
+use lockstep_shared::protocol::nul;
 use serde_json::Value;
 
 use crate::engine::IngestItem;
@@ -28,8 +29,9 @@ const MAX_ACTIONS: usize = 2_000;
 
 /// Parses a `get_live_chat` body.
 pub fn parse_chat(body: &[u8]) -> Result<ChatPage, ChatFormatError> {
-    let v: Value =
+    let mut v: Value =
         serde_json::from_slice(body).map_err(|e| ChatFormatError(format!("not JSON: {e}")))?;
+    nul::scrub_nul(&mut v);
     if !v.is_object() {
         return Err(ChatFormatError("not an object".into()));
     }

@@ -3,6 +3,7 @@
 //! data; `ytInitialPlayerResponse` says whether the video is live; `ytInitialData` holds
 //! the live chat's first continuation.
 
+use lockstep_shared::protocol::nul;
 use serde_json::Value;
 
 /// What a page says.
@@ -110,7 +111,9 @@ fn ytcfg_string(html: &str, key: &str) -> Option<String> {
     let at = html.find(&needle)? + needle.len();
     let rest = html[at..].trim_start();
     let mut de = serde_json::Deserializer::from_str(rest).into_iter::<String>();
-    de.next()?.ok()
+    let mut s = de.next()?.ok()?;
+    nul::scrub_str(&mut s);
+    Some(s)
 }
 
 /// The JSON object assigned to `name` in an inline script (`var ytInitialData = {...};` or
@@ -124,7 +127,8 @@ fn embedded_json(html: &str, name: &str) -> Option<Value> {
             let obj = obj.trim_start();
             if obj.starts_with('{') {
                 let mut de = serde_json::Deserializer::from_str(obj).into_iter::<Value>();
-                if let Some(Ok(v)) = de.next() {
+                if let Some(Ok(mut v)) = de.next() {
+                    nul::scrub_nul(&mut v);
                     return Some(v);
                 }
             }
