@@ -403,42 +403,58 @@ async fn postgres_group_applies_as_batch_by_batch() {
     assert_eq!(e.chat.len(), 1);
 }
 
-/// `BEGIN` and `COMMIT` travel pipelined with the group's statements: when Postgres refuses
-/// one statement (here `\u0000`, which `jsonb` cannot hold), nothing of the group may be
-/// committed — not the room rows sent before it, not the other batch — and the connection
-/// must be usable for the next group. (One room: batches are grouped per writer, and a
-/// writer is picked by room.)
+/// `BEGIN` and `COMMIT` travel pipelined with the group's statements. When Postgres refuses
+/// one statement (here `\u0000`, which `jsonb` cannot hold), the group is applied batch by
+/// batch: the batch with the bad row fails alone and nothing of it is committed — not even
+/// its room row, sent before the refused statement — while the batch grouped with it commits;
+/// and the connections stay usable. (One room: batches are grouped per writer, and a writer
+/// is picked by room.)
 #[tokio::test]
-async fn postgres_group_with_a_refused_statement_commits_nothing() {
+async fn postgres_refused_batch_fails_alone_and_commits_nothing() {
     let pg = Postgres::start();
     let store = open_pg(pg.url()).await;
     assert_eq!(store.submit(vec![room("p", 1, 1)]).await.unwrap(), Ok(()));
+    // Submitted without yielding: the writer takes them as one group.
     let tickets = vec![
         store.submit(vec![seq_only("p", 2, 1), event("p", 2)]),
         store.submit(vec![seq_only("p", 3, 1), chat("p", 1, "nul \u{0} inside")]),
+        store.submit(vec![seq_only("p", 4, 1), event("p", 4)]),
     ];
     let mut results = Vec::new();
     for t in tickets {
         results.push(t.await.unwrap());
     }
+    assert_eq!(results[0], Ok(()));
     assert!(
-        results
-            .iter()
-            .all(|r| matches!(r, Err(StoreError::Unavailable(_)))),
-        "the whole group fails: {results:?}"
+        matches!(&results[1], Err(StoreError::Unavailable(m)) if m.contains("Unicode")),
+        "{results:?}"
     );
+    assert_eq!(results[2], Ok(()));
+    let p = store
+        .load_room("p", limits(10, 0), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.record.seq, 4);
+    assert!(p.chat.is_empty(), "nothing of the refused batch");
+    assert_eq!(
+        p.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+    // Alone, the refused batch's room row (sent before the chat statement) is rolled back.
+    let alone = store.submit(vec![seq_only("p", 9, 1), chat("p", 2, "\u{0}")]);
+    assert!(alone.await.unwrap().is_err());
     let p = store
         .load_room("p", limits(10, 0), 1)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        p.record.seq, 1,
+        p.record.seq, 4,
         "the room upsert sent before the failure was rolled back"
     );
-    assert!(p.events.is_empty() && p.chat.is_empty());
     // The same connections serve the next groups.
-    for seq in 2..=9 {
+    for seq in 5..=12 {
         assert_eq!(
             store
                 .submit(vec![seq_only("p", seq, 1), chat("p", seq, "fine")])
@@ -452,7 +468,7 @@ async fn postgres_group_with_a_refused_statement_commits_nothing() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((p.record.seq, p.chat.len()), (9, 8));
+    assert_eq!((p.record.seq, p.chat.len()), (12, 8));
 }
 
 /// The history is trimmed per room to `events_keep` as it grows, also when one group holds

@@ -16,7 +16,11 @@
 //! wake-up of the worker and of a Postgres backend: the workers' CPU per chat message was mostly
 //! the kernel switching tasks. A pipelined `COMMIT` is safe because nothing is sent after a
 //! request that failed to encode, and Postgres answers `COMMIT` in a transaction a statement
-//! aborted with a rollback; the group then fails as a whole, as before.
+//! aborted with a rollback; the group then fails as a whole.
+//!
+//! A group that Postgres refused (a statement rejected for its data, not a lost connection) is
+//! then applied batch by batch, so the batch that holds the bad row fails alone and the rooms
+//! grouped with it by chance commit as they would have on their own.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -69,15 +73,55 @@ pub(super) async fn commit(
     batches: &[Vec<Mutation>],
     events_keep: usize,
 ) -> Vec<Result<(), StoreError>> {
-    let all_fail = |e: StoreError| batches.iter().map(|_| Err(e.clone())).collect();
-    let client = match pool.get().await {
-        Ok(c) => c,
-        Err(e) => return all_fail(unavailable(e)),
-    };
-    let st = match Statements::prepare(&client).await {
-        Ok(st) => st,
-        Err(e) => return all_fail(e),
-    };
+    match commit_group(pool, batches, events_keep).await {
+        Ok(results) => results,
+        Err(f) if f.refused && batches.len() > 1 => {
+            tracing::warn!(cause = %f.error, batches = batches.len(), "group refused; committing its batches one by one");
+            let mut results = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let one = commit_group(pool, std::slice::from_ref(batch), events_keep).await;
+                results.push(match one {
+                    Ok(r) => r.into_iter().next().unwrap_or(Ok(())),
+                    Err(f) => Err(f.error),
+                });
+            }
+            results
+        }
+        Err(f) => batches.iter().map(|_| Err(f.error.clone())).collect(),
+    }
+}
+
+/// Why a group failed: the error each of its batches gets, and whether it was the data that
+/// Postgres refused (worth retrying batch by batch) rather than the connection or the server.
+struct Failed {
+    error: StoreError,
+    refused: bool,
+}
+
+/// A failure of the connection, the pool or the server: every batch gets it, no retry.
+fn down(e: impl std::fmt::Display + std::fmt::Debug) -> Failed {
+    Failed {
+        error: unavailable(e),
+        refused: false,
+    }
+}
+
+/// A failed request: refused when the server answered with an error.
+fn db(e: tokio_postgres::Error) -> Failed {
+    Failed {
+        refused: e.as_db_error().is_some(),
+        error: unavailable(e),
+    }
+}
+
+/// Commits `batches` as one transaction, or reports why nothing of it was committed.
+async fn commit_group(
+    pool: &Pool,
+    batches: &[Vec<Mutation>],
+    events_keep: usize,
+) -> Result<Vec<Result<(), StoreError>>, Failed> {
+    let client = pool.get().await.map_err(down)?;
+    let st = Statements::prepare(&client).await?;
     let runs = runs(batches);
     let last = runs.len().saturating_sub(1);
     let mut results = Vec::with_capacity(batches.len());
@@ -88,15 +132,15 @@ pub(super) async fn commit(
         };
         match write_run(&client, &st, &batches[run], events_keep, ends).await {
             Ok(run_results) => results.extend(run_results),
-            Err(e) => {
+            Err(f) => {
                 // Whatever was sent is void: the transaction is aborted or never committed.
                 // A broken connection is found and replaced by the pool's recycling.
                 let _ = client.batch_execute("ROLLBACK").await;
-                return all_fail(e);
+                return Err(f);
             }
         }
     }
-    results
+    Ok(results)
 }
 
 /// Where a run sits in the group's transaction: the first sends `BEGIN` ahead of its room
@@ -120,7 +164,7 @@ struct Statements {
 }
 
 impl Statements {
-    async fn prepare(c: &deadpool_postgres::Client) -> Result<Statements, StoreError> {
+    async fn prepare(c: &deadpool_postgres::Client) -> Result<Statements, Failed> {
         let (rooms_with_state, rooms_seq_only, chat, audit) = futures_util::future::try_join4(
             c.prepare_cached(ROOMS_WITH_STATE),
             c.prepare_cached(ROOMS_SEQ_ONLY),
@@ -128,14 +172,14 @@ impl Statements {
             c.prepare_cached(AUDIT),
         )
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
         let (events, events_trim, commands) = futures_util::future::try_join3(
             c.prepare_cached(EVENTS),
             c.prepare_cached(EVENTS_TRIM),
             c.prepare_cached(COMMANDS),
         )
         .await
-        .map_err(unavailable)?;
+        .map_err(db)?;
         Ok(Statements {
             rooms_with_state,
             rooms_seq_only,
@@ -149,9 +193,9 @@ impl Statements {
 }
 
 /// `BEGIN` or `COMMIT` when `send`, nothing otherwise.
-async fn framing(c: &Client, send: bool, sql: &str) -> Result<(), StoreError> {
+async fn framing(c: &Client, send: bool, sql: &str) -> Result<(), Failed> {
     if send {
-        c.batch_execute(sql).await.map_err(unavailable)?;
+        c.batch_execute(sql).await.map_err(db)?;
     }
     Ok(())
 }
@@ -230,7 +274,7 @@ async fn write_run(
     batches: &[Vec<Mutation>],
     events_keep: usize,
     ends: Ends,
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+) -> Result<Vec<Result<(), StoreError>>, Failed> {
     let (_, fenced) = futures_util::future::try_join(
         framing(c, ends.begin, "BEGIN"),
         write_rooms(c, st, batches),
@@ -260,7 +304,7 @@ async fn write_rooms<'a>(
     c: &Client,
     st: &Statements,
     batches: &'a [Vec<Mutation>],
-) -> Result<HashSet<&'a str>, StoreError> {
+) -> Result<HashSet<&'a str>, Failed> {
     let mut rooms: Upserts<&str, RoomRow<'a>> = Upserts::default();
     for m in batches.iter().flatten() {
         if let Mutation::Room {
@@ -371,7 +415,7 @@ async fn write_rows(
     st: &Statements,
     batches: &[&Vec<Mutation>],
     events_keep: usize,
-) -> Result<(), StoreError> {
+) -> Result<(), Failed> {
     let mut chat: Upserts<(&str, u64), ChatRow> = Upserts::default();
     let mut audit: Vec<AuditRow> = Vec::new();
     let mut events: Upserts<(&str, u64), EventRow> = Upserts::default();
@@ -382,8 +426,10 @@ async fn write_rows(
         match m {
             Mutation::Room { .. } => {}
             Mutation::Chat { room, msg } => {
-                let json =
-                    serde_json::to_value(msg).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let json = serde_json::to_value(msg).map_err(|e| Failed {
+                    error: StoreError::Corrupt(e.to_string()),
+                    refused: true,
+                })?;
                 let row = ChatRow {
                     room,
                     id: msg.id as i64,
@@ -492,11 +538,11 @@ async fn execute(
     statement: &Statement,
     rows: usize,
     params: &[Param<'_>],
-) -> Result<u64, StoreError> {
+) -> Result<u64, Failed> {
     if rows == 0 {
         return Ok(0);
     }
-    c.execute(statement, params).await.map_err(unavailable)
+    c.execute(statement, params).await.map_err(db)
 }
 
 /// Like [`execute`], for a statement that returns rows.
@@ -505,11 +551,11 @@ async fn query(
     statement: &Statement,
     rows: usize,
     params: &[Param<'_>],
-) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+) -> Result<Vec<tokio_postgres::Row>, Failed> {
     if rows == 0 {
         return Ok(Vec::new());
     }
-    c.query(statement, params).await.map_err(unavailable)
+    c.query(statement, params).await.map_err(db)
 }
 
 #[cfg(test)]
