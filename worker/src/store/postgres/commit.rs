@@ -120,8 +120,11 @@ async fn commit_group(
     batches: &[Vec<Mutation>],
     events_keep: usize,
 ) -> Result<Vec<Result<(), StoreError>>, Failed> {
-    let client = pool.get().await.map_err(down)?;
-    let st = Statements::prepare(&client).await?;
+    let mut held = Held(Some(pool.get().await.map_err(down)?));
+    let Some(client) = held.0.as_ref() else {
+        return Err(down("no connection"));
+    };
+    let st = Statements::prepare(client).await?;
     let runs = runs(batches);
     let last = runs.len().saturating_sub(1);
     let mut results = Vec::with_capacity(batches.len());
@@ -130,17 +133,39 @@ async fn commit_group(
             begin: i == 0,
             commit: i == last,
         };
-        match write_run(&client, &st, &batches[run], events_keep, ends).await {
+        match write_run(client, &st, &batches[run], events_keep, ends).await {
             Ok(run_results) => results.extend(run_results),
             Err(f) => {
                 // Whatever was sent is void: the transaction is aborted or never committed.
                 // A broken connection is found and replaced by the pool's recycling.
                 let _ = client.batch_execute("ROLLBACK").await;
+                held.release();
                 return Err(f);
             }
         }
     }
+    held.release();
     Ok(results)
+}
+
+/// A connection inside a group's transaction. Dropped before `release` (the commit's future
+/// abandoned between `BEGIN` and `COMMIT`), it is closed rather than given back to the pool,
+/// so no later group can start on a transaction left open and commit its leftovers.
+struct Held(Option<deadpool_postgres::Client>);
+
+impl Held {
+    /// The transaction ended (committed or rolled back): the pool may have the connection.
+    fn release(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
 }
 
 /// Where a run sits in the group's transaction: the first sends `BEGIN` ahead of its room
