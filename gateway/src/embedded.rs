@@ -153,14 +153,18 @@ impl Running {
                 .fanout
                 .broadcast(Arc::from(draining_frame(grace_ms)));
             tokio::time::sleep(DRAIN_NOTICE.min(grace / 2)).await;
-            self.state.fanout.close_all(close::GOING_AWAY);
+            // Each socket task writes its 1001 close frame (waiting for it at most
+            // `CLOSE_PROMPTLY`), reports its rooms and unregisters. Wait for all of them
+            // before the rooms and the bus stop and before the process exits under them: a
+            // busy machine may not have run those tasks yet. Closing again each round also
+            // catches a socket whose upgrade finished after the first round.
+            while self.state.fanout.connection_count() > 0 {
+                self.state.fanout.close_all(close::GOING_AWAY);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             match &self.backend {
                 Backend::Embedded(host) => host.shutdown().await,
-                Backend::Cluster(bus) => {
-                    // Let the closed sockets report their rooms before the bus stops.
-                    tokio::time::sleep(DRAIN_NOTICE.min(grace / 4)).await;
-                    bus.cancel();
-                }
+                Backend::Cluster(bus) => bus.cancel(),
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
