@@ -74,6 +74,33 @@ impl LogBuckets {
     pub fn max_ms(&self) -> f64 {
         self.max_us as f64 / 1000.0
     }
+
+    pub fn max_us(&self) -> u64 {
+        self.max_us
+    }
+
+    /// (index, count) of the buckets that are not empty: the compact form for reports.
+    pub fn nonzero(&self) -> Vec<(u16, u32)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| (i as u16, *c))
+            .collect()
+    }
+
+    /// Buckets back from `nonzero`; indexes out of range (a damaged file) are dropped.
+    pub fn from_parts(buckets: &[(u16, u32)], max_us: u64) -> LogBuckets {
+        let mut b = LogBuckets::default();
+        for &(i, c) in buckets {
+            if let Some(slot) = b.counts.get_mut(usize::from(i)) {
+                *slot = slot.saturating_add(c);
+                b.total += u64::from(c);
+            }
+        }
+        b.max_us = max_us;
+        b
+    }
 }
 
 #[cfg(test)]

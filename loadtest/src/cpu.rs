@@ -6,7 +6,7 @@
 //! clock ticks of `USER_HZ`, which Linux fixes at 100 for user space on every architecture
 //! it supports. Linux only; elsewhere the figures are simply absent.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Clock ticks per second in `/proc/<pid>/stat` (Linux's `USER_HZ`).
 const USER_HZ: f64 = 100.0;
@@ -47,7 +47,7 @@ impl Sample {
 }
 
 /// What the window cost: cores busy on average and µs of CPU per delivery.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CpuReport {
     pub seconds: f64,
     /// Every `--pid` together, in cores (1.0 = one core busy all window).

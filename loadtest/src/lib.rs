@@ -17,6 +17,8 @@
 //! - `buckets`: compact log buckets for timelines and ramp steps.
 //! - `report`: merging, the table, JSON, the SLO check. `html`: the HTML/SVG report.
 //! - `compare`: two runs' JSON reports side by side, with a regression bound for CI.
+//! - `raw`: the histograms behind a report, kept in its JSON. `merge`: one report from the
+//!   reports of several generator machines that ran together.
 //! - `ws`: the WebSocket client (handshake, cancel-safe reader, masking writer).
 
 mod buckets;
@@ -25,8 +27,10 @@ pub mod compare;
 mod cpu;
 mod figures;
 mod html;
+pub mod merge;
 mod mix;
 mod publisher;
+pub mod raw;
 mod report;
 mod scenario;
 mod seen;
@@ -138,15 +142,25 @@ async fn run_inner(scn: Scenario) -> anyhow::Result<Report> {
     };
     report.judge();
     report.print();
-    if let Some(path) = &scn.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-        eprintln!("wrote {}", path.display());
-    }
-    if let Some(path) = &scn.html {
-        std::fs::write(path, html::render(&report))?;
-        eprintln!("wrote {}", path.display());
-    }
+    write_outputs(&report, scn.json.as_deref(), scn.html.as_deref())?;
     Ok(report)
+}
+
+/// Writes the JSON and HTML reports where asked.
+pub fn write_outputs(
+    report: &Report,
+    json: Option<&std::path::Path>,
+    html: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = html {
+        std::fs::write(path, html::render(report))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// One measured window (fanout, bigroom, storm, failover).
@@ -157,7 +171,22 @@ async fn steady(
     clock: Clock,
     live: Arc<Live>,
 ) -> Report {
-    let window = Window::new(scn, scn.rate, 0, clock.now_us() + 200_000);
+    let start = match scn.start_at {
+        // Several generators: publishing starts at the agreed wall-clock time.
+        Some(at) => {
+            let wait_us = ((at * 1e6) as u64).saturating_sub(wall_us());
+            if wait_us == 0 {
+                eprintln!(
+                    "  --start-at passed while connecting: starting now (windows will not line up)"
+                );
+            } else {
+                eprintln!("  starting at --start-at, in {:.1} s", wait_us as f64 / 1e6);
+            }
+            clock.now_us() + wait_us
+        }
+        None => clock.now_us() + 200_000,
+    };
+    let window = Window::new(scn, scn.rate, 0, start);
     let measure = window.measure;
     let wall_window = (
         wall_us() + (measure.0 - clock.now_us()),
@@ -184,6 +213,9 @@ async fn steady(
     let results = client::finish_all(clients).await;
     let figures = live.figures.merged();
     let mut report = Report::build(scn, &results, &figures, &live.delivered, published, measure);
+    if let Some(raw) = &mut report.raw {
+        raw.window_ms = (wall_window.0 / 1000, wall_window.1 / 1000);
+    }
     report.cpu = cpu_between(cpu, report.deliveries).await;
     report.add_timeline(&timeline, measure);
     if scn.mix.moves_clock() {
@@ -349,6 +381,8 @@ async fn idle(
         publisher::Published::none(scn.rooms),
         (0, (scn.duration * 1e6) as u64),
     );
+    // Held connections and one server's memory do not add up across generators.
+    report.raw = None;
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         report.server_rss_mib = Some(after as f64 / 1024.0);
         report.rss_kib_per_connection =

@@ -16,6 +16,21 @@ fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        lockstep_loadtest::Action::Merge {
+            inputs,
+            json,
+            html,
+            slo,
+        } => {
+            let merged =
+                lockstep_loadtest::merge::run(&inputs, json.as_deref(), html.as_deref(), slo)?;
+            let failed = merged.slo_failures();
+            if !failed.is_empty() {
+                eprintln!("SLO failed: {}", failed.join("; "));
+                std::process::exit(2);
+            }
+            return Ok(());
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,18 +4,19 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::buckets::LogBuckets;
 use crate::client::ClientResult;
 use crate::cpu::CpuReport;
 use crate::figures::{histogram, Figures};
 use crate::publisher::Published;
+use crate::raw::{self, Raw, RawSecond};
 use crate::seen::DeliveryCounts;
 use crate::Scenario;
 
 /// Latency percentiles in milliseconds.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Percentiles {
     pub count: u64,
     pub p50: f64,
@@ -42,7 +43,7 @@ impl Percentiles {
 }
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: Scenario,
     pub clients_connected: usize,
@@ -100,10 +101,17 @@ pub struct Report {
     /// (percentile, ms) of the whole run's fan-out latency, for the percentile plot.
     pub spectrum: Vec<(f64, f64)>,
     pub slo: Vec<SloResult>,
+    /// The histograms and timeline buckets behind the figures, for `loadtest merge`
+    /// (steady scenarios only; a ramp's steps and `idle`'s memory do not add up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Raw>,
+    /// The reports this one was merged from (`loadtest merge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
 }
 
 /// The storm's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StormReport {
     pub clients: usize,
     /// Back in the room after the storm.
@@ -117,7 +125,7 @@ pub struct StormReport {
 }
 
 /// One ramp step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepReport {
     pub rate: f64,
     pub deliveries_per_sec: f64,
@@ -166,7 +174,7 @@ impl StepReport {
 }
 
 /// One second of the timeline.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecondPoint {
     /// Seconds since the measured window began.
     pub t: f64,
@@ -177,7 +185,7 @@ pub struct SecondPoint {
 }
 
 /// One SLO clause and whether it held.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SloResult {
     pub clause: String,
     pub actual: f64,
@@ -267,6 +275,15 @@ impl Report {
             timeline: Vec::new(),
             spectrum,
             slo: Vec::new(),
+            raw: Some(Raw {
+                latency: raw::encode(latency),
+                ack: raw::encode(ack),
+                connect: raw::encode(&connect),
+                send_lag: raw::encode(&published.send_lag),
+                reconnect: raw::encode(reconnect),
+                ..Raw::default()
+            }),
+            merged_from: Vec::new(),
         }
     }
 
@@ -282,13 +299,25 @@ impl Report {
     /// The per-second timeline, seconds counted from the window's start.
     pub fn add_timeline(&mut self, seconds: &[LogBuckets], window: (u64, u64)) {
         let first = (window.0 / 1_000_000) as usize;
-        self.timeline = seconds
+        let seconds: Vec<(f64, &LogBuckets)> = seconds
             .iter()
             .enumerate()
             .skip(first)
             .filter(|(_, b)| b.count() > 0)
-            .map(|(i, b)| SecondPoint {
-                t: i as f64 - window.0 as f64 / 1e6,
+            .map(|(i, b)| (i as f64 - window.0 as f64 / 1e6, b))
+            .collect();
+        self.set_timeline(&seconds);
+        if let Some(raw) = &mut self.raw {
+            raw.timeline = seconds.iter().map(|(t, b)| RawSecond::of(*t, b)).collect();
+        }
+    }
+
+    /// The plotted points of per-second buckets.
+    pub fn set_timeline(&mut self, seconds: &[(f64, &LogBuckets)]) {
+        self.timeline = seconds
+            .iter()
+            .map(|(t, b)| SecondPoint {
+                t: *t,
                 count: b.count(),
                 p50_ms: b.quantile_ms(0.5),
                 p99_ms: b.quantile_ms(0.99),
@@ -312,6 +341,9 @@ impl Report {
         }
         let h = crate::sync::sync_error(&by_room, wall.0, wall.1, 20_000);
         self.sync_error_ms = Some(Percentiles::of(&h));
+        if let Some(raw) = &mut self.raw {
+            raw.sync = Some(raw::encode(&h));
+        }
     }
 
     /// Storm figures from each client's return.
@@ -336,10 +368,15 @@ impl Report {
                 .then(|| back.max() as f64 / 1e6),
             back_ms: Percentiles::of(&back),
         });
+        if let Some(raw) = &mut self.raw {
+            raw.storm_back = Some(raw::encode(&back));
+        }
     }
 
     /// Ramp steps and the best one; the totals become the sums over the steps.
     pub fn add_ramp(&mut self, steps: Vec<StepReport>) {
+        // Steps at different rates do not add up across generators.
+        self.raw = None;
         self.deliveries_expected = steps.iter().map(|s| s.expected).sum();
         self.deliveries = steps.iter().map(|s| s.delivered).sum();
         self.lost = steps.iter().map(|s| s.lost).sum();
@@ -372,6 +409,13 @@ impl Report {
             "scenario            {} ({} rooms x {} clients, {} msg/s/room)",
             self.scenario.name, self.scenario.rooms, self.scenario.clients, self.scenario.rate
         );
+        if !self.merged_from.is_empty() {
+            println!(
+                "merged from         {} reports: {}",
+                self.merged_from.len(),
+                self.merged_from.join(", ")
+            );
+        }
         println!(
             "clients connected   {}  (connect p50 {:.1} ms, p99 {:.1} ms)",
             self.clients_connected, self.connect_ms.p50, self.connect_ms.p99

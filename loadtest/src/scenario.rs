@@ -53,6 +53,23 @@ pub enum Command {
         #[arg(long)]
         max_regression: Option<f64>,
     },
+    /// One report from the JSON reports of generators that ran together (same scenario,
+    /// `--start-at` the same time, each against the same cluster): counts added, histograms
+    /// merged, percentiles recomputed. Exits 2 when `--slo` fails.
+    Merge {
+        /// The generators' `--json` reports.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write the merged report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the merged HTML report here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Service-level objective over the merged figures (as for a run).
+        #[arg(long)]
+        slo: Option<String>,
+    },
 }
 
 /// What the command line asks for.
@@ -62,6 +79,12 @@ pub enum Action {
         base: PathBuf,
         new: PathBuf,
         max_regression: Option<f64>,
+    },
+    Merge {
+        inputs: Vec<PathBuf>,
+        json: Option<PathBuf>,
+        html: Option<PathBuf>,
+        slo: Option<String>,
     },
 }
 
@@ -77,6 +100,17 @@ impl Cli {
                 new,
                 max_regression,
             },
+            Command::Merge {
+                inputs,
+                json,
+                html,
+                slo,
+            } => Action::Merge {
+                inputs,
+                json,
+                html,
+                slo,
+            },
             _ => Action::Run(Box::new(self.scenario()?)),
         })
     }
@@ -91,6 +125,7 @@ impl Cli {
             Command::Ramp(f) => f.into_scenario("ramp"),
             Command::Run { file } => from_file(&file)?,
             Command::Compare { .. } => anyhow::bail!("`compare` is not a scenario"),
+            Command::Merge { .. } => anyhow::bail!("`merge` is not a scenario"),
         })
     }
 }
@@ -168,6 +203,11 @@ pub struct Flags {
     /// Ramp: a step fails when its p99 exceeds this (ms) or it loses a message.
     #[arg(long)]
     pub ramp_p99_ms: Option<f64>,
+    /// Start publishing at this Unix time (seconds; e.g. `$(( $(date +%s) + 30 ))`), so that
+    /// generators on several machines share one measured window; `loadtest merge` then
+    /// combines their JSON reports. Fanout, bigroom, storm and failover.
+    #[arg(long)]
+    pub start_at: Option<f64>,
 }
 
 /// `pid = 123` or `pid = [123, 456]` in a scenario file.
@@ -235,6 +275,7 @@ impl Flags {
             storm_jitter_ms: self.storm_jitter_ms.unwrap_or(2_000),
             steps,
             ramp_p99_ms: self.ramp_p99_ms.unwrap_or(50.0),
+            start_at: self.start_at,
         }
     }
 }
@@ -260,7 +301,7 @@ pub fn parse_file(text: &str) -> anyhow::Result<Scenario> {
 }
 
 /// A resolved scenario.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
     pub name: String,
     pub urls: Vec<String>,
@@ -290,6 +331,10 @@ pub struct Scenario {
     pub storm_jitter_ms: u64,
     pub steps: Vec<f64>,
     pub ramp_p99_ms: f64,
+    /// Unix seconds when publishing starts (after connecting), so that several generator
+    /// machines measure the same window and their reports merge (`loadtest merge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<f64>,
 }
 
 impl Scenario {
@@ -356,6 +401,18 @@ impl Scenario {
             "--size must be 40..480 bytes"
         );
         anyhow::ensure!(self.max_seconds > 0.0, "--max-seconds must be > 0");
+        if let Some(at) = self.start_at {
+            anyhow::ensure!(
+                !matches!(self.name.as_str(), "ramp" | "idle"),
+                "--start-at is for fanout, bigroom, storm and failover (their reports merge)"
+            );
+            let wait = at - crate::wall_us() as f64 / 1e6;
+            anyhow::ensure!(
+                wait > 0.0 && wait < self.max_seconds,
+                "--start-at must be in the future and within --max-seconds ({} s) of now",
+                self.max_seconds
+            );
+        }
         Mix::parse(&self.mix_text)?;
         if let Some(slo) = &self.slo {
             let clauses = crate::report::parse_slo(slo)?;

@@ -294,3 +294,108 @@ async fn failover_reports_reconnects_and_the_gap_across_a_node_restart() {
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two generators started together (`--start-at`) against one node, as two machines would
+/// drive one cluster: `loadtest merge` adds their counts and histograms up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generators_started_together_merge_into_one_report() {
+    let dir = scratch("merge");
+    let running = node(&dir).await;
+    let url = format!("http://{}", running.addr);
+    let start = (lockstep_loadtest::wall_us() / 1_000_000 + 4) as f64;
+    let mut a = Scenario::small(&url);
+    a.start_at = Some(start);
+    a.json = Some(dir.join("a.json"));
+    let mut b = Scenario::small(&url);
+    b.rooms = 1;
+    b.start_at = Some(start);
+    b.json = Some(dir.join("b.json"));
+    let (ra, rb) = tokio::join!(run(a.clone()), run(b.clone()));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let (wa, wb) = (ra.raw.clone().unwrap(), rb.raw.clone().unwrap());
+    assert!(
+        wa.window_ms.0.abs_diff(wb.window_ms.0) < 500,
+        "one window: {:?} {:?}",
+        wa.window_ms,
+        wb.window_ms
+    );
+
+    // Through the files, as the command does.
+    let inputs = [a.json.clone().unwrap(), b.json.clone().unwrap()];
+    let merged_json = dir.join("merged.json");
+    let m = lockstep_loadtest::merge::run(
+        &inputs,
+        Some(&merged_json),
+        None,
+        Some("loss=0,delivered>=1".into()),
+    )
+    .unwrap();
+    assert_eq!(m.merged_from.len(), 2);
+    assert_eq!(m.scenario.rooms, 3);
+    assert_eq!(
+        m.clients_connected,
+        ra.clients_connected + rb.clients_connected
+    );
+    assert_eq!(m.deliveries, ra.deliveries + rb.deliveries);
+    assert_eq!(
+        m.deliveries_expected,
+        ra.deliveries_expected + rb.deliveries_expected
+    );
+    assert_eq!((m.lost, m.duplicates, m.reordered), (0, 0, 0));
+    assert!((m.deliveries_per_sec - ra.deliveries_per_sec - rb.deliveries_per_sec).abs() < 1e-6);
+    // Percentiles come from the added histograms: every sample counted once, and a merged
+    // quantile lies between the inputs' quantiles.
+    let (la, lb, lm) = (&ra.latency_ms, &rb.latency_ms, &m.latency_ms);
+    assert_eq!(lm.count, la.count + lb.count);
+    assert_eq!(lm.max, la.max.max(lb.max));
+    assert!(
+        lm.p99 >= la.p99.min(lb.p99) && lm.p99 <= la.p99.max(lb.p99),
+        "{la:?} {lb:?} {lm:?}"
+    );
+    assert_eq!(m.ack_ms.count, ra.ack_ms.count + rb.ack_ms.count);
+    assert_eq!(
+        m.timeline.iter().map(|s| s.count).sum::<u64>(),
+        ra.timeline.iter().map(|s| s.count).sum::<u64>()
+            + rb.timeline.iter().map(|s| s.count).sum::<u64>()
+    );
+    assert!(
+        m.slo_failures().is_empty() && m.slo.len() == 2,
+        "{:?}",
+        m.slo
+    );
+    // The merged file is a report again (it merges, and `compare` reads it).
+    let again = lockstep_loadtest::merge::run(std::slice::from_ref(&merged_json), None, None, None)
+        .unwrap();
+    assert_eq!(again.deliveries, m.deliveries);
+    assert_eq!(again.latency_ms.p99, m.latency_ms.p99);
+    let (_, notes) =
+        lockstep_loadtest::merge::merge(vec![("a".into(), ra.clone()), ("b".into(), rb.clone())])
+            .unwrap();
+    assert!(notes.is_empty(), "{notes:?}");
+
+    // What cannot be merged says why.
+    let mut no_raw = rb.clone();
+    no_raw.raw = None;
+    let err = lockstep_loadtest::merge::merge(vec![("a".into(), ra.clone()), ("r".into(), no_raw)])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("cannot be merged"), "{err}");
+    let mut other = rb.clone();
+    other.scenario.name = "bigroom".into();
+    let err = lockstep_loadtest::merge::merge(vec![("a".into(), ra.clone()), ("o".into(), other)])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("only runs of one scenario merge"), "{err}");
+    // Runs that did not share a window are merged, with a warning.
+    let mut late = rb;
+    if let Some(raw) = &mut late.raw {
+        raw.window_ms = (raw.window_ms.0 + 60_000, raw.window_ms.1 + 60_000);
+    }
+    let (_, notes) =
+        lockstep_loadtest::merge::merge(vec![("a".into(), ra), ("late".into(), late)]).unwrap();
+    assert!(notes.iter().any(|n| n.contains("--start-at")), "{notes:?}");
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
