@@ -123,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let closing = self.socket.queue_close(&entry, code);
         let sent = !closing || Box::pin(self.socket.write_rest(CLOSE_PROMPTLY)).await;
         let conn = self.session.caller.conn;
-        for room in state.fanout.unregister(conn.local) {
+        for room in state.fanout.leave_all(conn.local) {
             let msg = ToWorker::ConnClosed {
                 room,
                 conn,
@@ -133,6 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 tracing::warn!(cause = %e.message, "could not report closed connection");
             }
         }
+        state.fanout.forget(conn.local);
         if !sent {
             Box::pin(self.socket.write_rest(CLOSE_WRITE_TIMEOUT)).await;
         }

@@ -154,10 +154,11 @@ impl Running {
                 .broadcast(Arc::from(draining_frame(grace_ms)));
             tokio::time::sleep(DRAIN_NOTICE.min(grace / 2)).await;
             // Each socket task writes its 1001 close frame (waiting for it at most
-            // `CLOSE_PROMPTLY`), reports its rooms and unregisters. Wait for all of them
-            // before the rooms and the bus stop and before the process exits under them: a
-            // busy machine may not have run those tasks yet. Closing again each round also
-            // catches a socket whose upgrade finished after the first round.
+            // `CLOSE_PROMPTLY`), tells its rooms (`ConnClosed`: in a cluster, a gateway that
+            // left the heartbeat set is never reaped, so its members must leave this way)
+            // and is forgotten. Wait for all of them before the rooms and the bus stop and
+            // the process exits under them: a busy machine may not have run those tasks yet.
+            // Closing again each round also catches a socket whose upgrade finished late.
             while self.state.fanout.connection_count() > 0 {
                 self.state.fanout.close_all(close::GOING_AWAY);
                 tokio::time::sleep(Duration::from_millis(10)).await;

@@ -168,9 +168,11 @@ impl Fanout {
         }
     }
 
-    /// Forgets a connection; returns the rooms it was in or joining.
-    pub fn unregister(&self, local: u64) -> Vec<String> {
-        let entry = self.conns.write().ok().and_then(|mut c| c.remove(&local));
+    /// Takes a closing connection out of every room; returns the rooms it was in or
+    /// joining. It still counts as connected until `forget`, after those rooms were told, so
+    /// a shutdown that waits for no connections left knows every `ConnClosed` went out.
+    pub fn leave_all(&self, local: u64) -> Vec<String> {
+        let entry = self.conns.read().ok().and_then(|c| c.get(&local).cloned());
         let Some(entry) = entry else {
             return Vec::new();
         };
@@ -190,6 +192,13 @@ impl Fanout {
             }
         }
         rooms
+    }
+
+    /// Forgets a connection whose rooms were told it closed.
+    pub fn forget(&self, local: u64) {
+        if let Ok(mut conns) = self.conns.write() {
+            conns.remove(&local);
+        }
     }
 
     pub fn connection_count(&self) -> usize {

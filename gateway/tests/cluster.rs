@@ -600,6 +600,46 @@ async fn a_gateway_stalled_past_its_timeout_has_its_clients_rejoin() {
     assert_gapless(&stalled.events, "stalled");
 }
 
+/// A gateway stopped with SIGTERM leaves the heartbeat set at once, so no worker will ever
+/// reap it: its members must leave presence through their own `ConnClosed`, sent before the
+/// gateway's bus stops, and promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_with_sigterm_takes_its_members_out_of_presence() {
+    let mut cluster = Cluster::start(2, 1).await;
+    let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
+    let (ta, _) = guest_at(g0, "Watcher").await;
+    let room = create_room_at(g0, &ta).await;
+    let mut watcher = Resilient::new(vec![g0], ta, room.clone()).await;
+    let mut leavers = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (t, id) = guest_at(g1, &format!("Leaver{i}")).await;
+        leavers.push(Resilient::new(vec![g1], t, room.clone()).await);
+        ids.push(id);
+    }
+    cluster.gateways[1].signal("-TERM");
+    let stopped = Instant::now();
+    watcher
+        .drain_until(
+            "the stopped gateway's members never left presence",
+            |events| {
+                ids.iter().all(|id| {
+                    events
+                        .iter()
+                        .any(|v| v["type"] == "presence.leave" && v["user_id"] == id.as_str())
+                })
+            },
+        )
+        .await;
+    eprintln!(
+        "every member left {:.2} s after SIGTERM",
+        stopped.elapsed().as_secs_f64()
+    );
+    let status = cluster.gateways[1].child.wait().unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    drop(leavers);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_ride_out_a_redis_restart() {
     let mut cluster = Cluster::start(1, 2).await;
