@@ -75,6 +75,7 @@ impl LogBuckets {
         self.max_us as f64 / 1000.0
     }
 
+    /// The largest value recorded, exact (the buckets only bound it).
     pub fn max_us(&self) -> u64 {
         self.max_us
     }

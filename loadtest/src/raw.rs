@@ -45,6 +45,7 @@ pub struct RawSecond {
 }
 
 impl RawSecond {
+    /// The compact form of one second's buckets.
     pub fn of(t: f64, b: &LogBuckets) -> RawSecond {
         RawSecond {
             t,
@@ -53,6 +54,7 @@ impl RawSecond {
         }
     }
 
+    /// The buckets back, to merge and to read percentiles from.
     pub fn buckets(&self) -> LogBuckets {
         LogBuckets::from_parts(&self.buckets, self.max_us)
     }
