@@ -3,7 +3,7 @@
 # closes with one summary line ("tests: N passed, N failed").
 #
 # Needs: a Rust toolchain; redis-server and the PostgreSQL server binaries (initdb, pg_ctl),
-# which the tests start privately on free loopback ports. Missing ones are installed from
+# which the tests start privately on free loopback ports; promtool (alert rule tests). Missing ones are installed from
 # Debian's packages when run as root; otherwise set LOCKSTEP_TEST_REDIS_URL and
 # LOCKSTEP_TEST_PG_URL to servers the tests may use.
 set -euo pipefail
@@ -28,6 +28,10 @@ fi
 if ! command -v psql >/dev/null 2>&1; then
   missing+=(postgresql-client)
 fi
+# promtool checks the alert rules and runs their unit tests (ops/alerts_test.yml).
+if ! command -v promtool >/dev/null 2>&1; then
+  missing+=(prometheus)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "ops/test.sh: installing ${missing[*]} from Debian's packages"
@@ -38,6 +42,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+export LOCKSTEP_REQUIRE_PROMTOOL=1
 
 # Cluster tests run the real binaries as separate processes.
 cargo build --workspace --bins --locked

@@ -56,6 +56,7 @@ fn dashboards_and_alerts_use_exported_metrics() {
         }
     }
     checked += check_file(&root.join("ops/alerts.yml"));
+    checked += check_file(&root.join("ops/alerts_test.yml"));
     assert!(checked > 20, "only {checked} metric references found");
 }
 
@@ -67,6 +68,50 @@ fn metric_names_follow_the_convention() {
         assert!(
             ["gateway", "worker", "store", "bus", "lease", "ingest"].contains(&area),
             "{name}"
+        );
+    }
+}
+
+/// The alert rules and the scrape config are what Prometheus will load: `promtool` checks
+/// them and runs the rules' unit tests (`ops/alerts_test.yml`: each alert fires on what
+/// should page or file a ticket, only after its `for`, and stays quiet on the near miss).
+/// `ops/test.sh` installs promtool (Debian's `prometheus` package) and requires this test;
+/// a bare `cargo test` without promtool skips it and says so.
+#[test]
+fn alert_rules_pass_promtool() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ops = root.join("ops");
+    let available = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("LOCKSTEP_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required here (LOCKSTEP_REQUIRE_PROMTOOL is set) but not found"
+        );
+        eprintln!(
+            "\n*** SKIPPED alert_rules_pass_promtool: promtool not found (ops/test.sh installs it \
+             from Debian's `prometheus` package) ***\n"
+        );
+        return;
+    }
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(&ops)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }
