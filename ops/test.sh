@@ -28,10 +28,6 @@ fi
 if ! command -v psql >/dev/null 2>&1; then
   missing+=(postgresql-client)
 fi
-# promtool checks the alert rules and runs their unit tests (ops/alerts_test.yml).
-if ! command -v promtool >/dev/null 2>&1; then
-  missing+=(prometheus)
-fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "ops/test.sh: installing ${missing[*]} from Debian's packages"
@@ -43,6 +39,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# promtool checks the alert rules and runs their unit tests (ops/alerts_test.yml). Only the
+# binary is taken, unpacked from Debian's `prometheus` package into target/tools: installing the
+# package would also install and start a Prometheus server.
+if ! command -v promtool >/dev/null 2>&1; then
+  tools="$PWD/target/tools"
+  if [ ! -x "$tools/usr/bin/promtool" ]; then
+    mkdir -p "$tools/deb"
+    fetch() { (cd "$tools/deb" && apt-get download prometheus >/dev/null 2>&1); }
+    if ! fetch; then
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && fetch
+      fi
+    fi
+    deb=$(ls "$tools"/deb/prometheus_*.deb 2>/dev/null | head -n 1)
+    if [ -z "$deb" ]; then
+      echo "ops/test.sh: promtool is missing and Debian's prometheus package could not be fetched: install promtool" >&2
+      exit 1
+    fi
+    dpkg -x "$deb" "$tools"
+  fi
+  export PATH="$tools/usr/bin:$PATH"
+fi
 export LOCKSTEP_REQUIRE_PROMTOOL=1
 
 # Cluster tests run the real binaries as separate processes.

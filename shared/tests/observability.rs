@@ -75,7 +75,7 @@ fn metric_names_follow_the_convention() {
 /// The alert rules and the scrape config are what Prometheus will load: `promtool` checks
 /// them and runs the rules' unit tests (`ops/alerts_test.yml`: each alert fires on what
 /// should page or file a ticket, only after its `for`, and stays quiet on the near miss).
-/// `ops/test.sh` installs promtool (Debian's `prometheus` package) and requires this test;
+/// `ops/test.sh` unpacks promtool from Debian's `prometheus` package and requires this test;
 /// a bare `cargo test` without promtool skips it and says so.
 #[test]
 fn alert_rules_pass_promtool() {
@@ -91,7 +91,7 @@ fn alert_rules_pass_promtool() {
             "promtool is required here (LOCKSTEP_REQUIRE_PROMTOOL is set) but not found"
         );
         eprintln!(
-            "\n*** SKIPPED alert_rules_pass_promtool: promtool not found (ops/test.sh installs it \
+            "\n*** SKIPPED alert_rules_pass_promtool: promtool not found (ops/test.sh unpacks it \
              from Debian's `prometheus` package) ***\n"
         );
         return;
