@@ -173,9 +173,25 @@ impl Fanout {
     /// a shutdown that waits for no connections left knows every `ConnClosed` went out.
     pub fn leave_all(&self, local: u64) -> Vec<String> {
         let entry = self.conns.read().ok().and_then(|c| c.get(&local).cloned());
-        let Some(entry) = entry else {
-            return Vec::new();
-        };
+        match entry {
+            Some(entry) => self.leave_rooms(local, &entry),
+            None => Vec::new(),
+        }
+    }
+
+    /// Forgets a connection whose rooms were told it closed. A join acked between
+    /// `leave_all` and now put it back into that room's members: it leaves again here (the
+    /// room had its `ConnClosed` too, joining rooms are in the list), and after this no
+    /// reply finds it.
+    pub fn forget(&self, local: u64) {
+        let entry = self.conns.write().ok().and_then(|mut c| c.remove(&local));
+        if let Some(entry) = entry {
+            self.leave_rooms(local, &entry);
+        }
+    }
+
+    /// Removes `local` from the members of every room it was in or joining; returns those.
+    fn leave_rooms(&self, local: u64, entry: &ConnEntry) -> Vec<String> {
         let rooms: Vec<String> = entry
             .rooms
             .lock()
@@ -192,13 +208,6 @@ impl Fanout {
             }
         }
         rooms
-    }
-
-    /// Forgets a connection whose rooms were told it closed.
-    pub fn forget(&self, local: u64) {
-        if let Ok(mut conns) = self.conns.write() {
-            conns.remove(&local);
-        }
     }
 
     pub fn connection_count(&self) -> usize {
@@ -348,5 +357,51 @@ impl GatewaySink for Fanout {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members_of(f: &Fanout, room: &str) -> usize {
+        f.rooms
+            .read()
+            .map(|m| m.get(room).map_or(0, HashMap::len))
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_join_acked_while_a_connection_closes_does_not_leave_it_in_the_room() {
+        let f = Fanout::new(7);
+        let entry = Arc::new(ConnEntry::new(8, None));
+        f.register(1, entry.clone());
+        if let Ok(mut rooms) = entry.rooms.lock() {
+            rooms.insert("r".into());
+        }
+        let join = |f: &Fanout| {
+            f.deliver(ToGateway::Reply {
+                conn: ConnId {
+                    gateway: 7,
+                    local: 1,
+                },
+                id: None,
+                membership: Some(Membership::Join("r".into())),
+                frames: Vec::new(),
+            })
+        };
+        join(&f);
+        assert_eq!(members_of(&f, "r"), 1);
+        // The socket closes: out of its rooms, still counted until its rooms were told.
+        assert_eq!(f.leave_all(1), vec!["r".to_owned()]);
+        assert_eq!((members_of(&f, "r"), f.connection_count()), (0, 1));
+        // A join sent before the close is acked now and puts it back...
+        join(&f);
+        assert_eq!(members_of(&f, "r"), 1);
+        // ...and forgetting it takes it out again; later replies find nothing.
+        f.forget(1);
+        assert_eq!((members_of(&f, "r"), f.connection_count()), (0, 0));
+        join(&f);
+        assert_eq!(members_of(&f, "r"), 0);
     }
 }
