@@ -128,10 +128,7 @@ pub fn merge(inputs: Vec<(String, Report)>) -> anyhow::Result<(Report, Vec<Strin
     let timeline = merge_timeline(&raws);
     let seconds: Vec<(f64, &LogBuckets)> = timeline.iter().map(|(t, b)| (*t, b)).collect();
     m.set_timeline(&seconds);
-    m.spectrum = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
-        .iter()
-        .map(|q| (*q * 100.0, latency.value_at_quantile(*q) as f64 / 1000.0))
-        .collect();
+    m.spectrum = crate::report::spectrum(&latency);
     m.slo = Vec::new();
     m.raw = Some(Raw {
         window_ms: window,

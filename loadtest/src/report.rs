@@ -42,6 +42,14 @@ impl Percentiles {
     }
 }
 
+/// (percentile, ms) points of a latency histogram, for the percentile plot.
+pub fn spectrum(latency: &Histogram<u64>) -> Vec<(f64, f64)> {
+    [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
+        .iter()
+        .map(|q| (*q * 100.0, latency.value_at_quantile(*q) as f64 / 1000.0))
+        .collect()
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -229,10 +237,7 @@ impl Report {
         let refused: u64 = rejected.iter().zip(&members).map(|(r, n)| r * n).sum();
         let expected = published.expected(&members).saturating_sub(refused);
         let seconds = (window.1 - window.0) as f64 / 1e6;
-        let spectrum = [0.0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0]
-            .iter()
-            .map(|q| (*q * 100.0, latency.value_at_quantile(*q) as f64 / 1000.0))
-            .collect();
+        let spectrum = spectrum(latency);
         Report {
             scenario: scn.clone(),
             clients_connected: results.len(),
