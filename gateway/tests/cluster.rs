@@ -572,6 +572,22 @@ async fn a_gateway_stalled_past_its_timeout_has_its_clients_rejoin() {
             |events| events.iter().any(left),
         )
         .await;
+    // On-call sees it: the worker counts the gateway it declared dead (alert
+    // LockstepGatewayReaped).
+    let (_, metrics) = http(
+        port_addr(cluster.workers[0].port),
+        "GET",
+        "/metrics",
+        None,
+        None,
+    )
+    .await;
+    let text = metrics["raw"].as_str().unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("lockstep_worker_gateways_reaped_total") && l.ends_with(" 1")),
+        "reaped counter missing from the worker's /metrics"
+    );
     cluster.gateways[1].signal("-CONT");
 
     // Its client is closed with 1012, rejoins by seq, and is present again.

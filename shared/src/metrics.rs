@@ -34,6 +34,9 @@ pub const WORKER_EVENTS: &str = "lockstep_worker_events_total";
 pub const WORKER_MAILBOX_FULL: &str = "lockstep_worker_mailbox_full_total";
 /// Rooms loaded from the store.
 pub const WORKER_ROOM_LOADS: &str = "lockstep_worker_room_loads_total";
+/// Gateways this worker declared dead (no heartbeat for `cluster.gateway_timeout_ms`) and
+/// whose members it dropped: a crashed gateway, or a stalled one whose sockets were closed.
+pub const WORKER_GATEWAYS_REAPED: &str = "lockstep_worker_gateways_reaped_total";
 
 /// Time one group commit takes.
 pub const STORE_COMMIT_LATENCY: &str = "lockstep_store_commit_seconds";
@@ -99,6 +102,7 @@ pub const ALL: &[&str] = &[
     WORKER_EVENTS,
     WORKER_MAILBOX_FULL,
     WORKER_ROOM_LOADS,
+    WORKER_GATEWAYS_REAPED,
     STORE_COMMIT_LATENCY,
     STORE_BATCH_SIZE,
     STORE_ERRORS,

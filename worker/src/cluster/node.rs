@@ -339,6 +339,7 @@ async fn reap_gateways(
                 gateway,
                 "gateway stopped heartbeating; dropping its members"
             );
+            metrics::counter!(names::WORKER_GATEWAYS_REAPED).increment(1);
             for room in host.loaded_rooms() {
                 let _ = host.send(ToWorker::GatewayGone { room, gateway }).await;
             }
