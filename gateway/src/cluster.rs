@@ -179,6 +179,8 @@ async fn heartbeat(
             }
             _ = tick.tick() => {}
         }
+        // A failure shows in the heartbeat below; the offset keeps its last value.
+        let _ = lockstep_worker::cluster::clock_offset::measure(&mut conn).await;
         let r: Result<i64, _> = redis::cmd("ZADD")
             .arg(GATEWAYS_KEY)
             .arg(now_ms())

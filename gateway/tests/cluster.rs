@@ -395,6 +395,18 @@ async fn clients_on_two_gateways_see_one_seq_stream() {
     let (status, snap) = room_body(g1, &ta, &room).await;
     assert_eq!(status, 200);
     assert_eq!(snap["members"].as_array().map(Vec::len), Some(2));
+    // Every node measures its clock against Redis' with its heartbeats (one host here: the
+    // offsets are the round trip's error, far below the 50 ms the alert allows).
+    for addr in [g0, g1, port_addr(cluster.workers[0].port)] {
+        let (_, metrics) = http(addr, "GET", "/metrics", None, None).await;
+        let text = metrics["raw"].as_str().unwrap_or_default();
+        let offset: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lockstep_bus_clock_offset_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{addr}: no clock offset in /metrics"));
+        assert!(offset.abs() < 0.05, "{addr}: offset {offset} s on one host");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,9 @@ pub const BUS_RECEIVED: &str = "lockstep_bus_received_total";
 /// Redis' `client-output-buffer-limit pubsub` hard limit as read at start (gauge; 0 = none):
 /// below 256 MiB a big room's join storm can get this node's subscription dropped.
 pub const BUS_PUBSUB_LIMIT: &str = "lockstep_bus_pubsub_limit_bytes";
+/// This node's clock minus Redis' clock, seconds (gauge, measured with each heartbeat): the
+/// spread across nodes is their clock skew, which playback sync and heartbeats depend on.
+pub const BUS_CLOCK_OFFSET: &str = "lockstep_bus_clock_offset_seconds";
 /// Shard leases this worker holds (gauge).
 pub const LEASE_OWNED: &str = "lockstep_lease_owned_shards";
 /// Shard leases acquired (after a failover or a handoff).
@@ -110,6 +113,7 @@ pub const ALL: &[&str] = &[
     BUS_DROPPED,
     BUS_RECEIVED,
     BUS_PUBSUB_LIMIT,
+    BUS_CLOCK_OFFSET,
     LEASE_OWNED,
     LEASE_ACQUIRED,
     LEASE_DROPPED,

@@ -177,6 +177,8 @@ async fn round(
     now: u64,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut conn = pool.get().await?;
+    // Only a metric: a failure here must not fail the lease round.
+    let _ = super::clock_offset::measure(&mut *conn).await;
     let ttl = cfg.lease_ttl_ms;
     // Heartbeat and the live set.
     let (live,): (Vec<String>,) = redis::pipe()

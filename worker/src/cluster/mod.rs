@@ -1,6 +1,7 @@
 //! Cluster mode for workers: Redis pub/sub bus, shard leases with fencing epochs, the
 //! worker node, and its health endpoint. Gateways reuse `publisher` and `subscriber`.
 
+pub mod clock_offset;
 pub mod health;
 pub mod leases;
 pub mod node;
