@@ -5,17 +5,9 @@
 //! clock. Hosts must keep their clocks in sync (NTP, chrony); when they do not, on-call sees it
 //! (alert `LockstepClockSkew`: the spread of the nodes' offsets) before users see drift.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use lockstep_shared::metrics as names;
 
-/// Microseconds since the Unix epoch by this node's clock.
-pub fn local_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+use crate::clock::now_us;
 
 /// This clock minus Redis' in seconds, from a `TIME` answer (seconds, microseconds) read
 /// between `sent_us` and `received_us`: Redis read its clock somewhere in that round trip,
@@ -33,9 +25,9 @@ pub fn record(sent_us: u64, received_us: u64, redis_time: (u64, u64)) {
 
 /// Reads Redis' clock on `conn` and records the offset; errors are the caller's heartbeat's.
 pub async fn measure<C: redis::aio::ConnectionLike>(conn: &mut C) -> redis::RedisResult<()> {
-    let sent = local_us();
+    let sent = now_us();
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    record(sent, local_us(), (secs, micros));
+    record(sent, now_us(), (secs, micros));
     Ok(())
 }
 

@@ -33,8 +33,10 @@ pub(crate) fn enqueue_commit<J>(
 
 /// A writer's queue entry: a commit to group with others, or any other job, which must wait
 /// its turn (reads see every earlier write).
-pub(crate) trait WriterJob: Sized {
-    fn into_commit(self) -> Result<(Vec<Mutation>, CommitReply), Self>;
+/// `R` is the store's read closure.
+pub(crate) enum Job<R> {
+    Commit(Vec<Mutation>, CommitReply),
+    Read(R),
 }
 
 /// Commits gathered for one transaction.
@@ -47,24 +49,24 @@ pub(crate) struct Group {
 
 /// Group commit: after `first`, takes the commits already queued until `batch_max`
 /// mutations; a job that is not a commit ends the group and is returned to run next.
-pub(crate) fn gather<J: WriterJob>(
-    rx: &mut mpsc::Receiver<J>,
+pub(crate) fn gather<R>(
+    rx: &mut mpsc::Receiver<Job<R>>,
     first: (Vec<Mutation>, CommitReply),
     batch_max: usize,
-) -> (Group, Option<J>) {
+) -> (Group, Option<Job<R>>) {
     let mut group = Group {
         size: first.0.len(),
         batches: vec![first.0],
         waiters: vec![first.1],
     };
     while group.size < batch_max {
-        match rx.try_recv().map(WriterJob::into_commit) {
-            Ok(Ok((batch, reply))) => {
+        match rx.try_recv() {
+            Ok(Job::Commit(batch, reply)) => {
                 group.size += batch.len();
                 group.batches.push(batch);
                 group.waiters.push(reply);
             }
-            Ok(Err(other)) => return (group, Some(other)),
+            Ok(other) => return (group, Some(other)),
             Err(_) => break,
         }
     }

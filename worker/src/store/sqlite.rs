@@ -30,19 +30,7 @@ fn migrations() -> Migrations<'static> {
 
 type ReadFn = Box<dyn FnOnce(&Connection) + Send>;
 
-enum Job {
-    Commit(Vec<Mutation>, oneshot::Sender<Result<(), StoreError>>),
-    Read(ReadFn),
-}
-
-impl super::WriterJob for Job {
-    fn into_commit(self) -> Result<(Vec<Mutation>, super::CommitReply), Self> {
-        match self {
-            Job::Commit(batch, reply) => Ok((batch, reply)),
-            other => Err(other),
-        }
-    }
-}
+type Job = super::Job<ReadFn>;
 
 /// Handle to the writer thread; cheap to share.
 pub struct SqliteStore {

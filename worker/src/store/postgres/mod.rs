@@ -33,19 +33,7 @@ const QUEUE_CAPACITY: usize = 8_192;
 
 type ReadJob = Box<dyn FnOnce(Pool) -> tokio::task::JoinHandle<()> + Send>;
 
-enum Job {
-    Commit(Vec<Mutation>, oneshot::Sender<Result<(), StoreError>>),
-    Read(ReadJob),
-}
-
-impl super::WriterJob for Job {
-    fn into_commit(self) -> Result<(Vec<Mutation>, super::CommitReply), Self> {
-        match self {
-            Job::Commit(batch, reply) => Ok((batch, reply)),
-            other => Err(other),
-        }
-    }
-}
+type Job = super::Job<ReadJob>;
 
 /// Handle to the Postgres writers; cheap to share.
 pub struct PostgresStore {
