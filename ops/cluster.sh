@@ -8,13 +8,17 @@
 #
 # Redis (REDIS_PORT, default 6379) and Postgres (PG_PORT, default 5432) are used as found;
 # when not reachable they are started here (installed from Debian's packages if missing).
-# Logs and pids go to ops/run/.
+# REDIS_CLUSTER=1 puts the bus on a Redis Cluster instead (sharded pub/sub, as production
+# scale-out runs it): three masters on REDIS_CLUSTER_PORTS (default 7001 7002 7003), used as
+# found or started and joined here. Logs and pids go to ops/run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=ops/run
 REDIS_PORT=${REDIS_PORT:-6379}
 PG_PORT=${PG_PORT:-5432}
 DB=${LOCKSTEP_DB:-lockstep}
+REDIS_CLUSTER=${REDIS_CLUSTER:-0}
+read -r -a CLUSTER_PORTS <<<"${REDIS_CLUSTER_PORTS:-7001 7002 7003}"
 # Redis drops a subscriber whose backlog passes this; the default (pubsub 32mb 8mb 60) is too
 # small for a join storm in a big room (worker/src/cluster/pubsub_limit.rs).
 PUBSUB_LIMIT="pubsub 256mb 64mb 60"
@@ -61,6 +65,33 @@ start_redis() {
   echo "redis: started on 127.0.0.1:$REDIS_PORT (pid $(cat "$RUN/redis.pid"))"
 }
 
+start_redis_cluster() {
+  if redis-cli -p "${CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q cluster_state:ok; then
+    echo "redis cluster: using the cluster at 127.0.0.1:${CLUSTER_PORTS[0]}"
+    return
+  fi
+  mkdir -p "$RUN/redis-cluster"
+  local port nodes=()
+  for port in "${CLUSTER_PORTS[@]}"; do
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --dir "$RUN/redis-cluster" \
+      --client-output-buffer-limit "$PUBSUB_LIMIT" >"$RUN/redis-$port.log" 2>&1 &
+    echo $! >"$RUN/redis-$port.pid"
+    nodes+=("127.0.0.1:$port")
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  if ! redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q 'cluster_known_nodes:[2-9]'; then
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$RUN/redis-cluster.log"
+  fi
+  for _ in $(seq 100); do
+    redis-cli -p "${CLUSTER_PORTS[0]}" cluster info | grep -q cluster_state:ok && break
+    sleep 0.1
+  done
+  echo "redis cluster: started on ${nodes[*]}"
+}
+
 start_postgres() {
   if pg_isready -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; then
     echo "postgres: using the server on 127.0.0.1:$PG_PORT"
@@ -92,11 +123,20 @@ start_node() { # name binary env...
 up() {
   install_if_missing
   cargo build --release --workspace --bins --locked
-  start_redis
+  local bus
+  if [ "$REDIS_CLUSTER" = 1 ]; then
+    start_redis_cluster
+    local seeds=() port
+    for port in "${CLUSTER_PORTS[@]}"; do seeds+=("redis://127.0.0.1:$port"); done
+    bus="LOCKSTEP_CLUSTER__REDIS_CLUSTER_NODES=$(IFS=,; echo "${seeds[*]}")"
+  else
+    start_redis
+    bus="LOCKSTEP_CLUSTER__REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+  fi
   start_postgres
   [ -f "$RUN/jwt.secret" ] || head -c 48 /dev/urandom | base64 | tr -d '/+=\n' >"$RUN/jwt.secret"
   local common=(
-    "LOCKSTEP_CLUSTER__REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+    "$bus"
     "LOCKSTEP_CLUSTER__POSTGRES_URL=postgres://postgres@127.0.0.1:$PG_PORT/$DB"
     "LOCKSTEP_AUTH__JWT_SECRET=$(cat "$RUN/jwt.secret")"
   )
@@ -126,7 +166,7 @@ status() {
 }
 
 down() {
-  for f in "$RUN"/gateway*.pid "$RUN"/worker*.pid "$RUN"/redis.pid; do
+  for f in "$RUN"/gateway*.pid "$RUN"/worker*.pid "$RUN"/redis.pid "$RUN"/redis-*.pid; do
     [ -e "$f" ] || continue
     local pid
     pid=$(cat "$f")
@@ -137,6 +177,8 @@ down() {
     as_postgres "$(pg_bin)/pg_ctl" -D "$PWD/$RUN/pgdata" -m fast -w stop >/dev/null && echo "stopped postgres"
     rm -f "$RUN/postgres.started"
   fi
+  # A cluster's node files name ports that are free now: the next `up` forms it afresh.
+  rm -rf "$RUN/redis-cluster"
 }
 
 case "${1:-}" in

@@ -18,6 +18,7 @@ use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::ErrorCode;
 use lockstep_shared::shard::shard_of;
 use lockstep_worker::clock::now_ms;
+use lockstep_worker::cluster::redis_conn::{RedisConn, RedisTarget};
 use lockstep_worker::cluster::subscriber;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -32,7 +33,8 @@ type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Value, Refusal>>>>;
 
 /// The gateway side of the Redis bus.
 pub struct RedisLink {
-    conn: redis::aio::ConnectionManager,
+    target: RedisTarget,
+    conn: RedisConn,
     shards: u32,
     gateway: u64,
     next_req: AtomicU64,
@@ -49,10 +51,12 @@ impl RedisLink {
         fanout: Arc<Fanout>,
         cancel: CancellationToken,
     ) -> anyhow::Result<RedisLink> {
-        let client = redis::Client::open(cfg.redis_url.as_str()).context("redis url")?;
-        let conn = redis::aio::ConnectionManager::new(client.clone())
+        let target =
+            RedisTarget::from_config(cfg).context("cluster.redis_url / redis_cluster_nodes")?;
+        let conn = target
+            .connect()
             .await
-            .context("connect to redis")?;
+            .with_context(|| format!("connect to redis ({})", target.describe()))?;
         let gateway = fanout.gateway_id();
         let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
         let connected = Arc::new(AtomicBool::new(false));
@@ -60,7 +64,7 @@ impl RedisLink {
         let sink = fanout.clone();
         let resetter = fanout.clone();
         subscriber::spawn(
-            client.clone(),
+            target.clone(),
             vec![gateway_channel(gateway), ALL_GATEWAYS_CHANNEL.to_owned()],
             move |_, payload| {
                 metrics::counter!(names::BUS_RECEIVED).increment(1);
@@ -86,12 +90,14 @@ impl RedisLink {
         );
         // Liveness gets its own connection: behind a backlog of publishes on the shared one
         // (a join storm), late heartbeats would get this gateway's members dropped.
-        let beat = redis::aio::ConnectionManager::new(client.clone())
+        let beat = target
+            .connect()
             .await
             .context("connect to redis (heartbeat)")?;
         tokio::spawn(heartbeat(beat, gateway, cfg.heartbeat_ms, cancel));
-        lockstep_worker::cluster::pubsub_limit::check(&client, "gateway").await;
+        lockstep_worker::cluster::pubsub_limit::check(&target, "gateway").await;
         Ok(RedisLink {
+            target,
             conn,
             shards: cfg.shards,
             gateway,
@@ -106,9 +112,9 @@ impl RedisLink {
             .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
         let channel = shard_channel(shard_of(room, self.shards));
         let mut conn = self.conn.clone();
-        let receivers: i64 = redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload)
+        let receivers: i64 = self
+            .target
+            .publish(&channel, &payload)
             .query_async(&mut conn)
             .await
             .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("bus unavailable: {e}")))?;
@@ -164,12 +170,7 @@ impl WorkerLink for RedisLink {
     }
 }
 
-async fn heartbeat(
-    mut conn: redis::aio::ConnectionManager,
-    gateway: u64,
-    every_ms: u64,
-    cancel: CancellationToken,
-) {
+async fn heartbeat(mut conn: RedisConn, gateway: u64, every_ms: u64, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(every_ms));
     loop {
         tokio::select! {

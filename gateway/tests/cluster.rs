@@ -6,14 +6,14 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use lockstep_testkit::fake_twitch::FakeTwitch;
 use lockstep_testkit::fake_youtube::{ActionKind, FakeYoutube};
-use lockstep_testkit::{Postgres, Redis};
+use lockstep_testkit::{Postgres, Redis, RedisCluster};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -59,8 +59,16 @@ impl Drop for Node {
     }
 }
 
+/// What the nodes use as their bus.
+enum Bus {
+    /// One Redis server (`cluster.redis_url`).
+    Single(Redis),
+    /// A Redis Cluster with sharded pub/sub (`cluster.redis_cluster_nodes`).
+    Sharded(RedisCluster),
+}
+
 struct Cluster {
-    redis: Redis,
+    bus: Bus,
     pg: Postgres,
     gateways: Vec<Node>,
     workers: Vec<Node>,
@@ -75,10 +83,28 @@ impl Cluster {
     }
 
     async fn start_with(gateways: usize, workers: usize, env: Vec<(String, String)>) -> Cluster {
-        let redis = Redis::start();
+        Cluster::start_on(Bus::Single(Redis::start()), gateways, workers, env).await
+    }
+
+    /// The same cluster over a private three-node Redis Cluster.
+    async fn start_sharded(gateways: usize, workers: usize) -> Cluster {
+        let bus = Bus::Sharded(
+            tokio::task::spawn_blocking(RedisCluster::start)
+                .await
+                .unwrap(),
+        );
+        Cluster::start_on(bus, gateways, workers, Vec::new()).await
+    }
+
+    async fn start_on(
+        bus: Bus,
+        gateways: usize,
+        workers: usize,
+        env: Vec<(String, String)>,
+    ) -> Cluster {
         let pg = Postgres::start();
         let mut c = Cluster {
-            redis,
+            bus,
             pg,
             gateways: Vec::new(),
             workers: Vec::new(),
@@ -110,8 +136,16 @@ impl Cluster {
     fn command(&self, bin: impl AsRef<std::ffi::OsStr>, name: &str) -> Command {
         let log = std::fs::File::create(self.logs.0.join(format!("{name}.log"))).unwrap();
         let mut cmd = Command::new(bin);
-        cmd.env("LOCKSTEP_CLUSTER__REDIS_URL", self.redis.url())
-            .env("LOCKSTEP_CLUSTER__POSTGRES_URL", self.pg.url())
+        match &self.bus {
+            Bus::Single(redis) => cmd.env("LOCKSTEP_CLUSTER__REDIS_URL", redis.url()),
+            Bus::Sharded(nodes) => cmd
+                .env("LOCKSTEP_CLUSTER__REDIS_URL", "redis://127.0.0.1:1")
+                .env(
+                    "LOCKSTEP_CLUSTER__REDIS_CLUSTER_NODES",
+                    nodes.seeds().join(","),
+                ),
+        };
+        cmd.env("LOCKSTEP_CLUSTER__POSTGRES_URL", self.pg.url())
             .env("LOCKSTEP_CLUSTER__SHARDS", SHARDS.to_string())
             .env("LOCKSTEP_CLUSTER__LEASE_TTL_MS", "1500")
             .env("LOCKSTEP_CLUSTER__HEARTBEAT_MS", "250")
@@ -124,7 +158,7 @@ impl Cluster {
             .env("LOCKSTEP_GATEWAY__CONNECT_BURST_PER_IP", "10000")
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log);
         cmd
     }
@@ -156,12 +190,28 @@ impl Cluster {
     /// The worker holding the room's shard lease.
     fn owner_of(&self, room: &str) -> String {
         let shard = lockstep_shared::shard::shard_of(room, SHARDS);
-        let out = Command::new("redis-cli")
-            .args(["-u", self.redis.url(), "GET", &format!("ls:lease:{shard}")])
-            .output()
-            .unwrap();
+        let key = lockstep_shared::cluster::lease_key(shard);
+        let out = self.redis_cli(&["GET", &key]).output().unwrap();
         let value = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         value.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    /// `redis-cli` on the bus (following redirects on a Redis Cluster).
+    fn redis_cli(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("redis-cli");
+        match &self.bus {
+            Bus::Single(redis) => cmd.args(["-u", redis.url()]),
+            Bus::Sharded(nodes) => cmd.args(["-c", "-u", &nodes.seeds()[0]]),
+        };
+        cmd.args(args);
+        cmd
+    }
+
+    fn redis_restart(&mut self) {
+        match &mut self.bus {
+            Bus::Single(redis) => redis.restart(),
+            Bus::Sharded(_) => panic!("restart a Redis Cluster node by node"),
+        }
     }
 
     fn worker(&self, name: &str) -> &Node {
@@ -359,7 +409,47 @@ fn assert_gapless(events: &[Value], who: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_two_gateways_see_one_seq_stream() {
-    let cluster = Cluster::start(2, 2).await;
+    one_seq_stream(&Cluster::start(2, 2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_clients_on_two_gateways_see_one_seq_stream() {
+    let cluster = Cluster::start_sharded(2, 2).await;
+    one_seq_stream(&cluster).await;
+    // The channels are sharded: each lives on the node owning its slot, so the pub/sub
+    // traffic spreads over the nodes instead of being copied to every one.
+    let Bus::Sharded(nodes) = &cluster.bus else {
+        unreachable!()
+    };
+    let per_node: Vec<usize> = nodes
+        .ports()
+        .iter()
+        .map(|port| {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "PUBSUB", "SHARDCHANNELS"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("ls:"))
+                .count()
+        })
+        .collect();
+    let total: usize = per_node.iter().sum();
+    // 64 shard channels, 2 gateway channels and the all-gateways channel.
+    assert_eq!(
+        total,
+        SHARDS as usize + 3,
+        "sharded channels per node: {per_node:?}"
+    );
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "every node carries some channels: {per_node:?}"
+    );
+}
+
+/// Two clients on two gateways chat in one room: one gapless, identical stream.
+async fn one_seq_stream(cluster: &Cluster) {
     let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
     let (ta, _) = guest_at(g0, "A").await;
     let (tb, _) = guest_at(g1, "B").await;
@@ -411,7 +501,17 @@ async fn clients_on_two_gateways_see_one_seq_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_owning_worker_loses_no_acknowledged_command() {
-    let cluster = Cluster::start(2, 2).await;
+    owner_killed(&Cluster::start(2, 2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_killing_the_owning_worker_loses_no_acknowledged_command() {
+    owner_killed(&Cluster::start_sharded(2, 2).await).await;
+}
+
+/// `kill -9` of the room's owner mid-conversation: every acked chat is stored once and the
+/// observer's stream stays gapless across the owner change.
+async fn owner_killed(cluster: &Cluster) {
     let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
     let (ta, _) = guest_at(g0, "A").await;
     let (tb, _) = guest_at(g1, "B").await;
@@ -682,7 +782,7 @@ async fn nodes_ride_out_a_redis_restart() {
         )
         .await;
     }
-    cluster.redis.restart();
+    cluster.redis_restart();
     let restarted = Instant::now();
     for i in 5..10 {
         a.call(
@@ -705,6 +805,71 @@ async fn nodes_ride_out_a_redis_restart() {
     )
     .await;
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(10));
+    for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
+        wait_ready(port_addr(n.port), &n.name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_nodes_ride_out_each_redis_node_restarting() {
+    let mut cluster = Cluster::start_sharded(2, 2).await;
+    let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
+    let (ta, _) = guest_at(g0, "A").await;
+    let (tb, _) = guest_at(g1, "B").await;
+    let room = create_room_at(g0, &ta).await;
+    let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
+    let mut b = Resilient::new(vec![g1], tb, room.clone()).await;
+    let mut sent = 0;
+    for node in 0..3 {
+        for _ in 0..3 {
+            a.call(
+                json!({"type": "chat.send", "room": room, "text": format!("m{sent}")}),
+                &format!("c{sent}"),
+            )
+            .await;
+            sent += 1;
+        }
+        // The node loses its subscriptions and (keeping nothing) its keys; the cluster
+        // clients reconnect and resubscribe, gateways make their clients resume by seq.
+        let Bus::Sharded(nodes) = &mut cluster.bus else {
+            unreachable!()
+        };
+        tokio::task::block_in_place(|| nodes.restart_node(node));
+        eprintln!("{:?} restarted node {node}", std::time::SystemTime::now());
+    }
+    for _ in 0..3 {
+        a.call(
+            json!({"type": "chat.send", "room": room, "text": format!("m{sent}")}),
+            &format!("c{sent}"),
+        )
+        .await;
+        sent += 1;
+    }
+    eprintln!(
+        "{} unavailable replies retried over three node restarts",
+        a.unavailable
+    );
+    let mut texts = chat_texts(g1, &ta, &room).await;
+    texts.reverse();
+    let expected: Vec<String> = (0..sent).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, expected, "every acked chat stored once");
+    // The observer on the other gateway got every message, in order, without a gap.
+    b.drain_until("the observer sees every message", |events| {
+        events
+            .iter()
+            .filter(|v| v["type"] == "chat.message")
+            .count()
+            >= sent
+    })
+    .await;
+    assert_gapless(&b.events, "observer");
+    let chats: Vec<String> = b
+        .events
+        .iter()
+        .filter(|v| v["type"] == "chat.message")
+        .map(|v| v["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(chats, expected, "observer saw every message once, in order");
     for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
         wait_ready(port_addr(n.port), &n.name).await;
     }

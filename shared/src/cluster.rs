@@ -27,14 +27,16 @@ pub const GATEWAYS_KEY: &str = "ls:gateways";
 /// Sorted set of recent Twitch JOINs across the cluster (the shared JOIN rate limiter).
 pub const TWITCH_JOINS_KEY: &str = "ls:ingest:twitch:joins";
 
-/// The lease on a shard: value `"<worker>:<epoch>"`, set with NX and a TTL.
+/// The lease on a shard: value `"<worker>:<epoch>"`, set with NX and a TTL. The `{shard:N}`
+/// hash tag keeps it in one Redis Cluster slot with [`epoch_key`]: the script that takes a
+/// lease touches both.
 pub fn lease_key(shard: u32) -> String {
-    format!("ls:lease:{shard}")
+    format!("ls:{{shard:{shard}}}:lease")
 }
 
 /// The shard's fencing epoch counter (INCR on every acquisition).
 pub fn epoch_key(shard: u32) -> String {
-    format!("ls:epoch:{shard}")
+    format!("ls:{{shard:{shard}}}:epoch")
 }
 
 /// On a shard channel.
@@ -102,6 +104,19 @@ mod tests {
         }
         assert_eq!(moved, to_w3, "shards only move to the new worker");
         assert!((250..450).contains(&moved), "about a third moves: {moved}");
+    }
+
+    #[test]
+    fn a_shards_lease_and_epoch_share_a_cluster_slot() {
+        assert_eq!(lease_key(7), "ls:{shard:7}:lease");
+        assert_eq!(epoch_key(7), "ls:{shard:7}:epoch");
+        let tag = |k: &str| {
+            let open = k.find('{').unwrap_or_default();
+            let close = k.find('}').unwrap_or_default();
+            k[open + 1..close].to_owned()
+        };
+        assert_eq!(tag(&lease_key(7)), tag(&epoch_key(7)));
+        assert_ne!(tag(&lease_key(7)), tag(&lease_key(8)));
     }
 
     #[test]

@@ -216,8 +216,14 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClusterConfig {
-    /// Redis for the bus, shard leases and liveness.
+    /// Redis for the bus, shard leases and liveness (one server, or one with replicas behind
+    /// a single address).
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, comma-separated in the
+    /// environment). When set, the bus uses sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) across
+    /// the cluster's nodes and `redis_url` is not used; empty means one server.
+    #[serde(deserialize_with = "ingest::comma_list")]
+    pub redis_cluster_nodes: Vec<String>,
     /// Postgres for room state (workers only).
     pub postgres_url: String,
     /// Connections in a worker's Postgres pool.
@@ -240,6 +246,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster_nodes: Vec::new(),
             postgres_url: "postgres://postgres@127.0.0.1:5432/lockstep".into(),
             postgres_pool: 16,
             node_id: String::new(),
@@ -408,6 +415,13 @@ impl Config {
                 c.worker_listen
             ));
         }
+        for node in &c.redis_cluster_nodes {
+            if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+                errs.push(format!(
+                    "cluster.redis_cluster_nodes: `{node}` is not redis://host:port"
+                ));
+            }
+        }
         if c.postgres_pool == 0 {
             errs.push("cluster.postgres_pool must be at least 1".into());
         }
@@ -469,6 +483,27 @@ mod tests {
             assert_eq!(cfg.ingest.youtube.base_url, "http://127.0.0.1:2");
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn redis_cluster_seeds_come_from_one_comma_separated_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "LOCKSTEP_CLUSTER__REDIS_CLUSTER_NODES",
+                "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+            );
+            let cfg = Config::load(Path::new("none.toml"))
+                .map_err(|e| figment::Error::from(e.to_string()))?;
+            assert_eq!(
+                cfg.cluster.redis_cluster_nodes,
+                vec!["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+            );
+            Ok(())
+        });
+        let mut cfg = Config::default();
+        cfg.cluster.redis_cluster_nodes = vec!["127.0.0.1:7000".into()];
+        assert!(matches!(cfg.validate(), Err(ConfigError::Invalid(e)) if e.len() == 1));
     }
 
     #[test]

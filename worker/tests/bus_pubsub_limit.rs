@@ -4,6 +4,7 @@
 
 use lockstep_testkit::Redis;
 use lockstep_worker::cluster::pubsub_limit::{check, RECOMMENDED, RECOMMENDED_HARD};
+use lockstep_worker::cluster::redis_conn::RedisTarget;
 
 async fn set(client: &redis::Client, value: &str) {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -20,14 +21,15 @@ async fn set(client: &redis::Client, value: &str) {
 async fn the_limit_is_read_and_judged() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
     let client = redis::Client::open(redis.url()).unwrap();
-    let before = check(&client, "test").await.expect("readable");
+    let target = RedisTarget::Single(client.clone());
+    let before = check(&target, "test").await.expect("readable");
     // Redis' own default: a big room's join storm passes it.
     set(&client, "pubsub 32mb 8mb 60").await;
-    let default = check(&client, "test").await.expect("readable");
+    let default = check(&target, "test").await.expect("readable");
     assert_eq!(default.hard, 32 << 20);
     assert!(default.too_low());
     set(&client, RECOMMENDED).await;
-    let raised = check(&client, "test").await.expect("readable");
+    let raised = check(&target, "test").await.expect("readable");
     assert_eq!(raised.hard, RECOMMENDED_HARD);
     assert!(!raised.too_low());
     // Leave a configured server as it was.
@@ -41,5 +43,5 @@ async fn the_limit_is_read_and_judged() {
     .await;
     // An unreachable server is not an error at start, only unknown.
     let nowhere = redis::Client::open("redis://127.0.0.1:1").unwrap();
-    assert!(check(&nowhere, "test").await.is_none());
+    assert!(check(&RedisTarget::Single(nowhere), "test").await.is_none());
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use lockstep_shared::protocol::ext::ExtKind;
 use lockstep_testkit::fake_youtube::{ActionKind, FakeYoutube};
 use lockstep_testkit::Redis;
+use lockstep_worker::cluster::redis_conn::RedisTarget;
 use lockstep_worker::ingest::limiter::{acquire, JoinLimiter, RedisJoinLimiter};
 use lockstep_worker::ingest::youtube::chat::parse_chat;
 use tokio_util::sync::CancellationToken;
@@ -16,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 async fn join_limiter_holds_across_two_workers() {
     let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
     let pool = |_: ()| {
-        deadpool_redis::Config::from_url(redis.url())
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        RedisTarget::Single(redis::Client::open(redis.url()).unwrap())
+            .pool()
             .unwrap()
     };
     // Two workers: separate pools (connections), separate node names, one key.

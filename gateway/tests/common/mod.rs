@@ -38,7 +38,12 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// `LOCKSTEP_TEST_KEEP_LOGS=1` keeps the directory (the nodes' logs) for a post-mortem.
     fn drop(&mut self) {
+        if std::env::var_os("LOCKSTEP_TEST_KEEP_LOGS").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -184,7 +184,7 @@ impl IngestConfig {
 }
 
 /// Accepts a list or one comma-separated string (what an environment variable gives).
-fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Either {

@@ -12,6 +12,18 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// `n` distinct ports that were free a moment ago (all bound at once, then released).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .filter_map(|_| TcpListener::bind("127.0.0.1:0").ok())
+        .collect();
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .collect()
+}
+
 /// Waits until something accepts on `port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::host::Ownership;
 
+use super::redis_conn::RedisPool;
+
 /// Takes the lease if free and stamps it with a fresh epoch; returns the epoch or 0. The
 /// epoch never falls below the caller's clock (ARGV[3], ms), so epochs keep growing even if
 /// Redis loses its data and the counter restarts.
@@ -119,7 +121,7 @@ impl Leases {
     }
 
     /// Gives a shard up after its rooms are unloaded.
-    pub async fn release(&self, pool: &deadpool_redis::Pool, shard: u32, epoch: u64) {
+    pub async fn release(&self, pool: &RedisPool, shard: u32, epoch: u64) {
         self.forget(shard);
         metrics::counter!(names::LEASE_DROPPED, "how" => "released").increment(1);
         if let Ok(mut conn) = pool.get().await {
@@ -128,7 +130,7 @@ impl Leases {
                 .arg(1)
                 .arg(lease_key(shard))
                 .arg(self.value(epoch))
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await;
         }
     }
@@ -137,7 +139,7 @@ impl Leases {
 /// Heartbeats, renews, acquires and hands off until cancelled.
 pub async fn run(
     leases: Arc<Leases>,
-    pool: deadpool_redis::Pool,
+    pool: RedisPool,
     cfg: ClusterConfig,
     events: mpsc::Sender<LeaseEvent>,
     cancel: CancellationToken,
@@ -171,16 +173,16 @@ pub async fn run(
 
 async fn round(
     leases: &Arc<Leases>,
-    pool: &deadpool_redis::Pool,
+    pool: &RedisPool,
     cfg: &ClusterConfig,
     events: &mpsc::Sender<LeaseEvent>,
     now: u64,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut conn = pool.get().await?;
     // Only a metric: a failure here must not fail the lease round.
-    let _ = super::clock_offset::measure(&mut *conn).await;
+    let _ = super::clock_offset::measure(&mut conn).await;
     let ttl = cfg.lease_ttl_ms;
-    // Heartbeat and the live set.
+    // Heartbeat and the live set (one key: one pipeline, even on a Redis Cluster).
     let (live,): (Vec<String>,) = redis::pipe()
         .cmd("ZADD")
         .arg(WORKERS_KEY)
@@ -196,7 +198,7 @@ async fn round(
         .arg(WORKERS_KEY)
         .arg(now.saturating_sub(ttl))
         .arg("+inf")
-        .query_async(&mut *conn)
+        .query_async(&mut conn)
         .await?;
     let mut live = live;
     if !live.contains(&leases.node) {
@@ -205,16 +207,19 @@ async fn round(
     // Renew what we hold.
     let owned = leases.owned();
     if !owned.is_empty() {
-        let mut pipe = redis::pipe();
-        for (shard, epoch) in &owned {
-            pipe.cmd("EVAL")
-                .arg(RENEW)
-                .arg(1)
-                .arg(lease_key(*shard))
-                .arg(leases.value(*epoch))
-                .arg(ttl);
-        }
-        let renewed: Vec<i64> = pipe.query_async(&mut *conn).await?;
+        let renews = owned
+            .iter()
+            .map(|(shard, epoch)| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(RENEW)
+                    .arg(1)
+                    .arg(lease_key(*shard))
+                    .arg(leases.value(*epoch))
+                    .arg(ttl);
+                cmd
+            })
+            .collect();
+        let renewed: Vec<i64> = conn.query_each(renews).await?;
         for ((shard, _), ok) in owned.iter().zip(renewed) {
             if ok == 0 {
                 leases.forget(*shard);
@@ -245,18 +250,21 @@ async fn round(
         }
     }
     if !to_acquire.is_empty() {
-        let mut pipe = redis::pipe();
-        for shard in &to_acquire {
-            pipe.cmd("EVAL")
-                .arg(ACQUIRE)
-                .arg(2)
-                .arg(lease_key(*shard))
-                .arg(epoch_key(*shard))
-                .arg(&leases.node)
-                .arg(ttl)
-                .arg(now);
-        }
-        let epochs: Vec<i64> = pipe.query_async(&mut *conn).await?;
+        let acquires = to_acquire
+            .iter()
+            .map(|shard| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(ACQUIRE)
+                    .arg(2)
+                    .arg(lease_key(*shard))
+                    .arg(epoch_key(*shard))
+                    .arg(&leases.node)
+                    .arg(ttl)
+                    .arg(now);
+                cmd
+            })
+            .collect();
+        let epochs: Vec<i64> = conn.query_each(acquires).await?;
         for (shard, epoch) in to_acquire.iter().zip(epochs) {
             if epoch > 0 {
                 let epoch = epoch as u64;

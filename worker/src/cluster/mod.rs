@@ -1,4 +1,4 @@
-//! Cluster mode for workers: Redis pub/sub bus, shard leases with fencing epochs, the
+//! Cluster mode for workers: Redis pub/sub bus (one server or a Redis Cluster), shard leases with fencing epochs, the
 //! worker node, and its health endpoint. Gateways reuse `publisher` and `subscriber`.
 
 pub mod clock_offset;
@@ -7,5 +7,6 @@ pub mod leases;
 pub mod node;
 pub mod publisher;
 pub mod pubsub_limit;
+pub mod redis_conn;
 pub mod sink;
 pub mod subscriber;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::leases::{self, LeaseEvent, Leases};
 use super::publisher::Publisher;
+use super::redis_conn::{RedisPool, RedisTarget};
 use super::sink::RedisSink;
 use super::{health, subscriber};
 use crate::clock::now_ms;
@@ -43,14 +44,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     } else {
         cc.node_id.clone()
     };
-    let client = redis::Client::open(cc.redis_url.as_str()).context("redis url")?;
-    let conn = redis::aio::ConnectionManager::new(client.clone())
+    let target =
+        RedisTarget::from_config(&cc).context("cluster.redis_url / redis_cluster_nodes")?;
+    let conn = target
+        .connect()
         .await
-        .context("connect to redis")?;
-    let publisher = Publisher::spawn(conn);
-    let pool = deadpool_redis::Config::from_url(cc.redis_url.clone())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .context("redis pool")?;
+        .with_context(|| format!("connect to redis ({})", target.describe()))?;
+    let publisher = Publisher::spawn(target.clone(), conn);
+    let pool = target
+        .pool()
+        .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?;
     let store = Arc::new(open_store(&cfg).await?);
     let leases = Arc::new(Leases::new(node.clone(), cc.shards));
     let sink: Arc<dyn GatewaySink> = Arc::new(RedisSink::new(publisher.clone()));
@@ -76,9 +79,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // Shard channel messages → rooms.
     let (inbox_tx, inbox_rx) = mpsc::channel::<Vec<u8>>(INBOX);
     let redis_up = Arc::new(AtomicBool::new(false));
-    super::pubsub_limit::check(&client, "worker").await;
+    super::pubsub_limit::check(&target, "worker").await;
     let subs = subscriber::spawn(
-        client.clone(),
+        target.clone(),
         Vec::new(),
         move |_, payload| {
             metrics::counter!(names::BUS_RECEIVED).increment(1);
@@ -114,11 +117,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 match ev {
                     LeaseEvent::Acquired(shard, epoch) => {
                         tracing::info!(shard, epoch, "shard acquired");
-                        if subs.subscribe(shard_channel(shard)).await {
-                            if let Ok(mut s) = serving.lock() {
-                                s.insert(shard);
+                        // Confirmed at once, or only after Redis is back: not in this loop's way.
+                        let (subs, serving, leases) =
+                            (subs.clone(), serving.clone(), leases.clone());
+                        tokio::spawn(async move {
+                            if subs.subscribe(shard_channel(shard)).await
+                                && leases.owned().iter().any(|(s, _)| *s == shard)
+                            {
+                                if let Ok(mut s) = serving.lock() {
+                                    s.insert(shard);
+                                }
                             }
-                        }
+                        });
                     }
                     LeaseEvent::Lost(shard) => {
                         if let Ok(mut s) = serving.lock() {
@@ -211,7 +221,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         let _: Result<i64, _> = redis::cmd("ZREM")
             .arg(lockstep_shared::cluster::WORKERS_KEY)
             .arg(&node)
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await;
     }
     background.cancel();
@@ -304,7 +314,7 @@ async fn dispatch(mut rx: mpsc::Receiver<Vec<u8>>, host: Host, publisher: Publis
 /// Finds gateways that stopped heartbeating and removes their members from every room here.
 async fn reap_gateways(
     host: Host,
-    pool: deadpool_redis::Pool,
+    pool: RedisPool,
     timeout_ms: u64,
     every_ms: u64,
     cancel: CancellationToken,
@@ -324,7 +334,7 @@ async fn reap_gateways(
             .arg(GATEWAYS_KEY)
             .arg("-inf")
             .arg(cutoff)
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
         {
             Ok(d) => d,
@@ -349,7 +359,7 @@ async fn reap_gateways(
             .arg(GATEWAYS_KEY)
             .arg("-inf")
             .arg(cutoff.saturating_sub(timeout_ms * 5))
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await;
     }
 }

@@ -1,9 +1,12 @@
 //! Publishing to Redis without a round trip per message: a bounded queue drained by one
-//! task that sends each batch as a single pipeline on an auto-reconnecting connection.
+//! task that sends each batch as a single pipeline on an auto-reconnecting connection (on a
+//! Redis Cluster: every message of the batch in flight at once, `SPUBLISH` to its shard).
 
 use tokio::sync::mpsc;
 
 use lockstep_shared::metrics as names;
+
+use super::redis_conn::{RedisConn, RedisTarget};
 
 /// Messages waiting to be published; beyond it they are dropped and counted (clients
 /// recover by retrying ids and rejoining by seq).
@@ -19,9 +22,9 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts the publishing task on `conn`.
-    pub fn spawn(conn: redis::aio::ConnectionManager) -> Publisher {
+    pub fn spawn(target: RedisTarget, conn: RedisConn) -> Publisher {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(conn, rx));
+        tokio::spawn(run(target, conn, rx));
         Publisher { tx }
     }
 
@@ -33,7 +36,7 @@ impl Publisher {
     }
 }
 
-async fn run(mut conn: redis::aio::ConnectionManager, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
+async fn run(target: RedisTarget, mut conn: RedisConn, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
     let mut batch = Vec::with_capacity(PIPELINE);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -43,13 +46,13 @@ async fn run(mut conn: redis::aio::ConnectionManager, mut rx: mpsc::Receiver<(St
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
-        for (ch, payload) in &batch {
-            pipe.cmd("PUBLISH").arg(ch).arg(payload.as_slice()).ignore();
-        }
+        let cmds = batch
+            .iter()
+            .map(|(ch, payload)| target.publish(ch, payload))
+            .collect();
         let n = batch.len() as u64;
-        match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => metrics::counter!(names::BUS_PUBLISHED).increment(n),
+        match conn.query_each::<redis::Value>(cmds).await {
+            Ok(_) => metrics::counter!(names::BUS_PUBLISHED).increment(n),
             Err(e) => {
                 metrics::counter!(names::BUS_DROPPED).increment(n);
                 tracing::warn!(cause = %e, messages = n, "publish failed");

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use lockstep_shared::metrics as names;
 
+use super::redis_conn::RedisTarget;
+
 /// Recommended hard limit (the whole unread backlog).
 pub const RECOMMENDED_HARD: u64 = 256 << 20;
 /// Recommended soft limit (a backlog held for the soft period).
@@ -67,12 +69,48 @@ fn size(word: &str) -> Option<u64> {
     n.checked_mul(unit)
 }
 
-/// Reads the server's limit, exports it as a gauge (0: no limit) and warns when it is too
-/// low. A server that refuses `CONFIG` (managed Redis often does) is noted at debug level:
-/// the README says what to set.
-pub async fn check(client: &redis::Client, node: &str) -> Option<PubsubLimit> {
+/// Reads every server's limit (on a Redis Cluster: each seed node's), exports the tightest
+/// as a gauge (0: no limit) and warns about each server where it is too low. A server that
+/// refuses `CONFIG` (managed Redis often does) is noted at debug level: the README says what
+/// to set.
+pub async fn check(target: &RedisTarget, node: &str) -> Option<PubsubLimit> {
+    let mut tightest: Option<PubsubLimit> = None;
+    for server in target.servers() {
+        let Some(limit) = read(&server, node).await else {
+            continue;
+        };
+        if limit.too_low() {
+            tracing::warn!(
+                node,
+                server = ?server.get_connection_info().addr(),
+                hard_bytes = limit.hard,
+                soft_bytes = limit.soft,
+                "Redis will drop this node's pub/sub subscription when more than {} bytes wait \
+                 for it (client-output-buffer-limit pubsub): a join storm in a big room can pass \
+                 that, and a gateway then closes every socket with 1012. Raise it: \
+                 CONFIG SET client-output-buffer-limit \"{RECOMMENDED}\" (and in redis.conf)",
+                if limit.hard == 0 {
+                    limit.soft
+                } else {
+                    limit.hard
+                }
+            );
+        }
+        let hard = |l: &PubsubLimit| if l.hard == 0 { u64::MAX } else { l.hard };
+        if tightest.is_none_or(|t| hard(&limit) < hard(&t)) {
+            tightest = Some(limit);
+        }
+    }
+    if let Some(limit) = tightest {
+        metrics::gauge!(names::BUS_PUBSUB_LIMIT).set(limit.hard as f64);
+    }
+    tightest
+}
+
+/// One server's setting, or `None` if it cannot be read within 2 s.
+async fn read(server: &redis::Client, node: &str) -> Option<PubsubLimit> {
     let read = async {
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let mut conn = server.get_multiplexed_async_connection().await.ok()?;
         let reply: Vec<String> = redis::cmd("CONFIG")
             .arg("GET")
             .arg("client-output-buffer-limit")
@@ -81,28 +119,13 @@ pub async fn check(client: &redis::Client, node: &str) -> Option<PubsubLimit> {
             .ok()?;
         reply.get(1).and_then(|v| PubsubLimit::parse(v))
     };
-    let Ok(Some(limit)) = tokio::time::timeout(Duration::from_secs(2), read).await else {
-        tracing::debug!(node, "could not read Redis client-output-buffer-limit");
-        return None;
-    };
-    metrics::gauge!(names::BUS_PUBSUB_LIMIT).set(limit.hard as f64);
-    if limit.too_low() {
-        tracing::warn!(
-            node,
-            hard_bytes = limit.hard,
-            soft_bytes = limit.soft,
-            "Redis will drop this node's pub/sub subscription when more than {} bytes wait for \
-             it (client-output-buffer-limit pubsub): a join storm in a big room can pass that, \
-             and a gateway then closes every socket with 1012. Raise it: \
-             CONFIG SET client-output-buffer-limit \"{RECOMMENDED}\" (and in redis.conf)",
-            if limit.hard == 0 {
-                limit.soft
-            } else {
-                limit.hard
-            }
-        );
+    match tokio::time::timeout(Duration::from_secs(2), read).await {
+        Ok(Some(limit)) => Some(limit),
+        _ => {
+            tracing::debug!(node, "could not read Redis client-output-buffer-limit");
+            None
+        }
     }
-    Some(limit)
 }
 
 #[cfg(test)]

@@ -1,17 +1,32 @@
 //! A dedicated Redis pub/sub connection that reconnects and resubscribes by itself. Used by
-//! workers (shard channels) and gateways (their own channel).
+//! workers (shard channels) and gateways (their own channel). On a Redis Cluster the channels
+//! are sharded (`SSUBSCRIBE`): the cluster client keeps one subscription per node that owns
+//! a channel's slot and moves it when slots move.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use lockstep_shared::metrics as names;
+
+use super::redis_conn::RedisTarget;
+
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Subscription changes waiting to be applied.
 const COMMANDS: usize = 4_096;
+/// Messages from a Redis Cluster waiting for `on_message`. Beyond it they are dropped and
+/// handled like a lost connection (`on_reconnect`), as Redis itself does with a subscriber
+/// past its output buffer limit on one server.
+const PUSHES: usize = 65_536;
+/// First wait before subscribing again after a Redis Cluster node dropped (it is usually back
+/// at once; a restarted node needs a moment to rejoin the cluster).
+const RESYNC_FIRST: Duration = Duration::from_millis(100);
 
 enum Cmd {
     /// Subscribe; the sender (if any) hears back once Redis confirmed it.
@@ -26,8 +41,8 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Subscribes and waits until Redis confirmed it; false if the connection was down
-    /// (the subscriber still resubscribes once it reconnects).
+    /// Subscribes and waits until Redis confirmed it, which may be only after a reconnection;
+    /// false if the subscriber is gone.
     pub async fn subscribe(&self, channel: String) -> bool {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self
@@ -51,37 +66,50 @@ impl Subscriptions {
 /// `on_reconnect` runs after every reconnection (not the first connection): messages
 /// published meanwhile were lost, so the caller must make its clients recover.
 pub fn spawn(
-    client: redis::Client,
+    target: RedisTarget,
     initial: Vec<String>,
     on_message: impl Fn(String, Vec<u8>) + Send + 'static,
     on_reconnect: impl Fn() + Send + 'static,
-    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connected: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) -> Subscriptions {
     let (tx, rx) = mpsc::channel(COMMANDS);
-    tokio::spawn(run(
-        client,
-        initial,
+    let hooks = Hooks {
         on_message,
         on_reconnect,
         connected,
-        rx,
         cancel,
-    ));
+    };
+    match target {
+        RedisTarget::Single(client) => tokio::spawn(run(client, initial, hooks, rx)),
+        RedisTarget::Cluster { seeds, .. } => tokio::spawn(run_sharded(seeds, initial, hooks, rx)),
+    };
     Subscriptions { tx }
 }
 
-async fn run(
+/// What the subscriber reports to its owner.
+struct Hooks<M, R> {
+    on_message: M,
+    on_reconnect: R,
+    connected: Arc<AtomicBool>,
+    cancel: CancellationToken,
+}
+
+async fn run<M: Fn(String, Vec<u8>), R: Fn()>(
     client: redis::Client,
     initial: Vec<String>,
-    on_message: impl Fn(String, Vec<u8>) + Send + 'static,
-    on_reconnect: impl Fn() + Send + 'static,
-    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hooks: Hooks<M, R>,
     mut cmds: mpsc::Receiver<Cmd>,
-    cancel: CancellationToken,
 ) {
-    use std::sync::atomic::Ordering;
+    let Hooks {
+        on_message,
+        on_reconnect,
+        connected,
+        cancel,
+    } = hooks;
     let mut wanted: HashSet<String> = initial.into_iter().collect();
+    // Callers waiting for a subscription that failed at first.
+    let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     let mut cmds_closed = false;
     let mut connections = 0u64;
@@ -117,6 +145,9 @@ async fn run(
         connected.store(true, Ordering::SeqCst);
         backoff = Duration::from_millis(50);
         tracing::info!(channels = wanted.len(), "pub/sub connected");
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
         if connections > 0 {
             on_reconnect();
         }
@@ -134,8 +165,13 @@ async fn run(
                         Some(Cmd::Subscribe(ch, done)) => {
                             let r = sink.subscribe(&ch).await;
                             wanted.insert(ch);
-                            if let (Ok(()), Some(done)) = (&r, done) {
-                                let _ = done.send(());
+                            match (&r, done) {
+                                (Ok(()), Some(done)) => {
+                                    let _ = done.send(());
+                                }
+                                // Answered once the reconnection subscribed it.
+                                (Err(_), Some(done)) => waiting.push(done),
+                                _ => {}
                             }
                             r
                         }
@@ -162,4 +198,186 @@ async fn run(
         }
         connected.store(false, Ordering::SeqCst);
     }
+}
+
+/// The Redis Cluster variant: one cluster connection (RESP3: messages arrive as pushes) that
+/// reconnects to each node by itself. Its own resubscription is not relied on (a restarted
+/// node may refuse it while it rejoins the cluster): a `Disconnection` push, or Redis
+/// unsubscribing a channel whose slot moved, makes this task subscribe every wanted channel
+/// again, with backoff until all succeed, and then run `on_reconnect` (messages may have been
+/// lost meanwhile).
+async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
+    seeds: Vec<String>,
+    initial: Vec<String>,
+    hooks: Hooks<M, R>,
+    mut cmds: mpsc::Receiver<Cmd>,
+) {
+    let Hooks {
+        on_message,
+        on_reconnect,
+        connected,
+        cancel,
+    } = hooks;
+    let (push_tx, mut pushes) = mpsc::channel::<redis::PushInfo>(PUSHES);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let push_sender = {
+        let overflowed = overflowed.clone();
+        move |info: redis::PushInfo| -> Result<(), ()> {
+            if push_tx.try_send(info).is_err() {
+                overflowed.store(true, Ordering::SeqCst);
+                metrics::counter!(names::BUS_DROPPED).increment(1);
+            }
+            Ok(())
+        }
+    };
+    let client = match redis::cluster::ClusterClientBuilder::new(seeds)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(push_sender)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(cause = %e, "redis cluster seed nodes unusable; no subscriptions");
+            return;
+        }
+    };
+    let mut wanted: HashSet<String> = initial.into_iter().collect();
+    // Callers waiting for a subscription that failed at first.
+    let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
+    let mut cmds_closed = false;
+    // Only the first connection is ours to retry: afterwards the cluster client reconnects
+    // to each node by itself, and channels are subscribed again below.
+    let mut conn = {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match subscribed(&client, &wanted).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "redis cluster pub/sub connect failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    };
+    connected.store(true, Ordering::SeqCst);
+    tracing::info!(channels = wanted.len(), "redis cluster pub/sub connected");
+    // When set, some channels may be down (a node dropped, a slot moved, a subscribe
+    // failed): every wanted channel is subscribed again then, retried with backoff.
+    let mut resync: Option<tokio::time::Instant> = None;
+    let mut resync_backoff = RESYNC_FIRST;
+    loop {
+        let resync_at = resync.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            cmd = cmds.recv(), if !cmds_closed => {
+                match cmd {
+                    None => cmds_closed = true,
+                    Some(Cmd::Subscribe(ch, done)) => {
+                        let r = conn.ssubscribe(&ch).await;
+                        wanted.insert(ch);
+                        match (r, done) {
+                            (Ok(()), Some(done)) => {
+                                let _ = done.send(());
+                            }
+                            (Ok(()), None) => {}
+                            (Err(e), done) => {
+                                tracing::warn!(cause = %e, "redis cluster subscribe failed; retrying");
+                                waiting.extend(done);
+                                resync.get_or_insert_with(|| tokio::time::Instant::now() + resync_backoff);
+                            }
+                        }
+                    }
+                    Some(Cmd::Unsubscribe(ch)) => {
+                        wanted.remove(&ch);
+                        // Failing is harmless: messages for a channel nobody wants are ignored
+                        // by the owner, and a resync does not bring it back.
+                        if let Err(e) = conn.sunsubscribe(&ch).await {
+                            tracing::debug!(cause = %e, "redis cluster unsubscribe failed");
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(resync_at), if resync.is_some() => {
+                match subscribe_all(&mut conn, &wanted).await {
+                    Ok(()) => {
+                        resync = None;
+                        resync_backoff = RESYNC_FIRST;
+                        connected.store(true, Ordering::SeqCst);
+                        tracing::info!(channels = wanted.len(), "redis cluster pub/sub resubscribed");
+                        for done in waiting.drain(..) {
+                            let _ = done.send(());
+                        }
+                        on_reconnect();
+                    }
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "redis cluster resubscribe failed; retrying");
+                        resync_backoff = (resync_backoff * 2).min(MAX_BACKOFF);
+                        resync = Some(tokio::time::Instant::now() + resync_backoff);
+                    }
+                }
+            }
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                match push.kind {
+                    redis::PushKind::SMessage | redis::PushKind::Message => {
+                        if let Some(msg) = redis::Msg::from_push_info(push) {
+                            on_message(msg.get_channel_name().to_owned(), msg.get_payload_bytes().to_vec());
+                        }
+                    }
+                    // The connection to one node dropped: whatever it carried meanwhile is
+                    // lost, and its subscriptions must be made again once it is back.
+                    redis::PushKind::Disconnection => {
+                        tracing::warn!("a redis cluster node dropped the pub/sub connection; resubscribing");
+                        connected.store(false, Ordering::SeqCst);
+                        resync.get_or_insert_with(|| tokio::time::Instant::now() + RESYNC_FIRST);
+                    }
+                    // Redis unsubscribes a channel whose slot moved to another node
+                    // (resharding when nodes are added): subscribe again at its new home.
+                    redis::PushKind::SUnsubscribe => {
+                        let still_wanted = push.data.first().is_some_and(|ch| {
+                            redis::from_redis_value_ref::<String>(ch).is_ok_and(|ch| wanted.contains(&ch))
+                        });
+                        if still_wanted {
+                            tracing::warn!("redis cluster moved a subscribed channel; resubscribing");
+                            resync.get_or_insert_with(|| tokio::time::Instant::now() + RESYNC_FIRST);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if overflowed.swap(false, Ordering::SeqCst) {
+            tracing::warn!(
+                bound = PUSHES,
+                "pub/sub messages arrived faster than they were handled; some were dropped"
+            );
+            on_reconnect();
+        }
+    }
+}
+
+/// A cluster connection subscribed to every channel in `wanted`.
+async fn subscribed(
+    client: &redis::cluster::ClusterClient,
+    wanted: &HashSet<String>,
+) -> redis::RedisResult<redis::cluster_async::ClusterConnection> {
+    let mut conn = client.get_async_connection().await?;
+    subscribe_all(&mut conn, wanted).await?;
+    Ok(conn)
+}
+
+/// `SSUBSCRIBE` every channel, one by one (one command may only name channels of one slot);
+/// subscribing a channel twice is harmless.
+async fn subscribe_all(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    wanted: &HashSet<String>,
+) -> redis::RedisResult<()> {
+    for ch in wanted {
+        conn.ssubscribe(ch).await?;
+    }
+    Ok(())
 }

@@ -13,6 +13,8 @@ use lockstep_shared::cluster::TWITCH_JOINS_KEY;
 use lockstep_shared::metrics as names;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::redis_conn::RedisPool;
+
 /// Takes JOIN slots.
 #[async_trait]
 pub trait JoinLimiter: Send + Sync + 'static {
@@ -85,7 +87,7 @@ impl JoinLimiter for LocalJoinLimiter {
 
 /// Cluster mode: one sorted set in Redis shared by every worker.
 pub struct RedisJoinLimiter {
-    pool: deadpool_redis::Pool,
+    pool: RedisPool,
     limit: u32,
     window_ms: u64,
     key: String,
@@ -113,7 +115,7 @@ return wait
 impl RedisJoinLimiter {
     /// `node` makes members unique across workers; `key` defaults to the cluster key.
     pub fn new(
-        pool: deadpool_redis::Pool,
+        pool: RedisPool,
         node: &str,
         limit: u32,
         window_ms: u64,
@@ -134,7 +136,7 @@ impl RedisJoinLimiter {
 #[async_trait]
 impl JoinLimiter for RedisJoinLimiter {
     async fn try_acquire(&self) -> Result<u64, String> {
-        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        let mut conn = self.pool.get().await?;
         let member = format!(
             "{}:{}",
             self.member_prefix,

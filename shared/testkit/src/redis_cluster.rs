@@ -1,0 +1,188 @@
+//! A private Redis Cluster of three masters on free loopback ports (sharded pub/sub needs
+//! Redis ≥ 7.0), or the seed nodes `LOCKSTEP_TEST_REDIS_CLUSTER_NODES` names
+//! (comma-separated `redis://host:port`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{find_binary, free_ports, temp_dir, wait_for_port};
+
+/// Masters in a private cluster: the fewest `redis-cli --cluster create` accepts.
+const MASTERS: usize = 3;
+
+struct ClusterNode {
+    port: u16,
+    bus_port: u16,
+    child: Option<Child>,
+}
+
+/// A Redis Cluster for one test.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    external: Option<Vec<String>>,
+    dir: Option<PathBuf>,
+}
+
+impl RedisCluster {
+    /// Starts a private cluster or uses the configured one. Panics with a clear message when
+    /// neither is possible: a test that needs a Redis Cluster cannot run without.
+    pub fn start() -> RedisCluster {
+        if let Ok(seeds) = std::env::var("LOCKSTEP_TEST_REDIS_CLUSTER_NODES") {
+            return RedisCluster {
+                nodes: Vec::new(),
+                external: Some(seeds.split(',').map(|s| s.trim().to_owned()).collect()),
+                dir: None,
+            };
+        }
+        let bin = find_binary("redis-server", &[]).unwrap_or_else(|| {
+            panic!("redis-server not found: install it (apt-get install redis-server; ops/test.sh does) or set LOCKSTEP_TEST_REDIS_CLUSTER_NODES")
+        });
+        for _ in 0..3 {
+            let dir = temp_dir("redis-cluster");
+            let ports = free_ports(MASTERS * 2);
+            let mut cluster = RedisCluster {
+                nodes: ports
+                    .chunks(2)
+                    .map(|p| ClusterNode {
+                        port: p[0],
+                        bus_port: p[1],
+                        child: Some(spawn_node(&bin, p[0], p[1], &dir)),
+                    })
+                    .collect(),
+                external: None,
+                dir: Some(dir),
+            };
+            if cluster.nodes.len() == MASTERS
+                && cluster
+                    .nodes
+                    .iter()
+                    .all(|n| wait_for_port(n.port, Duration::from_secs(10)))
+                && cluster.create()
+            {
+                return cluster;
+            }
+            cluster.stop_all();
+        }
+        panic!("a private Redis Cluster did not form (redis-server ≥ 7.0 and redis-cli needed)");
+    }
+
+    /// The seed nodes, as `cluster.redis_cluster_nodes` takes them.
+    pub fn seeds(&self) -> Vec<String> {
+        match &self.external {
+            Some(seeds) => seeds.clone(),
+            None => self
+                .nodes
+                .iter()
+                .map(|n| format!("redis://127.0.0.1:{}", n.port))
+                .collect(),
+        }
+    }
+
+    /// The client ports of a private cluster (empty for a configured one).
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Kills node `i` of a private cluster and starts it again on the same ports with the same
+    /// identity (its `nodes.conf`); it keeps no data. Returns once the cluster is whole again.
+    pub fn restart_node(&mut self, i: usize) {
+        let (Some(bin), Some(dir)) = (find_binary("redis-server", &[]), self.dir.clone()) else {
+            return;
+        };
+        let node = &mut self.nodes[i];
+        if let Some(mut c) = node.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        node.child = Some(spawn_node(&bin, node.port, node.bus_port, &dir));
+        assert!(
+            wait_for_port(node.port, Duration::from_secs(10)),
+            "redis cluster node did not restart"
+        );
+        assert!(
+            self.wait_ok(Duration::from_secs(20)),
+            "the redis cluster did not become whole after a node restart"
+        );
+    }
+
+    /// Assigns the slots over the masters and waits for every node to say `cluster_state:ok`.
+    fn create(&self) -> bool {
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        let created = Command::new("redis-cli")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        created && self.wait_ok(Duration::from_secs(20))
+    }
+
+    fn wait_ok(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.nodes.iter().all(|n| state_ok(n.port)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn stop_all(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn state_ok(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        .unwrap_or(false)
+}
+
+fn spawn_node(bin: &Path, port: u16, bus_port: u16, dir: &Path) -> Child {
+    Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--cluster-port",
+            &bus_port.to_string(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &format!("nodes-{port}.conf"),
+            "--cluster-node-timeout",
+            "2000",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.stop_all();
+        if let Some(d) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
