@@ -813,6 +813,40 @@ async fn nodes_ride_out_a_redis_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_a_redis_cluster_nodes_ride_out_each_redis_node_restarting() {
     let mut cluster = Cluster::start_sharded(2, 2).await;
+    // Each node loses its subscriptions and (keeping nothing) its keys; the cluster clients
+    // reconnect, nodes subscribe again, gateways make their clients resume by seq.
+    chat_across(&mut cluster, 3, |nodes, i| nodes.restart_node(i)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_adding_a_node_moves_channels_and_loses_nothing() {
+    let mut cluster = Cluster::start_sharded(2, 2).await;
+    let mut added = 0;
+    // Slots move to the new node with their keys (leases); Redis unsubscribes the channels
+    // of moved slots, and their subscribers subscribe again on the new owner.
+    chat_across(&mut cluster, 1, |nodes, _| {
+        added = nodes.add_node_and_rebalance()
+    })
+    .await;
+    let out = Command::new("redis-cli")
+        .args(["-p", &added.to_string(), "PUBSUB", "SHARDCHANNELS"])
+        .output()
+        .unwrap();
+    let moved = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("ls:"))
+        .count();
+    assert!(moved > 0, "channels were subscribed again on the new node");
+}
+
+/// One client chats on one gateway while `disrupt` runs `times` times on the Redis Cluster
+/// between bursts; every acked chat is stored once, and an observer on the other gateway
+/// sees them all, in order, without a gap; every node is ready again afterwards.
+async fn chat_across(
+    cluster: &mut Cluster,
+    times: usize,
+    mut disrupt: impl FnMut(&mut RedisCluster, usize),
+) {
     let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
     let (ta, _) = guest_at(g0, "A").await;
     let (tb, _) = guest_at(g1, "B").await;
@@ -820,7 +854,7 @@ async fn over_a_redis_cluster_nodes_ride_out_each_redis_node_restarting() {
     let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
     let mut b = Resilient::new(vec![g1], tb, room.clone()).await;
     let mut sent = 0;
-    for node in 0..3 {
+    for round in 0..=times {
         for _ in 0..3 {
             a.call(
                 json!({"type": "chat.send", "room": room, "text": format!("m{sent}")}),
@@ -829,31 +863,18 @@ async fn over_a_redis_cluster_nodes_ride_out_each_redis_node_restarting() {
             .await;
             sent += 1;
         }
-        // The node loses its subscriptions and (keeping nothing) its keys; the cluster
-        // clients reconnect and resubscribe, gateways make their clients resume by seq.
-        let Bus::Sharded(nodes) = &mut cluster.bus else {
-            unreachable!()
-        };
-        tokio::task::block_in_place(|| nodes.restart_node(node));
-        eprintln!("{:?} restarted node {node}", std::time::SystemTime::now());
+        if round < times {
+            let Bus::Sharded(nodes) = &mut cluster.bus else {
+                unreachable!()
+            };
+            tokio::task::block_in_place(|| disrupt(nodes, round));
+        }
     }
-    for _ in 0..3 {
-        a.call(
-            json!({"type": "chat.send", "room": room, "text": format!("m{sent}")}),
-            &format!("c{sent}"),
-        )
-        .await;
-        sent += 1;
-    }
-    eprintln!(
-        "{} unavailable replies retried over three node restarts",
-        a.unavailable
-    );
+    eprintln!("{} unavailable replies retried", a.unavailable);
     let mut texts = chat_texts(g1, &ta, &room).await;
     texts.reverse();
     let expected: Vec<String> = (0..sent).map(|i| format!("m{i}")).collect();
     assert_eq!(texts, expected, "every acked chat stored once");
-    // The observer on the other gateway got every message, in order, without a gap.
     b.drain_until("the observer sees every message", |events| {
         events
             .iter()

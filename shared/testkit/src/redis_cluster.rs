@@ -106,19 +106,60 @@ impl RedisCluster {
         );
     }
 
+    /// Adds an empty master and moves a share of the slots (and their keys and channels) to it,
+    /// as an operator scaling out does (`redis-cli --cluster add-node`, then `rebalance
+    /// --cluster-use-empty-masters`). Returns the new node's port once every node agrees.
+    pub fn add_node_and_rebalance(&mut self) -> u16 {
+        let (Some(bin), Some(dir)) = (find_binary("redis-server", &[]), self.dir.clone()) else {
+            panic!("only a private cluster can grow");
+        };
+        let ports = free_ports(2);
+        let (port, bus_port) = (ports[0], ports[1]);
+        let child = spawn_node(&bin, port, bus_port, &dir);
+        self.nodes.push(ClusterNode {
+            port,
+            bus_port,
+            child: Some(child),
+        });
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "new node did not start"
+        );
+        let first = format!("127.0.0.1:{}", self.nodes[0].port);
+        let added = cli(&[
+            "--cluster",
+            "add-node",
+            &format!("127.0.0.1:{port}"),
+            &first,
+        ]);
+        assert!(added, "redis-cli --cluster add-node failed");
+        // `rebalance` refuses while the nodes still disagree about the configuration.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(self.wait_ok(Duration::from_secs(1)) && cli(&["--cluster", "check", &first])) {
+            assert!(Instant::now() < deadline, "the new node never joined");
+        }
+        let moved = cli(&[
+            "--cluster",
+            "rebalance",
+            &first,
+            "--cluster-use-empty-masters",
+            "--cluster-yes",
+        ]);
+        assert!(moved, "redis-cli --cluster rebalance failed");
+        assert!(
+            self.wait_ok(Duration::from_secs(20)),
+            "the cluster did not settle after rebalancing"
+        );
+        port
+    }
+
     /// Assigns the slots over the masters and waits for every node to say `cluster_state:ok`.
     fn create(&self) -> bool {
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
-        let created = Command::new("redis-cli")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        created && self.wait_ok(Duration::from_secs(20))
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&args) && self.wait_ok(Duration::from_secs(20))
     }
 
     fn wait_ok(&self, timeout: Duration) -> bool {
@@ -140,6 +181,17 @@ impl RedisCluster {
             }
         }
     }
+}
+
+/// `redis-cli` with `args`; whether it succeeded.
+fn cli(args: &[&str]) -> bool {
+    Command::new("redis-cli")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 fn state_ok(port: u16) -> bool {
