@@ -210,16 +210,17 @@ async fn round(
         let renews = owned
             .iter()
             .map(|(shard, epoch)| {
+                let key = lease_key(*shard);
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(RENEW)
                     .arg(1)
-                    .arg(lease_key(*shard))
+                    .arg(&key)
                     .arg(leases.value(*epoch))
                     .arg(ttl);
-                cmd
+                (key, cmd)
             })
             .collect();
-        let renewed: Vec<i64> = conn.query_each(renews).await?;
+        let renewed: Vec<i64> = conn.query_by_slot(renews).await?;
         for ((shard, _), ok) in owned.iter().zip(renewed) {
             if ok == 0 {
                 leases.forget(*shard);
@@ -253,18 +254,19 @@ async fn round(
         let acquires = to_acquire
             .iter()
             .map(|shard| {
+                let key = lease_key(*shard);
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(ACQUIRE)
                     .arg(2)
-                    .arg(lease_key(*shard))
+                    .arg(&key)
                     .arg(epoch_key(*shard))
                     .arg(&leases.node)
                     .arg(ttl)
                     .arg(now);
-                cmd
+                (key, cmd)
             })
             .collect();
-        let epochs: Vec<i64> = conn.query_each(acquires).await?;
+        let epochs: Vec<i64> = conn.query_by_slot(acquires).await?;
         for (shard, epoch) in to_acquire.iter().zip(epochs) {
             if epoch > 0 {
                 let epoch = epoch as u64;

@@ -1,6 +1,7 @@
 //! Publishing to Redis without a round trip per message: a bounded queue drained by one
 //! task that sends each batch as a single pipeline on an auto-reconnecting connection (on a
-//! Redis Cluster: every message of the batch in flight at once, `SPUBLISH` to its shard).
+//! Redis Cluster: one pipeline per slot, all in flight at once, `SPUBLISH` to each channel's
+//! shard; a channel's messages keep their order either way).
 
 use tokio::sync::mpsc;
 
@@ -46,18 +47,20 @@ async fn run(target: RedisTarget, mut conn: RedisConn, mut rx: mpsc::Receiver<(S
                 Err(_) => break,
             }
         }
-        let cmds = batch
-            .iter()
-            .map(|(ch, payload)| target.publish(ch, payload))
-            .collect();
         let n = batch.len() as u64;
-        match conn.query_each::<redis::Value>(cmds).await {
+        let cmds = batch
+            .drain(..)
+            .map(|(ch, payload)| {
+                let cmd = target.publish(&ch, &payload);
+                (ch, cmd)
+            })
+            .collect();
+        match conn.query_by_slot::<redis::Value>(cmds).await {
             Ok(_) => metrics::counter!(names::BUS_PUBLISHED).increment(n),
             Err(e) => {
                 metrics::counter!(names::BUS_DROPPED).increment(n);
                 tracing::warn!(cause = %e, messages = n, "publish failed");
             }
         }
-        batch.clear();
     }
 }

@@ -2,13 +2,17 @@
 //! production scale-out). The difference stays in this file. On a Redis Cluster every
 //! channel is sharded (`SPUBLISH`/`SSUBSCRIBE`: a message travels only inside the shard that
 //! owns the channel's slot, so pub/sub traffic spreads over the nodes instead of being copied
-//! to all of them) and a pipeline may touch one slot only.
+//! to all of them) and a pipeline may touch one slot only: commands sent together are
+//! grouped by slot, one pipeline each, so the order of messages on one channel holds.
+
+use std::collections::HashMap;
 
 use futures_util::future::join_all;
 use lockstep_shared::config::ClusterConfig;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 /// Both connection enums are used wherever redis-rs takes a connection: each variant answers.
@@ -144,11 +148,14 @@ pub enum RedisConn {
 }
 
 impl RedisConn {
-    /// Runs `cmds`, replies in order (see [`query_each`]).
-    pub async fn query_each<T: FromRedisValue>(&mut self, cmds: Vec<Cmd>) -> RedisResult<Vec<T>> {
+    /// Runs `(key, command)` pairs, replies in order (see [`by_slot_on_cluster`]).
+    pub async fn query_by_slot<T: FromRedisValue>(
+        &mut self,
+        cmds: Vec<(String, Cmd)>,
+    ) -> RedisResult<Vec<T>> {
         match self {
             RedisConn::Single(c) => pipeline(cmds).query_async(c).await,
-            RedisConn::Cluster(c) => each_on_cluster(c, cmds).await,
+            RedisConn::Cluster(c) => by_slot_on_cluster(c, cmds).await,
         }
     }
 }
@@ -179,36 +186,58 @@ pub enum PooledConn {
 }
 
 impl PooledConn {
-    /// Runs `cmds`, replies in order (see [`query_each`]).
-    pub async fn query_each<T: FromRedisValue>(&mut self, cmds: Vec<Cmd>) -> RedisResult<Vec<T>> {
+    /// Runs `(key, command)` pairs, replies in order (see [`by_slot_on_cluster`]).
+    pub async fn query_by_slot<T: FromRedisValue>(
+        &mut self,
+        cmds: Vec<(String, Cmd)>,
+    ) -> RedisResult<Vec<T>> {
         match self {
             PooledConn::Single(c) => pipeline(cmds).query_async(&mut **c).await,
-            PooledConn::Cluster(c) => each_on_cluster(c, cmds).await,
+            PooledConn::Cluster(c) => by_slot_on_cluster(c, cmds).await,
         }
     }
 }
 
 delegate_connection_like!(PooledConn);
 
-fn pipeline(cmds: Vec<Cmd>) -> Pipeline {
+/// One pipeline on one server: the keys only matter on a cluster.
+fn pipeline(cmds: Vec<(String, Cmd)>) -> Pipeline {
     let mut pipe = redis::pipe();
-    for cmd in cmds {
+    for (_, cmd) in cmds {
         pipe.add_command(cmd);
     }
     pipe
 }
 
-/// Commands for keys in different slots cannot share a pipeline on a cluster: each goes on
-/// its own, all in flight at once (the multiplexed connections to each node still write
-/// them back to back). The first error fails the whole, as a pipeline's would.
-async fn each_on_cluster<T: FromRedisValue>(
+/// A pipeline may not span slots on a cluster: commands are grouped by their key's slot, each
+/// group one pipeline (so commands on one key or channel run in the order given), the groups
+/// all in flight at once. The first error fails the whole, as a pipeline's would.
+async fn by_slot_on_cluster<T: FromRedisValue>(
     conn: &ClusterConnection,
-    cmds: Vec<Cmd>,
+    cmds: Vec<(String, Cmd)>,
 ) -> RedisResult<Vec<T>> {
-    let replies = join_all(cmds.into_iter().map(|cmd| {
+    let n = cmds.len();
+    let mut groups: HashMap<Slot, (Vec<usize>, Pipeline)> = HashMap::new();
+    for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+        let (at, pipe) = groups
+            .entry(Slot::for_key(key.as_bytes()))
+            .or_insert_with(|| (Vec::new(), redis::pipe()));
+        at.push(i);
+        pipe.add_command(cmd);
+    }
+    let replies = join_all(groups.into_values().map(|(at, pipe)| {
         let mut conn = conn.clone();
-        async move { cmd.query_async::<T>(&mut conn).await }
+        async move { (at, pipe.query_async::<Vec<T>>(&mut conn).await) }
     }))
     .await;
-    replies.into_iter().collect::<Result<Vec<T>, RedisError>>()
+    let mut ordered: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for (at, group) in replies {
+        for (i, reply) in at.into_iter().zip(group?) {
+            ordered[i] = Some(reply);
+        }
+    }
+    ordered
+        .into_iter()
+        .map(|r| r.ok_or_else(|| RedisError::from(std::io::Error::other("a reply is missing"))))
+        .collect()
 }
