@@ -623,6 +623,74 @@ async fn a_paused_worker_past_its_lease_cannot_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_redis_stops_answering_stops_serving_before_its_lease_ends() {
+    redis_stops_answering(Cluster::start(1, 1).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_a_worker_whose_redis_stops_answering_stops_serving_in_time() {
+    redis_stops_answering(Cluster::start_sharded(1, 1).await).await;
+}
+
+/// Redis neither answers nor closes (SIGSTOP): the worker's lease round waits on replies that
+/// do not come (the cluster client has no reply timeout). Its leases end 1.5 s after the last
+/// renewal, so it must stop serving before that, and serve again once Redis is back.
+async fn redis_stops_answering(cluster: Cluster) {
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let room = create_room_at(g0, &ta).await;
+    let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
+    a.call(
+        json!({"type": "chat.send", "room": room, "text": "before"}),
+        "c0",
+    )
+    .await;
+    let pids: Vec<String> = match &cluster.bus {
+        Bus::Single(redis) => redis.pid().into_iter().collect(),
+        Bus::Sharded(nodes) => nodes.pids(),
+    }
+    .iter()
+    .map(u32::to_string)
+    .collect();
+    assert!(!pids.is_empty(), "a private Redis");
+    let signal = |sig: &str| {
+        for pid in &pids {
+            assert!(Command::new("kill")
+                .args([sig, pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let worker = port_addr(cluster.workers[0].port);
+    let (_, metrics) = http(worker, "GET", "/metrics", None, None).await;
+    let expired: f64 = metrics["raw"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("lockstep_lease_dropped_total{how=\"expired\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let (ready, _) = http(worker, "GET", "/readyz", None, None).await;
+    signal("-CONT");
+    assert!(
+        expired >= 1.0,
+        "the worker kept serving shards whose leases ran out"
+    );
+    assert_eq!(ready, 503, "not ready while Redis does not answer");
+    a.call(
+        json!({"type": "chat.send", "room": room, "text": "after"}),
+        "c1",
+    )
+    .await;
+    let texts = chat_texts(g0, &ta, &room).await;
+    assert_eq!(texts, vec!["after", "before"]);
+    wait_ready(worker, "w0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_drops_its_members_and_clients_resume_elsewhere() {
     let cluster = Cluster::start(2, 1).await;
     let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
@@ -816,6 +884,24 @@ async fn over_a_redis_cluster_nodes_ride_out_each_redis_node_restarting() {
     // Each node loses its subscriptions and (keeping nothing) its keys; the cluster clients
     // reconnect, nodes subscribe again, gateways make their clients resume by seq.
     chat_across(&mut cluster, 3, |nodes, i| nodes.restart_node(i)).await;
+    // Every node held a connection to every Redis node, so each counted its resubscriptions.
+    for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
+        let count = resubscribes(port_addr(n.port), "reconnect").await;
+        assert!(count >= 1.0, "{}: {count} resubscribes counted", n.name);
+    }
+}
+
+/// `lockstep_bus_resubscribes_total{cause}` on one node.
+async fn resubscribes(addr: std::net::SocketAddr, cause: &str) -> f64 {
+    let (_, metrics) = http(addr, "GET", "/metrics", None, None).await;
+    let line = format!("lockstep_bus_resubscribes_total{{cause=\"{cause}\"}} ");
+    metrics["raw"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -825,7 +911,27 @@ async fn over_a_redis_cluster_adding_a_node_moves_channels_and_loses_nothing() {
     // Slots move to the new node with their keys (leases); Redis unsubscribes the channels
     // of moved slots, and their subscribers subscribe again on the new owner.
     chat_across(&mut cluster, 1, |nodes, _| {
-        added = nodes.add_node_and_rebalance()
+        added = nodes.add_node_and_rebalance();
+        for port in nodes.ports() {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "--scan", "--pattern", "ls:*"])
+                .output()
+                .unwrap();
+            let keys = String::from_utf8_lossy(&out.stdout).to_string();
+            let mut values = Vec::new();
+            for k in keys.lines().filter(|k| k.ends_with(":lease")) {
+                let v = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "GET", k])
+                    .output()
+                    .unwrap();
+                values.push(format!("{k}={}", String::from_utf8_lossy(&v.stdout).trim()));
+            }
+            let other: Vec<&str> = keys
+                .lines()
+                .filter(|k| !k.ends_with(":lease") && !k.ends_with(":epoch"))
+                .collect();
+            eprintln!("DIAG node {port}: {} | {:?}", values.join(" "), other);
+        }
     })
     .await;
     let out = Command::new("redis-cli")
@@ -837,6 +943,11 @@ async fn over_a_redis_cluster_adding_a_node_moves_channels_and_loses_nothing() {
         .filter(|l| l.starts_with("ls:"))
         .count();
     assert!(moved > 0, "channels were subscribed again on the new node");
+    let mut slot_moved = 0.0;
+    for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
+        slot_moved += resubscribes(port_addr(n.port), "slot_moved").await;
+    }
+    assert!(slot_moved >= 1.0, "moved channels were counted");
 }
 
 /// One client chats on one gateway while `disrupt` runs `times` times on the Redis Cluster
@@ -871,6 +982,20 @@ async fn chat_across(
         }
     }
     eprintln!("{} unavailable replies retried", a.unavailable);
+    // A room that changed owner during the disruption answers `unavailable` (retry) until it
+    // is loaded again, as any client would see; the stored history is what is checked.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) = room_body(g1, &ta, &room).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the room never served again: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut texts = chat_texts(g1, &ta, &room).await;
     texts.reverse();
     let expected: Vec<String> = (0..sent).map(|i| format!("m{i}")).collect();

@@ -51,6 +51,11 @@ pub const BUS_PUBLISHED: &str = "lockstep_bus_published_total";
 pub const BUS_DROPPED: &str = "lockstep_bus_dropped_total";
 /// Messages received from Redis pub/sub.
 pub const BUS_RECEIVED: &str = "lockstep_bus_received_total";
+/// Times a subscriber had to subscribe its channels again, by `cause` (`reconnect`: its
+/// connection or a Redis Cluster node dropped; `slot_moved`: resharding moved a channel;
+/// `overflow`: messages came faster than handled). Messages may have been lost each time, so
+/// gateways close their sockets with 1012 and clients resume by seq: a burst of rejoins.
+pub const BUS_RESUBSCRIBES: &str = "lockstep_bus_resubscribes_total";
 /// Redis' `client-output-buffer-limit pubsub` hard limit as read at start (gauge; 0 = none):
 /// below 256 MiB a big room's join storm can get this node's subscription dropped.
 pub const BUS_PUBSUB_LIMIT: &str = "lockstep_bus_pubsub_limit_bytes";
@@ -112,6 +117,7 @@ pub const ALL: &[&str] = &[
     BUS_PUBLISHED,
     BUS_DROPPED,
     BUS_RECEIVED,
+    BUS_RESUBSCRIBES,
     BUS_PUBSUB_LIMIT,
     BUS_CLOCK_OFFSET,
     LEASE_OWNED,

@@ -53,6 +53,11 @@ impl Redis {
         self.port
     }
 
+    /// The private server's process id (to pause it with SIGSTOP in a test).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the private server again on the same port (with no data: it keeps nothing).
     pub fn restart(&mut self) {
         let (Some(bin), Some(dir)) = (find_binary("redis-server", &[]), self.dir.clone()) else {

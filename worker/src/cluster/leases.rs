@@ -153,13 +153,28 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        match round(&leases, &pool, &cfg, &events, now).await {
+        // A round that hangs (no reply from Redis, a request stuck behind a slot migration)
+        // must not keep this worker serving: it may take until the moment the worker would
+        // have to stop anyway, and no longer.
+        // Holding nothing, a round may take a heartbeat.
+        let budget = if leases.owned().is_empty() {
+            cfg.heartbeat_ms
+        } else {
+            (last_renewed + cfg.lease_ttl_ms * 2 / 3).saturating_sub(now)
+        };
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(budget.max(1)),
+            round(&leases, &pool, &cfg, &events, now),
+        )
+        .await
+        .unwrap_or_else(|_| Err("timed out before the lease deadline".into()));
+        match outcome {
             Ok(()) => last_renewed = now,
             Err(e) => {
                 leases.ready.store(false, Ordering::SeqCst);
                 tracing::warn!(cause = %e, "lease round failed");
                 // Stop serving well before another worker could take the shards over.
-                if now.saturating_sub(last_renewed) > cfg.lease_ttl_ms * 2 / 3 {
+                if now_ms().saturating_sub(last_renewed) >= cfg.lease_ttl_ms * 2 / 3 {
                     for (shard, _) in leases.owned() {
                         leases.forget(shard);
                         metrics::counter!(names::LEASE_DROPPED, "how" => "expired").increment(1);

@@ -149,6 +149,7 @@ async fn run<M: Fn(String, Vec<u8>), R: Fn()>(
             let _ = done.send(());
         }
         if connections > 0 {
+            metrics::counter!(names::BUS_RESUBSCRIBES, "cause" => "reconnect").increment(1);
             on_reconnect();
         }
         connections += 1;
@@ -269,6 +270,8 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
     // failed): every wanted channel is subscribed again then, retried with backoff.
     let mut resync: Option<tokio::time::Instant> = None;
     let mut resync_backoff = RESYNC_FIRST;
+    // Why the pending resync was scheduled, for the metric.
+    let mut resync_cause = "reconnect";
     loop {
         let resync_at = resync.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
@@ -286,6 +289,9 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                             (Ok(()), None) => {}
                             (Err(e), done) => {
                                 tracing::warn!(cause = %e, "redis cluster subscribe failed; retrying");
+                                if resync.is_none() {
+                                    resync_cause = "reconnect";
+                                }
                                 waiting.extend(done);
                                 resync.get_or_insert_with(|| tokio::time::Instant::now() + resync_backoff);
                             }
@@ -308,6 +314,7 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                         resync_backoff = RESYNC_FIRST;
                         connected.store(true, Ordering::SeqCst);
                         tracing::info!(channels = wanted.len(), "redis cluster pub/sub resubscribed");
+                        metrics::counter!(names::BUS_RESUBSCRIBES, "cause" => resync_cause).increment(1);
                         for done in waiting.drain(..) {
                             let _ = done.send(());
                         }
@@ -332,6 +339,7 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                     // lost, and its subscriptions must be made again once it is back.
                     redis::PushKind::Disconnection => {
                         tracing::warn!("a redis cluster node dropped the pub/sub connection; resubscribing");
+                        resync_cause = "reconnect";
                         connected.store(false, Ordering::SeqCst);
                         resync.get_or_insert_with(|| tokio::time::Instant::now() + RESYNC_FIRST);
                     }
@@ -343,6 +351,9 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                         });
                         if still_wanted {
                             tracing::warn!("redis cluster moved a subscribed channel; resubscribing");
+                            if resync.is_none() {
+                                resync_cause = "slot_moved";
+                            }
                             resync.get_or_insert_with(|| tokio::time::Instant::now() + RESYNC_FIRST);
                         }
                     }
@@ -355,6 +366,7 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                 bound = PUSHES,
                 "pub/sub messages arrived faster than they were handled; some were dropped"
             );
+            metrics::counter!(names::BUS_RESUBSCRIBES, "cause" => "overflow").increment(1);
             on_reconnect();
         }
     }
