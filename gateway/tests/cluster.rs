@@ -912,26 +912,6 @@ async fn over_a_redis_cluster_adding_a_node_moves_channels_and_loses_nothing() {
     // of moved slots, and their subscribers subscribe again on the new owner.
     chat_across(&mut cluster, 1, |nodes, _| {
         added = nodes.add_node_and_rebalance();
-        for port in nodes.ports() {
-            let out = Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "--scan", "--pattern", "ls:*"])
-                .output()
-                .unwrap();
-            let keys = String::from_utf8_lossy(&out.stdout).to_string();
-            let mut values = Vec::new();
-            for k in keys.lines().filter(|k| k.ends_with(":lease")) {
-                let v = Command::new("redis-cli")
-                    .args(["-p", &port.to_string(), "GET", k])
-                    .output()
-                    .unwrap();
-                values.push(format!("{k}={}", String::from_utf8_lossy(&v.stdout).trim()));
-            }
-            let other: Vec<&str> = keys
-                .lines()
-                .filter(|k| !k.ends_with(":lease") && !k.ends_with(":epoch"))
-                .collect();
-            eprintln!("DIAG node {port}: {} | {:?}", values.join(" "), other);
-        }
     })
     .await;
     let out = Command::new("redis-cli")
