@@ -153,22 +153,16 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        // A round that hangs (no reply from Redis, a request stuck behind a slot migration)
-        // must not keep this worker serving: it may take until the moment the worker would
-        // have to stop anyway, and no longer.
-        // Holding nothing, a round may take a heartbeat.
+        // A round whose Redis calls hang (no reply, a request stuck behind a slot migration)
+        // must not keep this worker serving: its calls may wait until the moment the worker
+        // would have to stop anyway, and no longer. Holding nothing, they may wait a heartbeat.
         let budget = if leases.owned().is_empty() {
             cfg.heartbeat_ms
         } else {
             (last_renewed + cfg.lease_ttl_ms * 2 / 3).saturating_sub(now)
         };
-        let outcome = tokio::time::timeout(
-            Duration::from_millis(budget.max(1)),
-            round(&leases, &pool, &cfg, &events, now),
-        )
-        .await
-        .unwrap_or_else(|_| Err("timed out before the lease deadline".into()));
-        match outcome {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(budget.max(1));
+        match round(&leases, &pool, &cfg, &events, now, deadline).await {
             Ok(()) => last_renewed = now,
             Err(e) => {
                 leases.ready.store(false, Ordering::SeqCst);
@@ -192,14 +186,18 @@ async fn round(
     cfg: &ClusterConfig,
     events: &mpsc::Sender<LeaseEvent>,
     now: u64,
+    deadline: tokio::time::Instant,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut conn = pool.get().await?;
+    // Only Redis calls are bounded: a round stopped between a state change and its event
+    // would leave the node's subscriptions out of step with what it holds.
+    use tokio::time::timeout_at;
+    let mut conn = timeout_at(deadline, pool.get()).await??;
     // Only a metric: a failure here must not fail the lease round.
-    let _ = super::clock_offset::measure(&mut conn).await;
+    let _ = timeout_at(deadline, super::clock_offset::measure(&mut conn)).await;
     let ttl = cfg.lease_ttl_ms;
     // Heartbeat and the live set (one key: one pipeline, even on a Redis Cluster).
-    let (live,): (Vec<String>,) = redis::pipe()
-        .cmd("ZADD")
+    let mut beat = redis::pipe();
+    beat.cmd("ZADD")
         .arg(WORKERS_KEY)
         .arg(now)
         .arg(&leases.node)
@@ -212,9 +210,8 @@ async fn round(
         .cmd("ZRANGEBYSCORE")
         .arg(WORKERS_KEY)
         .arg(now.saturating_sub(ttl))
-        .arg("+inf")
-        .query_async(&mut conn)
-        .await?;
+        .arg("+inf");
+    let (live,): (Vec<String>,) = timeout_at(deadline, beat.query_async(&mut conn)).await??;
     let mut live = live;
     if !live.contains(&leases.node) {
         live.push(leases.node.clone());
@@ -235,7 +232,7 @@ async fn round(
                 (key, cmd)
             })
             .collect();
-        let renewed: Vec<i64> = conn.query_by_slot(renews).await?;
+        let renewed: Vec<i64> = timeout_at(deadline, conn.query_by_slot(renews)).await??;
         for ((shard, _), ok) in owned.iter().zip(renewed) {
             if ok == 0 {
                 leases.forget(*shard);
@@ -281,7 +278,7 @@ async fn round(
                 (key, cmd)
             })
             .collect();
-        let epochs: Vec<i64> = conn.query_by_slot(acquires).await?;
+        let epochs: Vec<i64> = timeout_at(deadline, conn.query_by_slot(acquires)).await??;
         for (shard, epoch) in to_acquire.iter().zip(epochs) {
             if epoch > 0 {
                 let epoch = epoch as u64;

@@ -51,9 +51,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .await
         .with_context(|| format!("connect to redis ({})", target.describe()))?;
     let publisher = Publisher::spawn(target.clone(), conn);
-    let pool = target
-        .pool()
-        .map_err(|e| anyhow::anyhow!("redis pool: {e}"))?;
+    let pool = target.pool()?;
     let store = Arc::new(open_store(&cfg).await?);
     let leases = Arc::new(Leases::new(node.clone(), cc.shards));
     let sink: Arc<dyn GatewaySink> = Arc::new(RedisSink::new(publisher.clone()));

@@ -48,6 +48,15 @@ macro_rules! delegate_connection_like {
     };
 }
 
+/// Why a Redis pool could not be made or lend a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot create the redis pool: {0}")]
+    Create(String),
+    #[error("no redis connection from the pool: {0}")]
+    Get(String),
+}
+
 /// Where the cluster's Redis is.
 #[derive(Clone)]
 pub enum RedisTarget {
@@ -110,19 +119,19 @@ impl RedisTarget {
     }
 
     /// A deadpool pool of connections (leases, reaping, the Twitch JOIN limiter).
-    pub fn pool(&self) -> Result<RedisPool, String> {
+    pub fn pool(&self) -> Result<RedisPool, PoolError> {
         match self {
             RedisTarget::Single(client) => {
                 deadpool_redis::Config::from_connection_info(client.get_connection_info().clone())
                     .create_pool(Some(deadpool_redis::Runtime::Tokio1))
                     .map(RedisPool::Single)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| PoolError::Create(e.to_string()))
             }
             RedisTarget::Cluster { seeds, .. } => {
                 deadpool_redis::cluster::Config::from_urls(seeds.clone())
                     .create_pool(Some(deadpool_redis::Runtime::Tokio1))
                     .map(RedisPool::Cluster)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| PoolError::Create(e.to_string()))
             }
         }
     }
@@ -170,12 +179,12 @@ pub enum RedisPool {
 }
 
 impl RedisPool {
-    pub async fn get(&self) -> Result<PooledConn, String> {
+    pub async fn get(&self) -> Result<PooledConn, PoolError> {
         match self {
             RedisPool::Single(p) => p.get().await.map(PooledConn::Single),
             RedisPool::Cluster(p) => p.get().await.map(PooledConn::Cluster),
         }
-        .map_err(|e| e.to_string())
+        .map_err(|e| PoolError::Get(e.to_string()))
     }
 }
 

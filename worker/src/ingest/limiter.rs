@@ -136,7 +136,7 @@ impl RedisJoinLimiter {
 #[async_trait]
 impl JoinLimiter for RedisJoinLimiter {
     async fn try_acquire(&self) -> Result<u64, String> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
         let member = format!(
             "{}:{}",
             self.member_prefix,
