@@ -1,7 +1,7 @@
 //! A dedicated Redis pub/sub connection that reconnects and resubscribes by itself. Used by
 //! workers (shard channels) and gateways (their own channel). On a Redis Cluster the channels
-//! are sharded (`SSUBSCRIBE`): the cluster client keeps one subscription per node that owns
-//! a channel's slot and moves it when slots move.
+//! are sharded (`SSUBSCRIBE`, each on the node owning its slot), and this task subscribes them
+//! again when a node drops or a slot moves.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,7 +108,8 @@ async fn run<M: Fn(String, Vec<u8>), R: Fn()>(
         cancel,
     } = hooks;
     let mut wanted: HashSet<String> = initial.into_iter().collect();
-    // Callers waiting for a subscription that failed at first.
+    // Callers waiting for a subscription that failed at first (one per channel asked for
+    // meanwhile: shards and gateways bound it).
     let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     let mut cmds_closed = false;
@@ -243,7 +244,8 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
         }
     };
     let mut wanted: HashSet<String> = initial.into_iter().collect();
-    // Callers waiting for a subscription that failed at first.
+    // Callers waiting for a subscription that failed at first (one per channel asked for
+    // meanwhile: shards and gateways bound it).
     let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
     let mut cmds_closed = false;
     // Only the first connection is ours to retry: afterwards the cluster client reconnects
