@@ -422,6 +422,18 @@ impl Config {
                 ));
             }
         }
+        // The redis client is built without TLS: say so now, not when the first node connects.
+        if c.redis_url.starts_with("rediss://")
+            || c.redis_cluster_nodes
+                .iter()
+                .any(|n| n.starts_with("rediss://"))
+        {
+            errs.push(
+                "cluster: TLS to Redis (rediss://) is not supported yet; reach Redis over a \
+                 private network or a TLS tunnel (stunnel, spiped)"
+                    .into(),
+            );
+        }
         if c.postgres_pool == 0 {
             errs.push("cluster.postgres_pool must be at least 1".into());
         }
@@ -504,6 +516,11 @@ mod tests {
         let mut cfg = Config::default();
         cfg.cluster.redis_cluster_nodes = vec!["127.0.0.1:7000".into()];
         assert!(matches!(cfg.validate(), Err(ConfigError::Invalid(e)) if e.len() == 1));
+        // TLS is refused up front, with the reason, rather than failing at the first connect.
+        cfg.cluster.redis_cluster_nodes = vec!["rediss://10.0.0.1:6379".into()];
+        assert!(
+            matches!(cfg.validate(), Err(ConfigError::Invalid(e)) if e.len() == 1 && e[0].contains("TLS"))
+        );
     }
 
     #[test]
