@@ -488,12 +488,8 @@ async fn one_seq_stream(cluster: &Cluster) {
     // Every node measures its clock against Redis' with its heartbeats (one host here: the
     // offsets are the round trip's error, far below the 50 ms the alert allows).
     for addr in [g0, g1, port_addr(cluster.workers[0].port)] {
-        let (_, metrics) = http(addr, "GET", "/metrics", None, None).await;
-        let text = metrics["raw"].as_str().unwrap_or_default();
-        let offset: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("lockstep_bus_clock_offset_seconds "))
-            .and_then(|v| v.trim().parse().ok())
+        let offset = metric(addr, "lockstep_bus_clock_offset_seconds")
+            .await
             .unwrap_or_else(|| panic!("{addr}: no clock offset in /metrics"));
         assert!(offset.abs() < 0.05, "{addr}: offset {offset} s on one host");
     }
@@ -665,13 +661,8 @@ async fn redis_stops_answering(cluster: Cluster) {
     signal("-STOP");
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let worker = port_addr(cluster.workers[0].port);
-    let (_, metrics) = http(worker, "GET", "/metrics", None, None).await;
-    let expired: f64 = metrics["raw"]
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("lockstep_lease_dropped_total{how=\"expired\"} "))
-        .and_then(|v| v.trim().parse().ok())
+    let expired = metric(worker, "lockstep_lease_dropped_total{how=\"expired\"}")
+        .await
         .unwrap_or(0.0);
     let (ready, _) = http(worker, "GET", "/readyz", None, None).await;
     signal("-CONT");
@@ -893,15 +884,20 @@ async fn over_a_redis_cluster_nodes_ride_out_each_redis_node_restarting() {
 
 /// `lockstep_bus_resubscribes_total{cause}` on one node.
 async fn resubscribes(addr: std::net::SocketAddr, cause: &str) -> f64 {
+    let series = format!("lockstep_bus_resubscribes_total{{cause=\"{cause}\"}}");
+    metric(addr, &series).await.unwrap_or(0.0)
+}
+
+/// One series' value from a node's `/metrics` (`series` as Prometheus prints it, labels
+/// included), or `None` if it is not exported (yet).
+async fn metric(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
     let (_, metrics) = http(addr, "GET", "/metrics", None, None).await;
-    let line = format!("lockstep_bus_resubscribes_total{{cause=\"{cause}\"}} ");
+    let prefix = format!("{series} ");
     metrics["raw"]
-        .as_str()
-        .unwrap_or_default()
+        .as_str()?
         .lines()
-        .find_map(|l| l.strip_prefix(&line))
+        .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
