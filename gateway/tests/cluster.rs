@@ -392,6 +392,13 @@ impl Resilient {
     }
 }
 
+/// Whether `user_id`'s `presence.leave` is among `events`.
+fn left_presence(events: &[Value], user_id: &str) -> bool {
+    events
+        .iter()
+        .any(|v| v["type"] == "presence.leave" && v["user_id"] == user_id)
+}
+
 fn seqs(events: &[Value]) -> Vec<u64> {
     events.iter().filter_map(|v| v["seq"].as_u64()).collect()
 }
@@ -703,9 +710,7 @@ async fn a_killed_gateway_drops_its_members_and_clients_resume_elsewhere() {
     // The member that does not come back leaves presence once its gateway is declared dead.
     watcher
         .drain_until("the dead gateway's member never left presence", |events| {
-            events
-                .iter()
-                .any(|v| v["type"] == "presence.leave" && v["user_id"] == x_id.as_str())
+            left_presence(events, &x_id)
         })
         .await;
     eprintln!(
@@ -745,18 +750,14 @@ async fn a_gateway_stalled_past_its_timeout_has_its_clients_rejoin() {
         .await;
     // On-call sees it: the worker counts the gateway it declared dead (alert
     // LockstepGatewayReaped).
-    let (_, metrics) = http(
+    let reaped = metric(
         port_addr(cluster.workers[0].port),
-        "GET",
-        "/metrics",
-        None,
-        None,
+        "lockstep_worker_gateways_reaped_total",
     )
     .await;
-    let text = metrics["raw"].as_str().unwrap_or_default();
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("lockstep_worker_gateways_reaped_total") && l.ends_with(" 1")),
+    assert_eq!(
+        reaped,
+        Some(1.0),
         "reaped counter missing from the worker's /metrics"
     );
     cluster.gateways[1].signal("-CONT");
@@ -809,13 +810,7 @@ async fn a_gateway_stopped_with_sigterm_takes_its_members_out_of_presence() {
     watcher
         .drain_until(
             "the stopped gateway's members never left presence",
-            |events| {
-                ids.iter().all(|id| {
-                    events
-                        .iter()
-                        .any(|v| v["type"] == "presence.leave" && v["user_id"] == id.as_str())
-                })
-            },
+            |events| ids.iter().all(|id| left_presence(events, id)),
         )
         .await;
     eprintln!(

@@ -34,7 +34,7 @@ impl Redis {
             let mut redis = Redis {
                 url: format!("redis://127.0.0.1:{port}"),
                 port,
-                child: Some(spawn_server(&bin, port, &dir)),
+                child: Some(spawn_server(&bin, port, &dir, &[])),
                 dir: Some(dir.clone()),
             };
             if wait_for_port(port, Duration::from_secs(10)) {
@@ -64,7 +64,7 @@ impl Redis {
             return;
         };
         self.stop();
-        let child = spawn_server(&bin, self.port, &dir);
+        let child = spawn_server(&bin, self.port, &dir, &[]);
         self.child = Some(child);
         assert!(
             wait_for_port(self.port, Duration::from_secs(10)),
@@ -81,7 +81,14 @@ impl Redis {
     }
 }
 
-fn spawn_server(bin: &std::path::Path, port: u16, dir: &std::path::Path) -> Child {
+/// A private `redis-server` on `port` keeping nothing on disk, with `extra` settings (a
+/// Redis Cluster node adds its cluster flags).
+pub(crate) fn spawn_server(
+    bin: &std::path::Path,
+    port: u16,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Child {
     Command::new(bin)
         .args([
             "--port",
@@ -93,6 +100,7 @@ fn spawn_server(bin: &std::path::Path, port: u16, dir: &std::path::Path) -> Chil
             "--appendonly",
             "no",
         ])
+        .args(extra)
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::redis::spawn_server;
 use crate::util::{find_binary, free_ports, temp_dir, wait_for_port};
 
 /// Masters in a private cluster: the fewest `redis-cli --cluster create` accepts.
@@ -247,31 +248,22 @@ fn state_ok(port: u16) -> bool {
 }
 
 fn spawn_node(bin: &Path, port: u16, bus_port: u16, dir: &Path) -> Child {
-    Command::new(bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--cluster-port",
-            &bus_port.to_string(),
+    let (bus_port, config) = (bus_port.to_string(), format!("nodes-{port}.conf"));
+    spawn_server(
+        bin,
+        port,
+        dir,
+        &[
             "--cluster-enabled",
             "yes",
+            "--cluster-port",
+            &bus_port,
             "--cluster-config-file",
-            &format!("nodes-{port}.conf"),
+            &config,
             "--cluster-node-timeout",
             "2000",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+        ],
+    )
 }
 
 impl Drop for RedisCluster {

@@ -333,8 +333,10 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                 let Some(push) = push else { return };
                 match push.kind {
                     redis::PushKind::SMessage | redis::PushKind::Message => {
-                        if let Some(msg) = redis::Msg::from_push_info(push) {
-                            on_message(msg.get_channel_name().to_owned(), msg.get_payload_bytes().to_vec());
+                        // `[channel, payload]`: both moved out, not copied (one per message).
+                        let mut data = push.data.into_iter();
+                        if let (Some(redis::Value::BulkString(ch)), Some(redis::Value::BulkString(payload))) = (data.next(), data.next()) {
+                            on_message(String::from_utf8_lossy(&ch).into_owned(), payload);
                         }
                     }
                     // The connection to one node dropped: whatever it carried meanwhile is
