@@ -13,7 +13,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use lockstep_testkit::fake_twitch::FakeTwitch;
 use lockstep_testkit::fake_youtube::{ActionKind, FakeYoutube};
-use lockstep_testkit::{Postgres, Redis, RedisCluster};
+use lockstep_testkit::{Postgres, Redis, RedisCluster, TestCa};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -70,6 +70,10 @@ enum Bus {
 struct Cluster {
     bus: Bus,
     pg: Postgres,
+    /// Appended to the Postgres URL (`?sslmode=require` over TLS).
+    pg_params: &'static str,
+    /// The CA of TLS-only Redis and Postgres servers, kept while they run.
+    _ca: Option<TestCa>,
     gateways: Vec<Node>,
     workers: Vec<Node>,
     logs: TempDir,
@@ -96,21 +100,68 @@ impl Cluster {
         Cluster::start_on(bus, gateways, workers, Vec::new()).await
     }
 
+    /// The same cluster over Redis (one server, or a Redis Cluster) and Postgres that accept
+    /// TLS only, as managed services do: every node trusts the servers' CA by its settings.
+    async fn start_tls(sharded: bool, gateways: usize, workers: usize) -> Cluster {
+        let (ca, bus, pg) = tokio::task::spawn_blocking(move || {
+            let ca = TestCa::new();
+            let bus = if sharded {
+                Bus::Sharded(RedisCluster::start_tls(&ca))
+            } else {
+                Bus::Single(Redis::start_tls(&ca))
+            };
+            let pg = Postgres::start_tls(&ca);
+            (ca, bus, pg)
+        })
+        .await
+        .unwrap();
+        let env = vec![
+            (
+                "LOCKSTEP_CLUSTER__REDIS_CA_FILE".to_owned(),
+                ca.ca_file().display().to_string(),
+            ),
+            (
+                "LOCKSTEP_CLUSTER__POSTGRES_CA_FILE".to_owned(),
+                ca.ca_file().display().to_string(),
+            ),
+        ];
+        let c = Cluster::new(bus, pg, "?sslmode=require", Some(ca), env);
+        c.spawn(gateways, workers).await
+    }
+
     async fn start_on(
         bus: Bus,
         gateways: usize,
         workers: usize,
         env: Vec<(String, String)>,
     ) -> Cluster {
-        let pg = Postgres::start();
-        let mut c = Cluster {
+        Cluster::new(bus, Postgres::start(), "", None, env)
+            .spawn(gateways, workers)
+            .await
+    }
+
+    fn new(
+        bus: Bus,
+        pg: Postgres,
+        pg_params: &'static str,
+        ca: Option<TestCa>,
+        env: Vec<(String, String)>,
+    ) -> Cluster {
+        Cluster {
             bus,
             pg,
+            pg_params,
+            _ca: ca,
             gateways: Vec::new(),
             workers: Vec::new(),
             logs: TempDir::new("cluster"),
             env,
-        };
+        }
+    }
+
+    /// Starts the nodes and waits until every one says it is ready.
+    async fn spawn(mut self, gateways: usize, workers: usize) -> Cluster {
+        let c = &mut self;
         for i in 0..workers {
             c.add_worker(&format!("w{i}"));
         }
@@ -130,7 +181,7 @@ impl Cluster {
         for n in c.gateways.iter().chain(c.workers.iter()) {
             wait_ready(port_addr(n.port), &n.name).await;
         }
-        c
+        self
     }
 
     fn command(&self, bin: impl AsRef<std::ffi::OsStr>, name: &str) -> Command {
@@ -145,21 +196,24 @@ impl Cluster {
                     nodes.seeds().join(","),
                 ),
         };
-        cmd.env("LOCKSTEP_CLUSTER__POSTGRES_URL", self.pg.url())
-            .env("LOCKSTEP_CLUSTER__SHARDS", SHARDS.to_string())
-            .env("LOCKSTEP_CLUSTER__LEASE_TTL_MS", "1500")
-            .env("LOCKSTEP_CLUSTER__HEARTBEAT_MS", "250")
-            .env("LOCKSTEP_CLUSTER__GATEWAY_TIMEOUT_MS", "1500")
-            .env("LOCKSTEP_CLUSTER__POSTGRES_POOL", "8")
-            .env("LOCKSTEP_AUTH__JWT_SECRET", SECRET)
-            .env("LOCKSTEP_ROOM__CHAT_RATE", "1000")
-            .env("LOCKSTEP_ROOM__CHAT_BURST", "1000")
-            .env("LOCKSTEP_GATEWAY__CONNECT_RATE_PER_IP", "10000")
-            .env("LOCKSTEP_GATEWAY__CONNECT_BURST_PER_IP", "10000")
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        cmd.env(
+            "LOCKSTEP_CLUSTER__POSTGRES_URL",
+            format!("{}{}", self.pg.url(), self.pg_params),
+        )
+        .env("LOCKSTEP_CLUSTER__SHARDS", SHARDS.to_string())
+        .env("LOCKSTEP_CLUSTER__LEASE_TTL_MS", "1500")
+        .env("LOCKSTEP_CLUSTER__HEARTBEAT_MS", "250")
+        .env("LOCKSTEP_CLUSTER__GATEWAY_TIMEOUT_MS", "1500")
+        .env("LOCKSTEP_CLUSTER__POSTGRES_POOL", "8")
+        .env("LOCKSTEP_AUTH__JWT_SECRET", SECRET)
+        .env("LOCKSTEP_ROOM__CHAT_RATE", "1000")
+        .env("LOCKSTEP_ROOM__CHAT_BURST", "1000")
+        .env("LOCKSTEP_GATEWAY__CONNECT_RATE_PER_IP", "10000")
+        .env("LOCKSTEP_GATEWAY__CONNECT_BURST_PER_IP", "10000")
+        .env("RUST_LOG", "info")
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
         cmd
     }
 
@@ -455,6 +509,18 @@ async fn over_a_redis_cluster_clients_on_two_gateways_see_one_seq_stream() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_to_redis_and_postgres_clients_on_two_gateways_see_one_seq_stream() {
+    // The servers accept TLS only (Redis without a plain port, Postgres `hostssl` only):
+    // every acknowledged chat crossed both over verified TLS.
+    one_seq_stream(&Cluster::start_tls(false, 2, 2).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_to_a_redis_cluster_clients_on_two_gateways_see_one_seq_stream() {
+    one_seq_stream(&Cluster::start_tls(true, 2, 2).await).await;
+}
+
 /// Two clients on two gateways chat in one room: one gapless, identical stream.
 async fn one_seq_stream(cluster: &Cluster) {
     let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
@@ -490,7 +556,7 @@ async fn one_seq_stream(cluster: &Cluster) {
     );
     assert_gapless(&a.events, "a");
     let (status, snap) = room_body(g1, &ta, &room).await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{snap}");
     assert_eq!(snap["members"].as_array().map(Vec::len), Some(2));
     // Every node measures its clock against Redis' with its heartbeats (one host here: the
     // offsets are the round trip's error, far below the 50 ms the alert allows).

@@ -181,6 +181,7 @@ async fn open_pg(url: &str) -> PostgresStore {
         pool_size: 8,
         batch_max: 64,
         events_keep: 100,
+        ca_file: None,
     })
     .await
     .unwrap()

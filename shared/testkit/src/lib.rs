@@ -7,6 +7,7 @@
 //! - `postgres`: [`Postgres`], a private cluster or a fresh database on a configured server.
 //! - `redis`: [`Redis`], a private server or a configured URL.
 //! - `redis_cluster`: [`RedisCluster`], a private three-node Redis Cluster or configured seeds.
+//! - `tls`: [`TestCa`], a throwaway CA and server certificate for the TLS variants.
 //! - `util`: free ports, waiting for a port, temp dirs.
 //! - `fake_twitch`, `fake_youtube`, `fake_proxy`: local upstreams speaking the real wire
 //!   formats (IRC over WebSocket, YouTube pages and InnerTube, HTTP CONNECT) for ingestion
@@ -19,8 +20,10 @@ pub mod fake_youtube;
 mod postgres;
 mod redis;
 mod redis_cluster;
+mod tls;
 mod util;
 
 pub use postgres::Postgres;
 pub use redis::Redis;
 pub use redis_cluster::RedisCluster;
+pub use tls::TestCa;

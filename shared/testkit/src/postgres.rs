@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::tls::TestCa;
 use crate::util::{find_binary, free_port, is_root, temp_dir, wait_for_port};
 
 /// A PostgreSQL database for one test.
@@ -20,6 +21,8 @@ struct Cluster {
     port: u16,
     as_postgres: bool,
     running: bool,
+    /// Extra server settings (TLS), kept for `restart`.
+    settings: String,
 }
 
 impl Postgres {
@@ -31,12 +34,35 @@ impl Postgres {
                 cluster: None,
             };
         }
+        Postgres::start_private(None)
+    }
+
+    /// Starts a private cluster that accepts TCP connections over TLS only (`hostssl` in
+    /// pg_hba.conf), with a certificate `ca` signed: always private, since a configured
+    /// server's TLS settings are unknown. The URL has no `sslmode`; the test adds it.
+    pub fn start_tls(ca: &TestCa) -> Postgres {
+        Postgres::start_private(Some(ca))
+    }
+
+    fn start_private(tls: Option<&TestCa>) -> Postgres {
         let bin = pg_bin_dir().unwrap_or_else(|| {
             panic!("PostgreSQL server binaries (initdb, postgres) not found: install postgresql (ops/test.sh does) or set LOCKSTEP_TEST_PG_URL")
         });
         let as_postgres = is_root();
         let dir = temp_dir("pg");
         let data = dir.join("data");
+        let mut settings = String::new();
+        if let Some(ca) = tls {
+            // The server reads its key as its own user, which must own it (mode 0600).
+            let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+            std::fs::copy(ca.cert_file(), &cert).unwrap();
+            std::fs::copy(ca.key_file(), &key).unwrap();
+            settings = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         if as_postgres {
             run(
                 Command::new("chown")
@@ -56,12 +82,21 @@ impl Postgres {
             "UTF8",
         ]);
         run(&mut initdb, "initdb");
+        if tls.is_some() {
+            // Local sockets for the harness; TCP only over TLS.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+        }
         let mut cluster = Cluster {
             bin,
             dir,
             port: 0,
             as_postgres,
             running: false,
+            settings,
         };
         for _ in 0..5 {
             cluster.port = free_port();
@@ -112,9 +147,10 @@ impl Cluster {
             .arg(self.dir.join("log"))
             .arg("-o")
             .arg(format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off -c max_connections=200",
+                "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off -c max_connections=200{}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.settings
             ))
             .args(["-w", "-t", "30", "start"]);
         let ok = ctl

@@ -3,6 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::tls::TestCa;
 use crate::util::{find_binary, free_port, temp_dir, wait_for_port};
 
 /// A Redis server for one test.
@@ -11,6 +12,8 @@ pub struct Redis {
     port: u16,
     child: Option<Child>,
     dir: Option<std::path::PathBuf>,
+    /// How it listens (plain, or TLS only), kept for `restart`.
+    listen: Vec<String>,
 }
 
 impl Redis {
@@ -23,19 +26,35 @@ impl Redis {
                 port: 0,
                 child: None,
                 dir: None,
+                listen: Vec::new(),
             };
         }
+        Redis::start_private(None)
+    }
+
+    /// Starts a private server that speaks TLS only (`rediss://`), with a certificate `ca`
+    /// signed: always private, since a configured server's TLS settings are unknown.
+    pub fn start_tls(ca: &TestCa) -> Redis {
+        Redis::start_private(Some(ca))
+    }
+
+    fn start_private(tls: Option<&TestCa>) -> Redis {
         let bin = find_binary("redis-server", &[]).unwrap_or_else(|| {
             panic!("redis-server not found: install it (apt-get install redis-server; ops/test.sh does) or set LOCKSTEP_TEST_REDIS_URL")
         });
         let dir = temp_dir("redis");
         for _ in 0..5 {
             let port = free_port();
+            let (scheme, listen) = match tls {
+                Some(ca) => ("rediss", ca.redis_server_args(port)),
+                None => ("redis", vec!["--port".into(), port.to_string()]),
+            };
             let mut redis = Redis {
-                url: format!("redis://127.0.0.1:{port}"),
+                url: format!("{scheme}://127.0.0.1:{port}"),
                 port,
-                child: Some(spawn_server(&bin, port, &dir, &[])),
+                child: Some(spawn_server(&bin, &listen, &dir, &[])),
                 dir: Some(dir.clone()),
+                listen,
             };
             if wait_for_port(port, Duration::from_secs(10)) {
                 return redis;
@@ -64,7 +83,7 @@ impl Redis {
             return;
         };
         self.stop();
-        let child = spawn_server(&bin, self.port, &dir, &[]);
+        let child = spawn_server(&bin, &self.listen, &dir, &[]);
         self.child = Some(child);
         assert!(
             wait_for_port(self.port, Duration::from_secs(10)),
@@ -81,25 +100,17 @@ impl Redis {
     }
 }
 
-/// A private `redis-server` on `port` keeping nothing on disk, with `extra` settings (a
-/// Redis Cluster node adds its cluster flags).
+/// A private `redis-server` listening as `listen` says (`--port <n>`, or TLS settings),
+/// keeping nothing on disk, with `extra` settings (a Redis Cluster node adds its cluster flags).
 pub(crate) fn spawn_server(
     bin: &std::path::Path,
-    port: u16,
+    listen: &[String],
     dir: &std::path::Path,
     extra: &[&str],
 ) -> Child {
     Command::new(bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(listen)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(extra)
         .arg("--dir")
         .arg(dir)

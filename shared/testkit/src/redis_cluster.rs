@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::redis::spawn_server;
+use crate::tls::{TestCa, TlsFiles};
 use crate::util::{find_binary, free_ports, temp_dir, wait_for_port};
 
 /// Masters in a private cluster: the fewest `redis-cli --cluster create` accepts.
@@ -23,6 +24,8 @@ pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
     external: Option<Vec<String>>,
     dir: Option<PathBuf>,
+    /// Set when the nodes speak TLS only (clients, `redis-cli` and the cluster bus).
+    tls: Option<TlsFiles>,
 }
 
 impl RedisCluster {
@@ -34,8 +37,19 @@ impl RedisCluster {
                 nodes: Vec::new(),
                 external: Some(seeds.split(',').map(|s| s.trim().to_owned()).collect()),
                 dir: None,
+                tls: None,
             };
         }
+        RedisCluster::start_private(None)
+    }
+
+    /// Starts a private cluster whose nodes speak TLS only (`rediss://`), with a certificate
+    /// `ca` signed; the nodes' bus is TLS too.
+    pub fn start_tls(ca: &TestCa) -> RedisCluster {
+        RedisCluster::start_private(Some(ca.files()))
+    }
+
+    fn start_private(tls: Option<TlsFiles>) -> RedisCluster {
         let bin = find_binary("redis-server", &[]).unwrap_or_else(|| {
             panic!("redis-server not found: install it (apt-get install redis-server; ops/test.sh does) or set LOCKSTEP_TEST_REDIS_CLUSTER_NODES")
         });
@@ -48,11 +62,12 @@ impl RedisCluster {
                     .map(|p| ClusterNode {
                         port: p[0],
                         bus_port: p[1],
-                        child: Some(spawn_node(&bin, p[0], p[1], &dir)),
+                        child: Some(spawn_node(&bin, p[0], p[1], &dir, tls.as_ref())),
                     })
                     .collect(),
                 external: None,
                 dir: Some(dir),
+                tls: tls.clone(),
             };
             if cluster.nodes.len() == MASTERS
                 && cluster
@@ -72,11 +87,17 @@ impl RedisCluster {
     pub fn seeds(&self) -> Vec<String> {
         match &self.external {
             Some(seeds) => seeds.clone(),
-            None => self
-                .nodes
-                .iter()
-                .map(|n| format!("redis://127.0.0.1:{}", n.port))
-                .collect(),
+            None => {
+                let scheme = if self.tls.is_some() {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                self.nodes
+                    .iter()
+                    .map(|n| format!("{scheme}://127.0.0.1:{}", n.port))
+                    .collect()
+            }
         }
     }
 
@@ -104,7 +125,13 @@ impl RedisCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
-        node.child = Some(spawn_node(&bin, node.port, node.bus_port, &dir));
+        node.child = Some(spawn_node(
+            &bin,
+            node.port,
+            node.bus_port,
+            &dir,
+            self.tls.as_ref(),
+        ));
         assert!(
             wait_for_port(node.port, Duration::from_secs(10)),
             "redis cluster node did not restart"
@@ -124,7 +151,7 @@ impl RedisCluster {
         };
         let ports = free_ports(2);
         let (port, bus_port) = (ports[0], ports[1]);
-        let child = spawn_node(&bin, port, bus_port, &dir);
+        let child = spawn_node(&bin, port, bus_port, &dir, self.tls.as_ref());
         self.nodes.push(ClusterNode {
             port,
             bus_port,
@@ -135,7 +162,7 @@ impl RedisCluster {
             "new node did not start"
         );
         let first = format!("127.0.0.1:{}", self.nodes[0].port);
-        let added = cli(&[
+        let added = self.cli(&[
             "--cluster",
             "add-node",
             &format!("127.0.0.1:{port}"),
@@ -144,14 +171,14 @@ impl RedisCluster {
         assert!(added, "redis-cli --cluster add-node failed");
         // `rebalance` refuses while the nodes still disagree about the configuration.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(self.wait_ok(Duration::from_secs(1)) && cli(&["--cluster", "check", &first])) {
+        while !(self.wait_ok(Duration::from_secs(1)) && self.cli(&["--cluster", "check", &first])) {
             assert!(Instant::now() < deadline, "the new node never joined");
         }
         // A busy machine can make a rebalance fail half-way (a slot left migrating, the
         // nodes briefly disagreeing); `fix` finishes what it left, and it is tried again.
         let mut attempts = Vec::new();
         loop {
-            let out = cli_output(&[
+            let out = self.cli_output(&[
                 "--cluster",
                 "rebalance",
                 &first,
@@ -164,7 +191,7 @@ impl RedisCluster {
                     eprintln!("redis-cli --cluster rebalance failed, fixing and retrying: {e}");
                     attempts.push(e);
                     std::thread::sleep(Duration::from_millis(500));
-                    let _ = cli_output(&["--cluster", "fix", &first, "--cluster-yes"]);
+                    let _ = self.cli_output(&["--cluster", "fix", &first, "--cluster-yes"]);
                     let _ = self.wait_ok(Duration::from_secs(10));
                 }
                 Err(e) => {
@@ -185,13 +212,13 @@ impl RedisCluster {
         args.extend(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(&args) && self.wait_ok(Duration::from_secs(20))
+        self.cli(&args) && self.wait_ok(Duration::from_secs(20))
     }
 
     fn wait_ok(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.nodes.iter().all(|n| state_ok(n.port)) {
+            if self.nodes.iter().all(|n| self.state_ok(n.port)) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -209,49 +236,65 @@ impl RedisCluster {
     }
 }
 
-/// `redis-cli` with `args`; whether it succeeded.
-fn cli(args: &[&str]) -> bool {
-    Command::new("redis-cli")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
+impl RedisCluster {
+    /// `redis-cli`, with the TLS flags when the nodes need them.
+    fn redis_cli(&self) -> Command {
+        let mut cmd = Command::new("redis-cli");
+        if let Some(tls) = &self.tls {
+            cmd.args(tls.redis_cli_args());
+        }
+        cmd
+    }
 
-/// `redis-cli` with `args`: its output, or why it failed (output included).
-fn cli_output(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("redis-cli")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        let tail: Vec<&str> = text.lines().rev().take(5).collect();
-        Err(tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+    /// `redis-cli` with `args`; whether it succeeded.
+    fn cli(&self, args: &[&str]) -> bool {
+        self.redis_cli()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// `redis-cli` with `args`: its output, or why it failed (output included).
+    fn cli_output(&self, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .redis_cli()
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            Err(tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+        }
+    }
+
+    fn state_ok(&self, port: u16) -> bool {
+        self.redis_cli()
+            .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            .unwrap_or(false)
     }
 }
 
-fn state_ok(port: u16) -> bool {
-    Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
-        .unwrap_or(false)
-}
-
-fn spawn_node(bin: &Path, port: u16, bus_port: u16, dir: &Path) -> Child {
+fn spawn_node(bin: &Path, port: u16, bus_port: u16, dir: &Path, tls: Option<&TlsFiles>) -> Child {
     let (bus_port, config) = (bus_port.to_string(), format!("nodes-{port}.conf"));
+    let listen = match tls {
+        Some(tls) => tls.redis_server_args(port),
+        None => vec!["--port".into(), port.to_string()],
+    };
     spawn_server(
         bin,
-        port,
+        &listen,
         dir,
         &[
             "--cluster-enabled",

@@ -234,6 +234,7 @@ async fn open_store(cfg: &Config) -> anyhow::Result<PostgresStore> {
         pool_size: cfg.cluster.postgres_pool,
         batch_max: cfg.store.batch_max,
         events_keep: cfg.room.history_max,
+        ca_file: cfg.cluster.postgres_ca_file.clone(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -4,16 +4,20 @@
 //! owns the channel's slot, so pub/sub traffic spreads over the nodes instead of being copied
 //! to all of them) and a pipeline may touch one slot only: commands sent together are
 //! grouped by slot, one pipeline each, so the order of messages on one channel holds.
+//! TLS (`rediss://`) is verified against the Mozilla root program's CAs (webpki-roots) or `cluster.redis_ca_file`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures_util::future::join_all;
 use lockstep_shared::config::ClusterConfig;
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster::ClusterClient;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
+};
 
 /// Both connection enums are used wherever redis-rs takes a connection: each variant answers.
 macro_rules! delegate_connection_like {
@@ -57,6 +61,18 @@ pub enum PoolError {
     Get(String),
 }
 
+/// Why the configured Redis cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot read cluster.redis_ca_file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+}
+
 /// Where the cluster's Redis is.
 #[derive(Clone)]
 pub enum RedisTarget {
@@ -65,21 +81,56 @@ pub enum RedisTarget {
     /// A Redis Cluster (`cluster.redis_cluster_nodes`).
     Cluster {
         seeds: Vec<String>,
+        /// PEM roots from `cluster.redis_ca_file`, for every client made for this cluster.
+        roots: Option<Arc<[u8]>>,
         client: Box<ClusterClient>,
     },
 }
 
+/// The CA file's roots in the form redis-rs takes them.
+fn certificates(roots: &[u8]) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: None,
+        root_cert: Some(roots.to_vec()),
+    }
+}
+
+/// One server, trusting `roots` (instead of the default ones) when given.
+fn single_client(url: &str, roots: Option<&[u8]>) -> RedisResult<redis::Client> {
+    match roots {
+        Some(pem) => redis::Client::build_with_tls(url, certificates(pem)),
+        None => redis::Client::open(url),
+    }
+}
+
 impl RedisTarget {
-    /// Reads `cluster.redis_cluster_nodes`, else `cluster.redis_url`; nothing connects yet.
-    pub fn from_config(cc: &ClusterConfig) -> RedisResult<RedisTarget> {
+    /// Reads `cluster.redis_cluster_nodes`, else `cluster.redis_url`, and the CA file; nothing
+    /// connects yet.
+    pub fn from_config(cc: &ClusterConfig) -> Result<RedisTarget, TargetError> {
+        let roots: Option<Arc<[u8]>> = match &cc.redis_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|source| TargetError::CaFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+                    .into(),
+            ),
+            None => None,
+        };
         if cc.redis_cluster_nodes.is_empty() {
-            return Ok(RedisTarget::Single(redis::Client::open(
-                cc.redis_url.as_str(),
+            return Ok(RedisTarget::Single(single_client(
+                &cc.redis_url,
+                roots.as_deref(),
             )?));
         }
         let seeds = cc.redis_cluster_nodes.clone();
-        let client = Box::new(ClusterClient::new(seeds.clone())?);
-        Ok(RedisTarget::Cluster { seeds, client })
+        let client = Box::new(cluster_builder(&seeds, roots.as_deref()).build()?);
+        Ok(RedisTarget::Cluster {
+            seeds,
+            roots,
+            client,
+        })
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -122,16 +173,28 @@ impl RedisTarget {
     pub fn pool(&self) -> Result<RedisPool, PoolError> {
         match self {
             RedisTarget::Single(client) => {
-                deadpool_redis::Config::from_connection_info(client.get_connection_info().clone())
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                // Built from the client's own address, which keeps the TLS roots
+                // (deadpool-redis' `Config` would drop them).
+                let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+                    .map_err(|e| PoolError::Create(e.to_string()))?;
+                deadpool_redis::Pool::builder(manager)
+                    .max_size(POOL_SIZE)
+                    .runtime(deadpool_redis::Runtime::Tokio1)
+                    .build()
                     .map(RedisPool::Single)
                     .map_err(|e| PoolError::Create(e.to_string()))
             }
-            RedisTarget::Cluster { seeds, .. } => {
-                deadpool_redis::cluster::Config::from_urls(seeds.clone())
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .map(RedisPool::Cluster)
-                    .map_err(|e| PoolError::Create(e.to_string()))
+            RedisTarget::Cluster { client, .. } => {
+                // deadpool-redis' own cluster manager cannot be given TLS roots: this one
+                // opens its connections through the configured client.
+                deadpool::managed::Pool::builder(ClusterManager {
+                    client: (**client).clone(),
+                })
+                .max_size(POOL_SIZE)
+                .runtime(deadpool_redis::Runtime::Tokio1)
+                .build()
+                .map(RedisPool::Cluster)
+                .map_err(|e| PoolError::Create(e.to_string()))
             }
         }
     }
@@ -141,9 +204,9 @@ impl RedisTarget {
     pub fn servers(&self) -> Vec<redis::Client> {
         match self {
             RedisTarget::Single(c) => vec![c.clone()],
-            RedisTarget::Cluster { seeds, .. } => seeds
+            RedisTarget::Cluster { seeds, roots, .. } => seeds
                 .iter()
-                .filter_map(|s| redis::Client::open(s.as_str()).ok())
+                .filter_map(|s| single_client(s, roots.as_deref()).ok())
                 .collect(),
         }
     }
@@ -171,27 +234,71 @@ impl RedisConn {
 
 delegate_connection_like!(RedisConn);
 
+/// A Redis Cluster client for these seeds, trusting `roots` (instead of the default ones) when
+/// given. The subscriber builds its own (with a push sender) through this too.
+pub fn cluster_builder(seeds: &[String], roots: Option<&[u8]>) -> ClusterClientBuilder {
+    let builder = ClusterClientBuilder::new(seeds.to_vec());
+    match roots {
+        Some(pem) => builder.certs(certificates(pem)),
+        None => builder,
+    }
+}
+
+/// Connections in a pool (each is multiplexed: a few serve a node's lease, reaping and
+/// limiter calls).
+const POOL_SIZE: usize = 16;
+
+/// Opens and checks pooled Redis Cluster connections.
+pub struct ClusterManager {
+    client: ClusterClient,
+}
+
+impl deadpool::managed::Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<ClusterConnection, RedisError> {
+        self.client.get_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ClusterConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<RedisError> {
+        redis::cmd("PING").query_async::<()>(conn).await?;
+        Ok(())
+    }
+}
+
 /// A deadpool pool for either kind of Redis.
 #[derive(Clone)]
 pub enum RedisPool {
     Single(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    Cluster(deadpool::managed::Pool<ClusterManager>),
 }
 
 impl RedisPool {
     pub async fn get(&self) -> Result<PooledConn, PoolError> {
         match self {
-            RedisPool::Single(p) => p.get().await.map(PooledConn::Single),
-            RedisPool::Cluster(p) => p.get().await.map(PooledConn::Cluster),
+            RedisPool::Single(p) => p
+                .get()
+                .await
+                .map(PooledConn::Single)
+                .map_err(|e| PoolError::Get(e.to_string())),
+            RedisPool::Cluster(p) => p
+                .get()
+                .await
+                .map(PooledConn::Cluster)
+                .map_err(|e| PoolError::Get(e.to_string())),
         }
-        .map_err(|e| PoolError::Get(e.to_string()))
     }
 }
 
 /// A connection borrowed from a [`RedisPool`].
 pub enum PooledConn {
     Single(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
+    Cluster(deadpool::managed::Object<ClusterManager>),
 }
 
 impl PooledConn {

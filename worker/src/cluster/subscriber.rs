@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use lockstep_shared::metrics as names;
 
-use super::redis_conn::RedisTarget;
+use super::redis_conn::{cluster_builder, RedisTarget};
 
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -82,7 +82,10 @@ pub fn spawn(
     };
     match target {
         RedisTarget::Single(client) => tokio::spawn(run(client, initial, hooks, rx)),
-        RedisTarget::Cluster { seeds, .. } => tokio::spawn(run_sharded(seeds, initial, hooks, rx)),
+        RedisTarget::Cluster { seeds, roots, .. } => {
+            let builder = cluster_builder(&seeds, roots.as_deref());
+            tokio::spawn(run_sharded(builder, initial, hooks, rx))
+        }
     };
     Subscriptions { tx }
 }
@@ -209,7 +212,7 @@ async fn run<M: Fn(String, Vec<u8>), R: Fn()>(
 /// again, with backoff until all succeed, and then run `on_reconnect` (messages may have been
 /// lost meanwhile).
 async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
-    seeds: Vec<String>,
+    builder: redis::cluster::ClusterClientBuilder,
     initial: Vec<String>,
     hooks: Hooks<M, R>,
     mut cmds: mpsc::Receiver<Cmd>,
@@ -232,7 +235,7 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
             Ok(())
         }
     };
-    let client = match redis::cluster::ClusterClientBuilder::new(seeds)
+    let client = match builder
         .use_protocol(redis::ProtocolVersion::RESP3)
         .push_sender(push_sender)
         .build()

@@ -99,9 +99,17 @@ struct Failed {
 }
 
 /// A failure of the connection, the pool or the server: every batch gets it, no retry.
-fn down(e: impl std::fmt::Display + std::fmt::Debug) -> Failed {
+fn down(e: impl std::error::Error + 'static) -> Failed {
     Failed {
         error: unavailable(e),
+        refused: false,
+    }
+}
+
+/// The writer holds no connection: every batch gets it, no retry.
+fn no_connection() -> Failed {
+    Failed {
+        error: StoreError::Unavailable("no connection".into()),
         refused: false,
     }
 }
@@ -122,7 +130,7 @@ async fn commit_group(
 ) -> Result<Vec<Result<(), StoreError>>, Failed> {
     let mut held = Held(Some(pool.get().await.map_err(down)?));
     let Some(client) = held.0.as_ref() else {
-        return Err(down("no connection"));
+        return Err(no_connection());
     };
     let st = Statements::prepare(client).await?;
     let runs = runs(batches);

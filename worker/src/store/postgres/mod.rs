@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 mod commit;
+mod tls;
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
@@ -69,19 +70,27 @@ pub struct PostgresOptions {
     pub batch_max: usize,
     /// Events kept per room for `since_seq` recovery (the history length).
     pub events_keep: usize,
+    /// PEM roots for TLS (`sslmode=require` in `url`); `None` trusts the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// The error with its causes: tokio-postgres puts the server's message in the source.
-fn unavailable(e: impl std::fmt::Display + std::fmt::Debug) -> StoreError {
-    let debug = format!("{e:?}");
-    let text = e.to_string();
-    let detail = debug
-        .split("message: \"")
-        .nth(1)
-        .and_then(|m| m.split('"').next())
-        .map(|m| format!("{text}: {m}"))
-        .unwrap_or(text);
-    StoreError::Unavailable(detail)
+/// The error with its causes: tokio-postgres keeps the server's words (`DbError`) and the TLS
+/// failure's reason in sources its message leaves out ("db error", "error performing TLS
+/// handshake").
+fn unavailable<E: std::error::Error + 'static>(e: E) -> StoreError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let part = match err.downcast_ref::<tokio_postgres::error::DbError>() {
+            Some(db) => db.message().to_owned(),
+            None => err.to_string(),
+        };
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = err.source();
+    }
+    StoreError::Unavailable(text)
 }
 
 impl PostgresStore {
@@ -90,9 +99,11 @@ impl PostgresStore {
         let mut settings = PoolSettings::new();
         settings.url = Some(options.url.clone());
         settings.pool = Some(PoolConfig::new(options.pool_size.max(2)));
-        let pool = settings
-            .create_pool(Some(Runtime::Tokio1), NoTls)
-            .map_err(unavailable)?;
+        let pool = match tls::connector(&options.url, options.ca_file.as_deref())? {
+            Some(tls) => settings.create_pool(Some(Runtime::Tokio1), tls),
+            None => settings.create_pool(Some(Runtime::Tokio1), NoTls),
+        }
+        .map_err(unavailable)?;
         {
             let mut client = pool.get().await.map_err(unavailable)?;
             let client: &mut tokio_postgres::Client = &mut client;
