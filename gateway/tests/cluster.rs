@@ -935,8 +935,32 @@ async fn over_a_redis_cluster_nodes_ride_out_each_redis_node_restarting() {
     let mut cluster = Cluster::start_sharded(2, 2).await;
     // Each node loses its subscriptions and (keeping nothing) its keys; the cluster clients
     // reconnect, nodes subscribe again, gateways make their clients resume by seq.
-    chat_across(&mut cluster, 3, |nodes, i| nodes.restart_node(i)).await;
+    chat_across(&mut cluster, 3, |nodes, i, _| nodes.restart_node(i)).await;
     // Every node held a connection to every Redis node, so each counted its resubscriptions.
+    for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
+        let count = resubscribes(port_addr(n.port), "reconnect").await;
+        assert!(count >= 1.0, "{}: {count} resubscribes counted", n.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_a_master_failing_over_to_its_replica_loses_nothing() {
+    let nodes = tokio::task::spawn_blocking(RedisCluster::start_with_replicas)
+        .await
+        .unwrap();
+    let mut cluster = Cluster::start_on(Bus::Sharded(nodes), 2, 2, Vec::new()).await;
+    // A master is killed; after the node timeout its replica is promoted (replication is
+    // asynchronous: a lease renewal may be lost, never an acknowledged chat, which is in
+    // Postgres). Nodes resubscribe on the new master and clients resume by seq.
+    // The master killed is the one holding the room's shard lease: the owner cannot renew
+    // it until the replica is promoted, so the room changes hands or waits.
+    chat_across(&mut cluster, 1, |nodes, _, room| {
+        let lease =
+            lockstep_shared::cluster::lease_key(lockstep_shared::shard::shard_of(room, SHARDS));
+        let port = nodes.kill_master_holding(&lease);
+        eprintln!("killed the master on port {port} (it held {lease}); its replica took over");
+    })
+    .await;
     for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
         let count = resubscribes(port_addr(n.port), "reconnect").await;
         assert!(count >= 1.0, "{}: {count} resubscribes counted", n.name);
@@ -967,7 +991,7 @@ async fn over_a_redis_cluster_adding_a_node_moves_channels_and_loses_nothing() {
     let mut added = 0;
     // Slots move to the new node with their keys (leases); Redis unsubscribes the channels
     // of moved slots, and their subscribers subscribe again on the new owner.
-    chat_across(&mut cluster, 1, |nodes, _| {
+    chat_across(&mut cluster, 1, |nodes, _, _| {
         added = nodes.add_node_and_rebalance();
     })
     .await;
@@ -993,7 +1017,7 @@ async fn over_a_redis_cluster_adding_a_node_moves_channels_and_loses_nothing() {
 async fn chat_across(
     cluster: &mut Cluster,
     times: usize,
-    mut disrupt: impl FnMut(&mut RedisCluster, usize),
+    mut disrupt: impl FnMut(&mut RedisCluster, usize, &str),
 ) {
     let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
     let (ta, _) = guest_at(g0, "A").await;
@@ -1015,7 +1039,7 @@ async fn chat_across(
             let Bus::Sharded(nodes) = &mut cluster.bus else {
                 unreachable!()
             };
-            tokio::task::block_in_place(|| disrupt(nodes, round));
+            tokio::task::block_in_place(|| disrupt(nodes, round, &room));
         }
     }
     eprintln!("{} unavailable replies retried", a.unavailable);

@@ -1,6 +1,6 @@
-//! A private Redis Cluster of three masters on free loopback ports (sharded pub/sub needs
-//! Redis ≥ 7.0), or the seed nodes `LOCKSTEP_TEST_REDIS_CLUSTER_NODES` names
-//! (comma-separated `redis://host:port`).
+//! A private Redis Cluster of three masters (optionally with a replica each) on free loopback
+//! ports (sharded pub/sub needs Redis ≥ 7.0), or the seed nodes
+//! `LOCKSTEP_TEST_REDIS_CLUSTER_NODES` names (comma-separated `redis://host:port`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +26,8 @@ pub struct RedisCluster {
     dir: Option<PathBuf>,
     /// Set when the nodes speak TLS only (clients, `redis-cli` and the cluster bus).
     tls: Option<TlsFiles>,
+    /// Replicas per master.
+    replicas: usize,
 }
 
 impl RedisCluster {
@@ -38,24 +40,31 @@ impl RedisCluster {
                 external: Some(seeds.split(',').map(|s| s.trim().to_owned()).collect()),
                 dir: None,
                 tls: None,
+                replicas: 0,
             };
         }
-        RedisCluster::start_private(None)
+        RedisCluster::start_private(None, 0)
+    }
+
+    /// Starts a private cluster of three masters, each with a replica that takes over when
+    /// its master fails (always private: a configured cluster's layout is unknown).
+    pub fn start_with_replicas() -> RedisCluster {
+        RedisCluster::start_private(None, 1)
     }
 
     /// Starts a private cluster whose nodes speak TLS only (`rediss://`), with a certificate
     /// `ca` signed; the nodes' bus is TLS too.
     pub fn start_tls(ca: &TestCa) -> RedisCluster {
-        RedisCluster::start_private(Some(ca.files()))
+        RedisCluster::start_private(Some(ca.files()), 0)
     }
 
-    fn start_private(tls: Option<TlsFiles>) -> RedisCluster {
+    fn start_private(tls: Option<TlsFiles>, replicas: usize) -> RedisCluster {
         let bin = find_binary("redis-server", &[]).unwrap_or_else(|| {
             panic!("redis-server not found: install it (apt-get install redis-server; ops/test.sh does) or set LOCKSTEP_TEST_REDIS_CLUSTER_NODES")
         });
         for _ in 0..3 {
             let dir = temp_dir("redis-cluster");
-            let ports = free_ports(MASTERS * 2);
+            let ports = free_ports(MASTERS * (1 + replicas) * 2);
             let mut cluster = RedisCluster {
                 nodes: ports
                     .chunks(2)
@@ -68,8 +77,9 @@ impl RedisCluster {
                 external: None,
                 dir: Some(dir),
                 tls: tls.clone(),
+                replicas,
             };
-            if cluster.nodes.len() == MASTERS
+            if cluster.nodes.len() == MASTERS * (1 + replicas)
                 && cluster
                     .nodes
                     .iter()
@@ -142,6 +152,56 @@ impl RedisCluster {
         );
     }
 
+    /// Kills (SIGKILL) the master holding `key` in a cluster started with replicas and waits
+    /// until its replica has been promoted and every live node says `cluster_state:ok`, as a
+    /// managed cluster fails over. Returns the killed node's port.
+    pub fn kill_master_holding(&mut self, key: &str) -> u16 {
+        assert!(
+            self.replicas > 0,
+            "start the cluster with replicas to fail over"
+        );
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node");
+        let slot = self.query(live.port, &["CLUSTER", "KEYSLOT", key]);
+        // A replica counts its master's keys too; only masters are asked.
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| {
+                n.child.is_some()
+                    && self.role(n.port) == "master"
+                    && self.query(n.port, &["CLUSTER", "COUNTKEYSINSLOT", &slot]) != "0"
+            })
+            .unwrap_or_else(|| panic!("no live master holds {key} (slot {slot})"));
+        let node = &mut self.nodes[i];
+        if let Some(mut c) = node.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let port = node.port;
+        // The others notice only after the node timeout: until a replica is promoted there
+        // are fewer live masters than slots need.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let masters = self
+                .nodes
+                .iter()
+                .filter(|n| n.child.is_some() && self.role(n.port) == "master")
+                .count();
+            if masters == MASTERS && self.wait_ok(Duration::from_secs(1)) {
+                return port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over from the killed master"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Adds an empty master and moves a share of the slots (and their keys and channels) to it,
     /// as an operator scaling out does (`redis-cli --cluster add-node`, then `rebalance
     /// --cluster-use-empty-masters`). Returns the new node's port once every node agrees.
@@ -210,15 +270,43 @@ impl RedisCluster {
     fn create(&self) -> bool {
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        args.extend([
+            "--cluster-replicas".into(),
+            self.replicas.to_string(),
+            "--cluster-yes".into(),
+        ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.cli(&args) && self.wait_ok(Duration::from_secs(20))
+        self.cli(&args) && self.wait_ok(Duration::from_secs(20)) && self.wait_replicas_synced()
+    }
+
+    /// A replica that never finished its first sync cannot be promoted: wait until every
+    /// replica's link to its master is up.
+    fn wait_replicas_synced(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let synced = self.nodes.iter().all(|n| {
+                let info = self
+                    .redis_cli()
+                    .args(["-p", &n.port.to_string(), "INFO", "replication"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+            if synced {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     fn wait_ok(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.nodes.iter().all(|n| self.state_ok(n.port)) {
+            // A killed node (no process) cannot answer; the others must agree.
+            let mut live = self.nodes.iter().filter(|n| n.child.is_some());
+            if live.all(|n| self.state_ok(n.port)) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -277,6 +365,28 @@ impl RedisCluster {
         }
     }
 
+    /// `master` or `slave`, as `ROLE` says.
+    fn role(&self, port: u16) -> String {
+        self.query(port, &["ROLE"])
+    }
+
+    /// The first line `redis-cli` prints for a command to one node.
+    fn query(&self, port: u16, args: &[&str]) -> String {
+        self.redis_cli()
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    }
+
     fn state_ok(&self, port: u16) -> bool {
         self.redis_cli()
             .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
@@ -305,6 +415,9 @@ fn spawn_node(bin: &Path, port: u16, bus_port: u16, dir: &Path, tls: Option<&Tls
             &config,
             "--cluster-node-timeout",
             "2000",
+            // A replica's first sync starts at once instead of waiting for company.
+            "--repl-diskless-sync-delay",
+            "0",
         ],
     )
 }
