@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 mod backing_tls;
 mod ingest;
-pub use backing_tls::postgres_param;
 pub use ingest::{BreakerConfig, IngestConfig, TwitchConfig, YoutubeConfig};
 
 /// The whole node configuration. Every limit an operator or a load test may tune is here.

@@ -368,8 +368,11 @@ impl Actor {
                     .await
                     .map(|entries| json!({"entries": entries})),
             };
-            let _ =
-                reply.send(result.map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string())));
+            // The cause (the database's own words) is for the logs, not for clients.
+            let _ = reply.send(result.map_err(|e| {
+                tracing::warn!(room = %room, cause = %e, "history read failed");
+                Refusal::new(ErrorCode::Unavailable, "history could not be read; retry")
+            }));
         });
     }
 

@@ -8,7 +8,7 @@ use super::ClusterConfig;
 
 /// One parameter of a Postgres connection string, in URL form (`postgres://…?sslmode=require`)
 /// or key/value form (`host=… sslmode=require`); the first occurrence wins.
-pub fn postgres_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
+fn postgres_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
     let pairs: Box<dyn Iterator<Item = &str>> =
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             match url.split_once('?') {

@@ -4,7 +4,8 @@
 //! owns the channel's slot, so pub/sub traffic spreads over the nodes instead of being copied
 //! to all of them) and a pipeline may touch one slot only: commands sent together are
 //! grouped by slot, one pipeline each, so the order of messages on one channel holds.
-//! TLS (`rediss://`) is verified against the Mozilla root program's CAs (webpki-roots) or `cluster.redis_ca_file`.
+//! TLS (`rediss://`) is verified against the Mozilla root program's CAs (webpki-roots) or
+//! `cluster.redis_ca_file`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -70,7 +70,7 @@ pub struct PostgresOptions {
     pub batch_max: usize,
     /// Events kept per room for `since_seq` recovery (the history length).
     pub events_keep: usize,
-    /// PEM roots for TLS (`sslmode=require` in `url`); `None` trusts the system's.
+    /// PEM roots for TLS (`sslmode=require` in `url`); `None` trusts webpki-roots.
     pub ca_file: Option<std::path::PathBuf>,
 }
 
