@@ -228,12 +228,20 @@ pub struct ClusterConfig {
     /// PEM roots trusted for `rediss://` (a managed Redis signed by a private CA); unset
     /// trusts the Mozilla root program's CAs (webpki-roots).
     pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for a Redis that asks for one (`tls-auth-clients`);
+    /// both or neither.
+    pub redis_client_cert: Option<PathBuf>,
+    pub redis_client_key: Option<PathBuf>,
     /// Postgres for room state (workers only). `sslmode=require` in it turns TLS on (the
     /// server's certificate and host name are always verified); otherwise plain text.
     pub postgres_url: String,
     /// PEM roots trusted for Postgres over TLS; unset trusts the Mozilla root
     /// program's CAs (webpki-roots).
     pub postgres_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for a Postgres that asks for one (`cert` in
+    /// pg_hba.conf, `clientcert=verify-full`); both or neither.
+    pub postgres_client_cert: Option<PathBuf>,
+    pub postgres_client_key: Option<PathBuf>,
     /// Connections in a worker's Postgres pool.
     pub postgres_pool: usize,
     /// This node's name in logs and liveness keys; empty picks a random one.
@@ -256,8 +264,12 @@ impl Default for ClusterConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_cluster_nodes: Vec::new(),
             redis_ca_file: None,
+            redis_client_cert: None,
+            redis_client_key: None,
             postgres_url: "postgres://postgres@127.0.0.1:5432/lockstep".into(),
             postgres_ca_file: None,
+            postgres_client_cert: None,
+            postgres_client_key: None,
             postgres_pool: 16,
             node_id: String::new(),
             shards: crate::shard::DEFAULT_SHARDS,

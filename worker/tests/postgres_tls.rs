@@ -12,12 +12,21 @@ use lockstep_testkit::{Postgres, TestCa};
 use lockstep_worker::store::postgres::{PostgresOptions, PostgresStore};
 
 async fn open(url: String, ca_file: Option<PathBuf>) -> Result<PostgresStore, String> {
+    open_as(url, ca_file, None).await
+}
+
+async fn open_as(
+    url: String,
+    ca_file: Option<PathBuf>,
+    client: Option<&TestCa>,
+) -> Result<PostgresStore, String> {
     PostgresStore::open(PostgresOptions {
         url,
         pool_size: 4,
         batch_max: 64,
         events_keep: 100,
         ca_file,
+        client_identity: client.map(|c| (c.client_cert_file(), c.client_key_file())),
     })
     .await
     .map_err(|e| e.to_string())
@@ -59,4 +68,31 @@ async fn postgres_over_tls_verifies_the_server() {
     let untrusted = open(tls_url, Some(other_ca.ca_file())).await.err().unwrap();
     assert!(untrusted.contains("certificate"), "{untrusted}");
     eprintln!("refused as expected:\n  plain text: {plain}\n  another CA: {untrusted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_asking_for_a_client_certificate_gets_the_configured_one() {
+    let (ca, pg) = tokio::task::spawn_blocking(|| {
+        let ca = TestCa::new();
+        let pg = Postgres::start_mtls(&ca);
+        (ca, pg)
+    })
+    .await
+    .unwrap();
+    let tls_url = format!("{}?sslmode=require", pg.url());
+    let store = open_as(tls_url.clone(), Some(ca.ca_file()), Some(&ca))
+        .await
+        .unwrap();
+    store.ping().await.unwrap();
+    let without = open(tls_url.clone(), Some(ca.ca_file()))
+        .await
+        .err()
+        .unwrap();
+    assert!(without.contains("certificate"), "{without}");
+    let other = TestCa::new();
+    let foreign = open_as(tls_url, Some(ca.ca_file()), Some(&other))
+        .await
+        .err()
+        .unwrap();
+    eprintln!("refused as expected:\n  no certificate: {without}\n  another CA's: {foreign}");
 }

@@ -1,7 +1,8 @@
 //! TLS to Redis (`rediss://`), as a managed Redis requires: the pool (leases, limiter), the
 //! publisher and the subscriber all verify the server's certificate against
 //! `cluster.redis_ca_file` — over a private TLS-only Redis and a private TLS-only Redis
-//! Cluster — and a server signed by another CA is refused.
+//! Cluster — and a server signed by another CA is refused. A Redis that asks for client
+//! certificates gets the configured one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -17,8 +18,19 @@ use lockstep_worker::cluster::subscriber;
 use tokio_util::sync::CancellationToken;
 
 fn target(url_or_seeds: Vec<String>, is_cluster: bool, ca: Option<PathBuf>) -> RedisTarget {
+    with_client(url_or_seeds, is_cluster, ca, None)
+}
+
+fn with_client(
+    url_or_seeds: Vec<String>,
+    is_cluster: bool,
+    ca: Option<PathBuf>,
+    client: Option<&TestCa>,
+) -> RedisTarget {
     let mut cc = ClusterConfig {
         redis_ca_file: ca,
+        redis_client_cert: client.map(TestCa::client_cert_file),
+        redis_client_key: client.map(TestCa::client_key_file),
         ..ClusterConfig::default()
     };
     if is_cluster {
@@ -44,6 +56,29 @@ async fn one_redis_over_tls_verifies_the_server() {
     refused(target(url.clone(), false, Some(TestCa::new().ca_file()))).await;
     // The default roots (webpki-roots) do not hold the test CA either.
     refused(target(url, false, None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_asking_for_client_certificates_gets_the_configured_one() {
+    let (ca, redis) = tokio::task::spawn_blocking(|| {
+        let ca = TestCa::new();
+        let redis = Redis::start_mtls(&ca);
+        (ca, redis)
+    })
+    .await
+    .unwrap();
+    let url = vec![redis.url().to_owned()];
+    works(with_client(
+        url.clone(),
+        false,
+        Some(ca.ca_file()),
+        Some(&ca),
+    ))
+    .await;
+    refused(target(url.clone(), false, Some(ca.ca_file()))).await;
+    // A certificate another CA signed is refused too.
+    let other = TestCa::new();
+    refused(with_client(url, false, Some(ca.ca_file()), Some(&other))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,8 +154,12 @@ async fn refused(target: RedisTarget) {
         Ok(_) => panic!("connected to a server signed by an untrusted CA"),
         Err(e) => e.to_string(),
     };
+    // The TLS layer's reason: a certificate problem, or the server's alert about ours.
+    let why = err.to_lowercase();
     assert!(
-        err.to_lowercase().contains("certificate") || err.to_lowercase().contains("tls"),
+        ["certificate", "tls", "alert"]
+            .iter()
+            .any(|w| why.contains(w)),
         "the error should say why: {err}"
     );
     eprintln!("refused as expected: {err}");

@@ -182,6 +182,7 @@ async fn open_pg(url: &str) -> PostgresStore {
         batch_max: 64,
         events_keep: 100,
         ca_file: None,
+        client_identity: None,
     })
     .await
     .unwrap()

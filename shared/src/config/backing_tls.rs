@@ -29,16 +29,63 @@ fn is_tls(url: &str) -> bool {
     url.starts_with("rediss://")
 }
 
-/// A CA file must be readable and hold at least one certificate.
-fn ca_file_problem(setting: &str, path: &Path) -> Option<String> {
+/// A PEM file must be readable and hold `what` (its block's `-----BEGIN … marker-----`).
+fn pem_file_problem(setting: &str, path: &Path, marker: &str, what: &str) -> Option<String> {
     match std::fs::read_to_string(path) {
         Err(e) => Some(format!("{setting}: cannot read {}: {e}", path.display())),
-        Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => Some(format!(
-            "{setting}: {} holds no PEM certificate",
-            path.display()
-        )),
+        Ok(pem) if !pem.contains(marker) => {
+            Some(format!("{setting}: {} holds no {what}", path.display()))
+        }
         Ok(_) => None,
     }
+}
+
+/// A CA or certificate file must hold at least one certificate.
+fn ca_file_problem(setting: &str, path: &Path) -> Option<String> {
+    pem_file_problem(
+        setting,
+        path,
+        "-----BEGIN CERTIFICATE-----",
+        "PEM certificate",
+    )
+}
+
+/// A key file must hold a private key.
+fn key_file_problem(setting: &str, path: &Path) -> Option<String> {
+    pem_file_problem(setting, path, "PRIVATE KEY-----", "PEM private key")
+}
+
+/// A client certificate and its key: both or neither, readable, and only over TLS.
+fn client_pair_problems(
+    service: &str,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    tls: bool,
+    turn_on: &str,
+) -> Vec<String> {
+    let mut errs = Vec::new();
+    match (cert, key) {
+        (None, None) => {}
+        (Some(cert), Some(key)) => {
+            if !tls {
+                errs.push(format!(
+                    "cluster.{service}_client_cert is set but {service} is reached without TLS: {turn_on}"
+                ));
+            }
+            errs.extend(ca_file_problem(
+                &format!("cluster.{service}_client_cert"),
+                cert,
+            ));
+            errs.extend(key_file_problem(
+                &format!("cluster.{service}_client_key"),
+                key,
+            ));
+        }
+        _ => errs.push(format!(
+            "cluster.{service}_client_cert and cluster.{service}_client_key must be set together"
+        )),
+    }
+    errs
 }
 
 /// Every problem with the cluster's TLS settings.
@@ -67,6 +114,13 @@ pub(super) fn problems(c: &ClusterConfig) -> Vec<String> {
         }
         errs.extend(ca_file_problem("cluster.redis_ca_file", path));
     }
+    errs.extend(client_pair_problems(
+        "redis",
+        c.redis_client_cert.as_deref(),
+        c.redis_client_key.as_deref(),
+        redis_tls,
+        "write rediss://",
+    ));
     if c.redis_url.contains("#insecure")
         || c.redis_cluster_nodes
             .iter()
@@ -100,11 +154,18 @@ pub(super) fn problems(c: &ClusterConfig) -> Vec<String> {
     }
     if postgres_param(url, "sslcert").is_some() || postgres_param(url, "sslkey").is_some() {
         errs.push(
-            "cluster.postgres_url: client certificates (sslcert, sslkey) are not supported; \
-             authenticate with a password"
+            "cluster.postgres_url: sslcert and sslkey are not read from the URL; set \
+             cluster.postgres_client_cert and cluster.postgres_client_key"
                 .into(),
         );
     }
+    errs.extend(client_pair_problems(
+        "postgres",
+        c.postgres_client_cert.as_deref(),
+        c.postgres_client_key.as_deref(),
+        sslmode == Some("require"),
+        "add sslmode=require to cluster.postgres_url",
+    ));
     if let Some(path) = &c.postgres_ca_file {
         if sslmode != Some("require") {
             errs.push(
@@ -168,6 +229,22 @@ mod tests {
         assert!(errs[2].contains("sslmode=require"));
         assert!(errs[3].contains("cannot read"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn client_certificates_come_in_pairs_over_tls() {
+        let c = ClusterConfig {
+            redis_client_cert: Some("/c.pem".into()),
+            postgres_client_cert: Some("/c.pem".into()),
+            postgres_client_key: Some("/missing-key.pem".into()),
+            ..ClusterConfig::default()
+        };
+        let errs = problems(&c);
+        // Redis: no key. Postgres: no TLS, cert and key unreadable.
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs[0].contains("must be set together"));
+        assert!(errs[1].contains("sslmode=require"));
+        assert!(errs[3].contains("postgres_client_key"));
     }
 
     #[test]

@@ -41,10 +41,16 @@ impl Postgres {
     /// pg_hba.conf), with a certificate `ca` signed: always private, since a configured
     /// server's TLS settings are unknown. The URL has no `sslmode`; the test adds it.
     pub fn start_tls(ca: &TestCa) -> Postgres {
-        Postgres::start_private(Some(ca))
+        Postgres::start_private(Some((ca, false)))
     }
 
-    fn start_private(tls: Option<&TestCa>) -> Postgres {
+    /// Like [`Postgres::start_tls`], and clients authenticate with a certificate the CA signed
+    /// whose common name is the user (`cert` in pg_hba.conf): no password is accepted.
+    pub fn start_mtls(ca: &TestCa) -> Postgres {
+        Postgres::start_private(Some((ca, true)))
+    }
+
+    fn start_private(tls: Option<(&TestCa, bool)>) -> Postgres {
         let bin = pg_bin_dir().unwrap_or_else(|| {
             panic!("PostgreSQL server binaries (initdb, postgres) not found: install postgresql (ops/test.sh does) or set LOCKSTEP_TEST_PG_URL")
         });
@@ -52,15 +58,21 @@ impl Postgres {
         let dir = temp_dir("pg");
         let data = dir.join("data");
         let mut settings = String::new();
-        if let Some(ca) = tls {
+        if let Some((ca, _)) = tls {
             // The server reads its key as its own user, which must own it (mode 0600).
-            let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+            let (cert, key, roots) = (
+                dir.join("server.pem"),
+                dir.join("server.key"),
+                dir.join("ca.pem"),
+            );
             std::fs::copy(ca.cert_file(), &cert).unwrap();
             std::fs::copy(ca.key_file(), &key).unwrap();
+            std::fs::copy(ca.ca_file(), &roots).unwrap();
             settings = format!(
-                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c ssl_ca_file={}",
                 cert.display(),
-                key.display()
+                key.display(),
+                roots.display()
             );
         }
         if as_postgres {
@@ -82,11 +94,12 @@ impl Postgres {
             "UTF8",
         ]);
         run(&mut initdb, "initdb");
-        if tls.is_some() {
-            // Local sockets for the harness; TCP only over TLS.
+        if let Some((_, client_certs)) = tls {
+            // Local sockets for the harness; TCP only over TLS (and by certificate).
+            let method = if client_certs { "cert" } else { "trust" };
             std::fs::write(
                 data.join("pg_hba.conf"),
-                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+                format!("local all all trust\nhostssl all all 127.0.0.1/32 {method}\n"),
             )
             .unwrap();
         }

@@ -35,10 +35,16 @@ impl Redis {
     /// Starts a private server that speaks TLS only (`rediss://`), with a certificate `ca`
     /// signed: always private, since a configured server's TLS settings are unknown.
     pub fn start_tls(ca: &TestCa) -> Redis {
-        Redis::start_private(Some(ca))
+        Redis::start_private(Some((ca, false)))
     }
 
-    fn start_private(tls: Option<&TestCa>) -> Redis {
+    /// Like [`Redis::start_tls`], and clients must present a certificate the CA signed
+    /// (`tls-auth-clients yes`), as some managed services require.
+    pub fn start_mtls(ca: &TestCa) -> Redis {
+        Redis::start_private(Some((ca, true)))
+    }
+
+    fn start_private(tls: Option<(&TestCa, bool)>) -> Redis {
         let bin = find_binary("redis-server", &[]).unwrap_or_else(|| {
             panic!("redis-server not found: install it (apt-get install redis-server; ops/test.sh does) or set LOCKSTEP_TEST_REDIS_URL")
         });
@@ -46,7 +52,7 @@ impl Redis {
         for _ in 0..5 {
             let port = free_port();
             let (scheme, listen) = match tls {
-                Some(ca) => ("rediss", ca.redis_server_args(port)),
+                Some((ca, client_certs)) => ("rediss", ca.redis_server_args(port, client_certs)),
                 None => ("redis", vec!["--port".into(), port.to_string()]),
             };
             let mut redis = Redis {

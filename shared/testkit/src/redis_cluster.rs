@@ -399,7 +399,7 @@ impl RedisCluster {
 fn spawn_node(bin: &Path, port: u16, bus_port: u16, dir: &Path, tls: Option<&TlsFiles>) -> Child {
     let (bus_port, config) = (bus_port.to_string(), format!("nodes-{port}.conf"));
     let listen = match tls {
-        Some(tls) => tls.redis_server_args(port),
+        Some(tls) => tls.redis_server_args(port, false),
         None => vec!["--port".into(), port.to_string()],
     };
     spawn_server(

@@ -33,6 +33,16 @@ impl TestCa {
             .push(DnType::CommonName, "localhost");
         let key = KeyPair::generate().unwrap();
         let cert = server.signed_by(&key, &ca).unwrap();
+        // A client certificate for servers that ask for one; Postgres takes its common name
+        // as the user's.
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "postgres");
+        let client_key = KeyPair::generate().unwrap();
+        let client_cert = client.signed_by(&client_key, &ca).unwrap();
+        std::fs::write(dir.join("client.pem"), client_cert.pem()).unwrap();
+        std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
         let key_file = dir.join("server.key");
@@ -58,6 +68,16 @@ impl TestCa {
         self.dir.join("server.key")
     }
 
+    /// A client certificate this CA signed (common name `postgres`).
+    pub fn client_cert_file(&self) -> PathBuf {
+        self.dir.join("client.pem")
+    }
+
+    /// The client certificate's private key.
+    pub fn client_key_file(&self) -> PathBuf {
+        self.dir.join("client.key")
+    }
+
     /// The files, for launchers that restart servers later.
     pub(crate) fn files(&self) -> TlsFiles {
         TlsFiles {
@@ -68,8 +88,8 @@ impl TestCa {
     }
 
     /// See [`TlsFiles::redis_server_args`].
-    pub(crate) fn redis_server_args(&self, port: u16) -> Vec<String> {
-        self.files().redis_server_args(port)
+    pub(crate) fn redis_server_args(&self, port: u16, client_certs: bool) -> Vec<String> {
+        self.files().redis_server_args(port, client_certs)
     }
 }
 
@@ -82,9 +102,10 @@ pub(crate) struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// `redis-server` settings serving TLS only, on `port`, with this certificate (clients
-    /// need no certificate of their own; cluster nodes talk TLS to each other too).
-    pub(crate) fn redis_server_args(&self, port: u16) -> Vec<String> {
+    /// `redis-server` settings serving TLS only, on `port`, with this certificate; clients
+    /// need a certificate of their own when `client_certs`. Cluster nodes talk TLS to each
+    /// other too.
+    pub(crate) fn redis_server_args(&self, port: u16, client_certs: bool) -> Vec<String> {
         let path = |p: &PathBuf| p.display().to_string();
         vec![
             "--port".into(),
@@ -98,7 +119,7 @@ impl TlsFiles {
             "--tls-ca-cert-file".into(),
             path(&self.ca),
             "--tls-auth-clients".into(),
-            "no".into(),
+            if client_certs { "yes" } else { "no" }.into(),
             "--tls-cluster".into(),
             "yes".into(),
         ]

@@ -235,6 +235,11 @@ async fn open_store(cfg: &Config) -> anyhow::Result<PostgresStore> {
         batch_max: cfg.store.batch_max,
         events_keep: cfg.room.history_max,
         ca_file: cfg.cluster.postgres_ca_file.clone(),
+        client_identity: cfg
+            .cluster
+            .postgres_client_cert
+            .clone()
+            .zip(cfg.cluster.postgres_client_key.clone()),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

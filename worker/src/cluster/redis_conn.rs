@@ -65,8 +65,9 @@ pub enum PoolError {
 /// Why the configured Redis cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("cannot read cluster.redis_ca_file {path}: {source}")]
-    CaFile {
+    #[error("cannot read {setting} {path}: {source}")]
+    File {
+        setting: &'static str,
         path: String,
         source: std::io::Error,
     },
@@ -82,56 +83,81 @@ pub enum RedisTarget {
     /// A Redis Cluster (`cluster.redis_cluster_nodes`).
     Cluster {
         seeds: Vec<String>,
-        /// PEM roots from `cluster.redis_ca_file`, for every client made for this cluster.
-        roots: Option<Arc<[u8]>>,
+        /// The configured TLS files, for every client made for this cluster.
+        tls: Option<Arc<RedisTls>>,
         client: Box<ClusterClient>,
     },
 }
 
-/// The CA file's roots in the form redis-rs takes them.
-fn certificates(roots: &[u8]) -> TlsCertificates {
-    TlsCertificates {
-        client_tls: None,
-        root_cert: Some(roots.to_vec()),
+/// PEM files for `rediss://` beyond the defaults: roots to trust instead of webpki-roots
+/// (`cluster.redis_ca_file`), and a client certificate for servers that ask for one
+/// (`cluster.redis_client_cert` / `redis_client_key`).
+pub struct RedisTls {
+    roots: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisTls {
+    /// The files the configuration names, read now; `None` when it names none.
+    fn from_config(cc: &ClusterConfig) -> Result<Option<RedisTls>, TargetError> {
+        let read = |setting: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| TargetError::File {
+                setting,
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let roots = match &cc.redis_ca_file {
+            Some(path) => Some(read("cluster.redis_ca_file", path)?),
+            None => None,
+        };
+        let client = match (&cc.redis_client_cert, &cc.redis_client_key) {
+            (Some(cert), Some(key)) => Some((
+                read("cluster.redis_client_cert", cert)?,
+                read("cluster.redis_client_key", key)?,
+            )),
+            _ => None,
+        };
+        Ok((roots.is_some() || client.is_some()).then_some(RedisTls { roots, client }))
+    }
+
+    /// In the form redis-rs takes them.
+    fn certificates(&self) -> TlsCertificates {
+        TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.roots.clone(),
+        }
     }
 }
 
-/// One server, trusting `roots` (instead of the default ones) when given.
-fn single_client(url: &str, roots: Option<&[u8]>) -> RedisResult<redis::Client> {
-    match roots {
-        Some(pem) => redis::Client::build_with_tls(url, certificates(pem)),
+/// One server, with the configured TLS files when there are any.
+fn single_client(url: &str, tls: Option<&RedisTls>) -> RedisResult<redis::Client> {
+    match tls {
+        Some(tls) => redis::Client::build_with_tls(url, tls.certificates()),
         None => redis::Client::open(url),
     }
 }
 
 impl RedisTarget {
-    /// Reads `cluster.redis_cluster_nodes`, else `cluster.redis_url`, and the CA file; nothing
-    /// connects yet.
+    /// Reads `cluster.redis_cluster_nodes`, else `cluster.redis_url`, and the TLS files;
+    /// nothing connects yet.
     pub fn from_config(cc: &ClusterConfig) -> Result<RedisTarget, TargetError> {
-        let roots: Option<Arc<[u8]>> = match &cc.redis_ca_file {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|source| TargetError::CaFile {
-                        path: path.display().to_string(),
-                        source,
-                    })?
-                    .into(),
-            ),
-            None => None,
-        };
+        let tls = RedisTls::from_config(cc)?.map(Arc::new);
         if cc.redis_cluster_nodes.is_empty() {
             return Ok(RedisTarget::Single(single_client(
                 &cc.redis_url,
-                roots.as_deref(),
+                tls.as_deref(),
             )?));
         }
         let seeds = cc.redis_cluster_nodes.clone();
-        let client = Box::new(cluster_builder(&seeds, roots.as_deref()).build()?);
-        Ok(RedisTarget::Cluster {
-            seeds,
-            roots,
-            client,
-        })
+        let client = Box::new(cluster_builder(&seeds, tls.as_deref()).build()?);
+        Ok(RedisTarget::Cluster { seeds, tls, client })
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -205,9 +231,9 @@ impl RedisTarget {
     pub fn servers(&self) -> Vec<redis::Client> {
         match self {
             RedisTarget::Single(c) => vec![c.clone()],
-            RedisTarget::Cluster { seeds, roots, .. } => seeds
+            RedisTarget::Cluster { seeds, tls, .. } => seeds
                 .iter()
-                .filter_map(|s| single_client(s, roots.as_deref()).ok())
+                .filter_map(|s| single_client(s, tls.as_deref()).ok())
                 .collect(),
         }
     }
@@ -235,12 +261,12 @@ impl RedisConn {
 
 delegate_connection_like!(RedisConn);
 
-/// A Redis Cluster client for these seeds, trusting `roots` (instead of the default ones) when
-/// given. The subscriber builds its own (with a push sender) through this too.
-pub fn cluster_builder(seeds: &[String], roots: Option<&[u8]>) -> ClusterClientBuilder {
+/// A Redis Cluster client for these seeds, with the configured TLS files when there are any.
+/// The subscriber builds its own (with a push sender) through this too.
+pub fn cluster_builder(seeds: &[String], tls: Option<&RedisTls>) -> ClusterClientBuilder {
     let builder = ClusterClientBuilder::new(seeds.to_vec());
-    match roots {
-        Some(pem) => builder.certs(certificates(pem)),
+    match tls {
+        Some(tls) => builder.certs(tls.certificates()),
         None => builder,
     }
 }

@@ -82,8 +82,8 @@ pub fn spawn(
     };
     match target {
         RedisTarget::Single(client) => tokio::spawn(run(client, initial, hooks, rx)),
-        RedisTarget::Cluster { seeds, roots, .. } => {
-            let builder = cluster_builder(&seeds, roots.as_deref());
+        RedisTarget::Cluster { seeds, tls, .. } => {
+            let builder = cluster_builder(&seeds, tls.as_deref());
             tokio::spawn(run_sharded(builder, initial, hooks, rx))
         }
     };

@@ -72,6 +72,8 @@ pub struct PostgresOptions {
     pub events_keep: usize,
     /// PEM roots for TLS (`sslmode=require` in `url`); `None` trusts webpki-roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for a server that authenticates by certificate.
+    pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The error with its causes: tokio-postgres keeps the server's words (`DbError`) and the TLS
@@ -99,7 +101,11 @@ impl PostgresStore {
         let mut settings = PoolSettings::new();
         settings.url = Some(options.url.clone());
         settings.pool = Some(PoolConfig::new(options.pool_size.max(2)));
-        let pool = match tls::connector(&options.url, options.ca_file.as_deref())? {
+        let client = options
+            .client_identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()));
+        let pool = match tls::connector(&options.url, options.ca_file.as_deref(), client)? {
             Some(tls) => settings.create_pool(Some(Runtime::Tokio1), tls),
             None => settings.create_pool(Some(Runtime::Tokio1), NoTls),
         }
