@@ -198,6 +198,8 @@ struct Ctx {
     room: usize,
     code: String,
     addrs: Vec<SocketAddr>,
+    /// Set for `https://` gateways.
+    tls: Option<Arc<crate::tls::Tls>>,
     source: IpAddr,
     token: String,
     clock: Clock,
@@ -232,6 +234,7 @@ pub async fn connect_all(
             code: plan.rooms[room].clone(),
             // Client i starts on URL i % n and fails over along the list.
             addrs: (0..n).map(|k| plan.addrs[(i + k) % n]).collect(),
+            tls: plan.tls.clone(),
             source: IpAddr::V4(Ipv4Addr::new(
                 127,
                 0,
@@ -333,12 +336,16 @@ async fn open(ctx: &Ctx, attempt: usize) -> anyhow::Result<(Sink, Stream)> {
         .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
     let target = format!("/v1/ws?token={}", ctx.token);
-    let (stream, sink) = tokio::time::timeout(
-        Duration::from_secs(10),
-        ws::connect(stream, &addr.to_string(), &target),
-    )
-    .await
-    .context("handshake timed out")??;
+    let handshake = async {
+        let conn = match &ctx.tls {
+            Some(tls) => ws::Conn::Tls(Box::new(tls.connect(addr, stream).await?)),
+            None => ws::Conn::Plain(stream),
+        };
+        ws::connect(conn, &addr.to_string(), &target).await
+    };
+    let (stream, sink) = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .context("handshake timed out")??;
     Ok((sink, stream))
 }
 

@@ -36,6 +36,7 @@ mod scenario;
 mod seen;
 mod setup;
 mod sync;
+mod tls;
 mod ws;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -138,8 +138,13 @@ pub struct Flags {
     #[arg(skip)]
     pub scenario: Option<String>,
     /// Gateway base URLs, comma-separated; client i uses URL i % n (and fails over along it).
+    /// `https://` speaks TLS to gateways that terminate it (all URLs or none).
     #[arg(long, value_delimiter = ',')]
     pub url: Vec<String>,
+    /// PEM roots trusted for `https://` gateways (a self-signed or private CA); without it the
+    /// Mozilla roots (webpki-roots).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// Rooms.
     #[arg(long)]
     pub rooms: Option<usize>,
@@ -251,6 +256,7 @@ impl Flags {
             } else {
                 self.url
             },
+            ca_file: self.ca_file,
             rooms: self.rooms.unwrap_or(rooms),
             clients: self.clients.unwrap_or(clients),
             rate: self.rate.unwrap_or(rate),
@@ -305,6 +311,9 @@ pub fn parse_file(text: &str) -> anyhow::Result<Scenario> {
 pub struct Scenario {
     pub name: String,
     pub urls: Vec<String>,
+    /// Roots for `https://` gateways.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     pub rooms: usize,
     pub clients: usize,
     pub rate: f64,

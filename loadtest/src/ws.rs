@@ -7,13 +7,63 @@
 //! The reader must be cancel-safe — clients read inside `select!` (storms, stop) — which
 //! fastwebsockets' is not (it consumes a header before the payload arrives). Here bytes go
 //! into the connection's buffer (`read_buf`, cancel-safe) and a frame leaves it only whole.
+//! `wss://` runs the same over rustls (the TLS stream split in two halves).
 
 use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// A connected stream to a gateway: plain TCP, or TLS over it (`https://` URLs).
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// The receiving half of a [`Conn`].
+enum ReadIo {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<TlsStream<TcpStream>>),
+}
+
+impl ReadIo {
+    /// Appends what has arrived; cancel-safe.
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            ReadIo::Plain(r) => r.read_buf(buf).await,
+            ReadIo::Tls(r) => r.read_buf(buf).await,
+        }
+    }
+}
+
+/// The sending half of a [`Conn`].
+enum WriteIo {
+    Plain(OwnedWriteHalf),
+    Tls(WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl WriteIo {
+    /// Writes all of `bytes` onto the wire (TLS records are flushed, not left buffered).
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            WriteIo::Plain(w) => w.write_all(bytes).await,
+            WriteIo::Tls(w) => {
+                w.write_all(bytes).await?;
+                w.flush().await
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            WriteIo::Plain(w) => w.shutdown().await,
+            WriteIo::Tls(w) => w.shutdown().await,
+        }
+    }
+}
 
 /// Largest message accepted (a join's snapshot of a 5,000-member room is ≈ 350 KB).
 pub const MAX_MESSAGE: usize = 16 << 20;
@@ -53,17 +103,45 @@ pub enum Frame {
 
 /// Opens the WebSocket on a connected stream: `host` for the Host header, `target` the
 /// request target (path and query).
-pub async fn connect(
-    mut stream: TcpStream,
+pub async fn connect(conn: Conn, host: &str, target: &str) -> Result<(Reader, Writer), WsError> {
+    let (read, write, buf) = match conn {
+        Conn::Plain(mut stream) => {
+            let buf = handshake(&mut stream, host, target).await?;
+            let (read, write) = stream.into_split();
+            (ReadIo::Plain(read), WriteIo::Plain(write), buf)
+        }
+        Conn::Tls(mut stream) => {
+            let buf = handshake(&mut *stream, host, target).await?;
+            let (read, write) = tokio::io::split(*stream);
+            (ReadIo::Tls(read), WriteIo::Tls(write), buf)
+        }
+    };
+    Ok((
+        Reader {
+            io: read,
+            framer: Framer { buf, partial: None },
+        },
+        Writer {
+            io: write,
+            mask_state: rand::random::<u64>() | 1,
+            out: Vec::new(),
+        },
+    ))
+}
+
+/// The upgrade request and its answer; returns what arrived after the answer's head.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     host: &str,
     target: &str,
-) -> Result<(Reader, Writer), WsError> {
+) -> Result<BytesMut, WsError> {
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
     let request = format!(
         "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
     let mut buf = BytesMut::with_capacity(1024);
     let head_len = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -78,18 +156,7 @@ pub async fn connect(
     };
     check_response(&buf[..head_len], &key)?;
     buf.advance(head_len);
-    let (read, write) = stream.into_split();
-    Ok((
-        Reader {
-            io: read,
-            framer: Framer { buf, partial: None },
-        },
-        Writer {
-            io: write,
-            mask_state: rand::random::<u64>() | 1,
-            out: Vec::new(),
-        },
-    ))
+    Ok(buf)
 }
 
 /// Status 101 and the accept value the key calls for (RFC 6455 §4.1).
@@ -115,7 +182,7 @@ fn check_response(head: &[u8], key: &str) -> Result<(), WsError> {
 
 /// The receiving half.
 pub struct Reader {
-    io: OwnedReadHalf,
+    io: ReadIo,
     framer: Framer,
 }
 
@@ -254,7 +321,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WsError> {
 
 /// The sending half: every frame masked (RFC 6455 §5.3).
 pub struct Writer {
-    io: OwnedWriteHalf,
+    io: WriteIo,
     /// xorshift state for mask keys: a load generator's masks need no cryptographic quality.
     mask_state: u64,
     out: Vec<u8>,

@@ -126,7 +126,7 @@ where
 
 async fn client(addr: std::net::SocketAddr) -> (Reader, Writer) {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    connect(tcp, &addr.to_string(), "/v1/ws?token=t")
+    connect(Conn::Plain(tcp), &addr.to_string(), "/v1/ws?token=t")
         .await
         .unwrap()
 }
@@ -234,7 +234,10 @@ async fn a_refused_upgrade_says_why() {
     });
     for expected in ["401 Unauthorized", "Sec-WebSocket-Accept"] {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let err = connect(tcp, "h", "/").await.err().expect("refused");
+        let err = connect(Conn::Plain(tcp), "h", "/")
+            .await
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains(expected), "{err}");
     }
 }

@@ -12,9 +12,17 @@ async fn node(dir: &std::path::Path) -> embedded::Running {
 }
 
 async fn node_at(dir: &std::path::Path, listen: &str) -> embedded::Running {
+    node_with(dir, listen, Config::figment()).await
+}
+
+/// A node on `listen` with the test's limits layered over `base`.
+async fn node_with(
+    dir: &std::path::Path,
+    listen: &str,
+    base: figment::Figment,
+) -> embedded::Running {
     let cfg = Config::from_figment(
-        Config::figment()
-            .merge(Serialized::default("gateway.listen", listen))
+        base.merge(Serialized::default("gateway.listen", listen))
             .merge(Serialized::default("store.path", dir.join("lockstep.db")))
             .merge(Serialized::default(
                 "auth.jwt_secret",
@@ -93,6 +101,37 @@ async fn fanout_delivers_everything_and_reports_it() {
     assert_eq!(report.slo_failures().len(), 1);
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_tls_to_a_gateway_terminating_it() {
+    let dir = scratch("tls");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let base = Config::figment()
+        .merge(Serialized::default("tls.cert", &cert_path))
+        .merge(Serialized::default("tls.key", &key_path));
+    let running = node_with(&dir, "127.0.0.1:0", base).await;
+    let url = format!("https://localhost:{}", running.addr.port());
+    let mut scn = Scenario::small(&url);
+    scn.ca_file = Some(cert_path.clone());
+    let report = run(scn.clone()).await.unwrap();
+    assert_eq!(report.clients_connected, 10);
+    assert!(report.messages_measured > 0);
+    assert_eq!(report.deliveries, report.deliveries_expected);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.reordered, 0);
+    // Without the gateway's CA the generator refuses it, saying why.
+    scn.ca_file = None;
+    let err = match run(scn).await {
+        Ok(_) => panic!("a run against an untrusted gateway succeeded"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("certificate"), "{err}");
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
