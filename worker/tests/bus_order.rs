@@ -4,17 +4,17 @@
 //! is split by slot and the pieces are sent concurrently).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::connected_subscriber;
 use lockstep_shared::config::ClusterConfig;
 use lockstep_testkit::{Redis, RedisCluster};
 use lockstep_worker::cluster::publisher::Publisher;
 use lockstep_worker::cluster::redis_conn::RedisTarget;
-use lockstep_worker::cluster::subscriber;
-use tokio_util::sync::CancellationToken;
 
 const CHANNELS: u32 = 16;
 const MESSAGES: u32 = 4_000;
@@ -46,27 +46,14 @@ async fn a_redis_cluster_keeps_each_channels_order() {
 async fn keeps_order(target: RedisTarget) {
     let channels: Vec<String> = (0..CHANNELS).map(|i| format!("test:order:{i}")).collect();
     let received: Arc<Mutex<Vec<(String, u32)>>> = Arc::new(Mutex::new(Vec::new()));
-    let connected = Arc::new(AtomicBool::new(false));
-    let cancel = CancellationToken::new();
     let sink = received.clone();
-    let _subs = subscriber::spawn(
-        target.clone(),
-        channels.clone(),
-        move |ch, payload| {
-            let n = String::from_utf8_lossy(&payload)
-                .parse()
-                .unwrap_or(u32::MAX);
-            sink.lock().unwrap().push((ch, n));
-        },
-        || {},
-        connected.clone(),
-        cancel.clone(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !connected.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the subscriber never connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_subs, cancel) = connected_subscriber(&target, channels.clone(), move |ch, payload| {
+        let n = String::from_utf8_lossy(&payload)
+            .parse()
+            .unwrap_or(u32::MAX);
+        sink.lock().unwrap().push((ch, n));
+    })
+    .await;
     let publisher = Publisher::spawn(target.clone(), target.connect().await.unwrap());
     for i in 0..MESSAGES {
         publisher.publish(

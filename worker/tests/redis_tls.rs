@@ -5,17 +5,17 @@
 //! certificates gets the configured one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::connected_subscriber;
 use lockstep_shared::config::ClusterConfig;
 use lockstep_testkit::{Redis, RedisCluster, TestCa};
 use lockstep_worker::cluster::publisher::Publisher;
 use lockstep_worker::cluster::redis_conn::RedisTarget;
-use lockstep_worker::cluster::subscriber;
-use tokio_util::sync::CancellationToken;
 
 fn target(url_or_seeds: Vec<String>, is_cluster: bool, ca: Option<PathBuf>) -> RedisTarget {
     with_client(url_or_seeds, is_cluster, ca, None)
@@ -115,22 +115,11 @@ async fn works(target: RedisTarget) {
 
     let channels: Vec<String> = (0..8).map(|i| format!("test:tls:{i}")).collect();
     let received: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
-    let connected = Arc::new(AtomicBool::new(false));
-    let cancel = CancellationToken::new();
     let sink = received.clone();
-    let _subs = subscriber::spawn(
-        target.clone(),
-        channels.clone(),
-        move |ch, _| sink.lock().unwrap().push(ch),
-        || {},
-        connected.clone(),
-        cancel.clone(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !connected.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the subscriber never connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_subs, cancel) = connected_subscriber(&target, channels.clone(), move |ch, _| {
+        sink.lock().unwrap().push(ch)
+    })
+    .await;
     let publisher = Publisher::spawn(target.clone(), target.connect().await.unwrap());
     for ch in &channels {
         publisher.publish(ch.clone(), b"hello".to_vec());

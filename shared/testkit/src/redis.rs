@@ -52,7 +52,9 @@ impl Redis {
         for _ in 0..5 {
             let port = free_port();
             let (scheme, listen) = match tls {
-                Some((ca, client_certs)) => ("rediss", ca.redis_server_args(port, client_certs)),
+                Some((ca, client_certs)) => {
+                    ("rediss", ca.files().redis_server_args(port, client_certs))
+                }
                 None => ("redis", vec!["--port".into(), port.to_string()]),
             };
             let mut redis = Redis {

@@ -86,11 +86,6 @@ impl TestCa {
             key: self.key_file(),
         }
     }
-
-    /// See [`TlsFiles::redis_server_args`].
-    pub(crate) fn redis_server_args(&self, port: u16, client_certs: bool) -> Vec<String> {
-        self.files().redis_server_args(port, client_certs)
-    }
 }
 
 /// Where a [`TestCa`]'s files are (valid while it lives).
