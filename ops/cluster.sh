@@ -113,6 +113,7 @@ start_redis_cluster() {
     # shellcheck disable=SC2046
     redis-server $(redis_listen "$port") --bind 127.0.0.1 --save '' --appendonly no \
       --cluster-enabled yes --cluster-config-file "nodes-$port.conf" --dir "$RUN/redis-cluster" \
+      --cluster-require-full-coverage no \
       --client-output-buffer-limit "$PUBSUB_LIMIT" >"$RUN/redis-$port.log" 2>&1 &
     echo $! >"$RUN/redis-$port.pid"
     nodes+=("127.0.0.1:$port")

@@ -289,6 +289,8 @@ struct Resilient {
     snapshots: usize,
     /// `unavailable` replies received (the server said: retry).
     unavailable: usize,
+    /// Sockets opened and joined, the first included.
+    connects: usize,
 }
 
 impl Resilient {
@@ -302,6 +304,7 @@ impl Resilient {
             last_seq: 0,
             snapshots: 0,
             unavailable: 0,
+            connects: 0,
         };
         r.connect().await;
         r
@@ -344,6 +347,7 @@ impl Resilient {
                     }
                     self.last_seq = self.last_seq.max(result["seq"].as_u64().unwrap_or(0));
                     self.ws = Some(c);
+                    self.connects += 1;
                     return;
                 }
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -965,6 +969,110 @@ async fn over_a_redis_cluster_a_master_failing_over_to_its_replica_loses_nothing
         let count = resubscribes(port_addr(n.port), "reconnect").await;
         assert!(count >= 1.0, "{}: {count} resubscribes counted", n.name);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_redis_cluster_a_failing_master_stops_only_what_it_holds() {
+    let nodes = tokio::task::spawn_blocking(|| {
+        let nodes = RedisCluster::start_with_replicas();
+        nodes.serve_partial_coverage();
+        nodes
+    })
+    .await
+    .unwrap();
+    // The lease timing of a real deployment (the defaults): the cluster client holds every
+    // request back for a moment while it relearns the slots after the promotion, which the
+    // tests' usual 1.5 s leases (dropped after 1 s) do not always ride out.
+    let defaults = [("LEASE_TTL_MS", "3000"), ("HEARTBEAT_MS", "500")]
+        .map(|(k, v)| (format!("LOCKSTEP_CLUSTER__{k}"), v.to_owned()));
+    let mut cluster = Cluster::start_on(Bus::Sharded(nodes), 1, 2, defaults.into()).await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let Bus::Sharded(nodes) = &mut cluster.bus else {
+        unreachable!()
+    };
+    // The master to kill carries neither of the gateway's channels; the room's shard has its
+    // lease and its channel on the other masters. Before, every worker dropped every shard
+    // while any master was down (one lease round for all) and the gateway closed every
+    // socket when any node's connection dropped.
+    let victim = tokio::task::block_in_place(|| {
+        let gateway_homes: Vec<u16> = nodes
+            .shard_channels("ls:gw:*")
+            .iter()
+            .map(|ch| nodes.master_of(ch))
+            .collect();
+        assert!(
+            gateway_homes.len() >= 2,
+            "the gateway subscribed its channels"
+        );
+        nodes
+            .masters()
+            .into_iter()
+            .find(|m| !gateway_homes.contains(m))
+            .expect("three masters, two gateway channels")
+    });
+    let mut room = None;
+    for _ in 0..40 {
+        let r = create_room_at(g0, &ta).await;
+        let shard = lockstep_shared::shard::shard_of(&r, SHARDS);
+        let homes = tokio::task::block_in_place(|| {
+            [
+                nodes.master_of(&lockstep_shared::cluster::lease_key(shard)),
+                nodes.master_of(&lockstep_shared::cluster::shard_channel(shard)),
+            ]
+        });
+        if !homes.contains(&victim) {
+            room = Some(r);
+            break;
+        }
+    }
+    let room = room.expect("a room with its shard away from the killed master");
+    let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chatter = tokio::spawn({
+        let (stop, room) = (stop.clone(), room.clone());
+        async move {
+            let (mut sent, mut slowest) = (0, Duration::ZERO);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && sent < 190 {
+                let started = Instant::now();
+                a.call(
+                    json!({"type": "chat.send", "room": room, "text": format!("m{sent}")}),
+                    &format!("c{sent}"),
+                )
+                .await;
+                slowest = slowest.max(started.elapsed());
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (a, sent, slowest)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| nodes.kill_master(victim));
+    eprintln!("killed the master on port {victim}; its replica took over");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (a, sent, slowest) = chatter.await.unwrap();
+    eprintln!("{sent} chats acked through the failover, the slowest in {slowest:?}");
+    assert!(
+        sent >= 20,
+        "chat went on while the master was down ({sent} acked)"
+    );
+    assert_eq!(a.unavailable, 0, "the room was never unavailable");
+    assert_eq!(a.connects, 1, "the gateway kept the client's socket");
+    assert!(
+        slowest < Duration::from_millis(1_000),
+        "no chat waited for the failover: the slowest took {slowest:?}"
+    );
+    let mut texts = chat_texts(g0, &ta, &room).await;
+    texts.reverse();
+    let expected: Vec<String> = (0..sent).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, expected, "every acked chat stored once");
+    let gateway = port_addr(cluster.gateways[0].port);
+    assert!(
+        resubscribes(gateway, "reconnect").await >= 1.0,
+        "the gateway noticed the node drop and subscribed again"
+    );
 }
 
 /// `lockstep_bus_resubscribes_total{cause}` on one node.

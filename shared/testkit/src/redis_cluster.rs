@@ -156,43 +156,107 @@ impl RedisCluster {
     /// until its replica has been promoted and every live node says `cluster_state:ok`, as a
     /// managed cluster fails over. Returns the killed node's port.
     pub fn kill_master_holding(&mut self, key: &str) -> u16 {
-        assert!(
-            self.replicas > 0,
-            "start the cluster with replicas to fail over"
-        );
+        let port = self.master_of(key);
+        self.kill_master(port);
+        port
+    }
+
+    /// The ports of the live masters.
+    pub fn masters(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some() && self.role(n.port) == "master")
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// The port of the master serving the slot of `name` (a key or a channel: sharded
+    /// channels hash like keys), as `CLUSTER NODES` on a live node says.
+    pub fn master_of(&self, name: &str) -> u16 {
         let live = self
             .nodes
             .iter()
             .find(|n| n.child.is_some())
             .expect("a live node");
-        let slot = self.query(live.port, &["CLUSTER", "KEYSLOT", key]);
-        // A replica counts its master's keys too; only masters are asked.
-        let i = self
-            .nodes
-            .iter()
-            .position(|n| {
-                n.child.is_some()
-                    && self.role(n.port) == "master"
-                    && self.query(n.port, &["CLUSTER", "COUNTKEYSINSLOT", &slot]) != "0"
+        let slot: u16 = self
+            .query(live.port, &["CLUSTER", "KEYSLOT", name])
+            .parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT {name} gave no number"));
+        let nodes = self
+            .cli_output(&["-p", &live.port.to_string(), "CLUSTER", "NODES"])
+            .unwrap_or_else(|e| panic!("CLUSTER NODES failed: {e}"));
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = *fields.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let port = fields.get(1)?.split('@').next()?.rsplit(':').next()?;
+                let serves = fields.iter().skip(8).any(|range| {
+                    let mut ends = range.split('-').map(str::parse::<u16>);
+                    match (ends.next(), ends.next()) {
+                        (Some(Ok(a)), Some(Ok(b))) => (a..=b).contains(&slot),
+                        (Some(Ok(a)), None) => a == slot,
+                        _ => false,
+                    }
+                });
+                serves.then(|| port.parse().ok()).flatten()
             })
-            .unwrap_or_else(|| panic!("no live master holds {key} (slot {slot})"));
-        let node = &mut self.nodes[i];
+            .next()
+            .unwrap_or_else(|| panic!("no live master serves slot {slot} of {name}"))
+    }
+
+    /// The sharded channels someone subscribes to on any live master, matching `pattern`
+    /// (`PUBSUB SHARDCHANNELS`).
+    pub fn shard_channels(&self, pattern: &str) -> Vec<String> {
+        self.masters()
+            .into_iter()
+            .flat_map(|port| {
+                self.cli_output(&["-p", &port.to_string(), "PUBSUB", "SHARDCHANNELS", pattern])
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Lets the cluster keep serving the slots of live masters while one is down
+    /// (`cluster-require-full-coverage no`, as many managed clusters run): without it every
+    /// node refuses every command from the moment a master is marked failed until its
+    /// replica is promoted.
+    pub fn serve_partial_coverage(&self) {
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let set = ["CONFIG", "SET", "cluster-require-full-coverage", "no"];
+            assert_eq!(self.query(n.port, &set), "OK", "CONFIG SET on {}", n.port);
+        }
+    }
+
+    /// Kills (SIGKILL) the master on `port` in a cluster started with replicas and waits until
+    /// its replica has been promoted and every live node says `cluster_state:ok`.
+    pub fn kill_master(&mut self, port: u16) {
+        assert!(
+            self.replicas > 0,
+            "start the cluster with replicas to fail over"
+        );
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port && n.child.is_some())
+            .unwrap_or_else(|| panic!("no live node on port {port}"));
         if let Some(mut c) = node.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let port = node.port;
         // The others notice only after the node timeout: until a replica is promoted there
         // are fewer live masters than slots need.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let masters = self
-                .nodes
-                .iter()
-                .filter(|n| n.child.is_some() && self.role(n.port) == "master")
-                .count();
-            if masters == MASTERS && self.wait_ok(Duration::from_secs(1)) {
-                return port;
+            if self.masters().len() == MASTERS && self.wait_ok(Duration::from_secs(1)) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -137,6 +137,10 @@ impl Leases {
 }
 
 /// Heartbeats, renews, acquires and hands off until cancelled.
+///
+/// Each shard stands alone: a shard whose lease could not be renewed for 2/3 of the lease TTL
+/// is dropped, the others keep serving. On a Redis Cluster a dead master then stops only the
+/// rooms whose leases it held (until its replica takes over), not every room of the worker.
 pub async fn run(
     leases: Arc<Leases>,
     pool: RedisPool,
@@ -146,40 +150,53 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.heartbeat_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_renewed = now_ms();
+    // When each held shard's lease was last renewed (ms, taken before the call was sent).
+    let mut renewed: HashMap<u32, u64> = HashMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        // A round whose Redis calls hang (no reply, a request stuck behind a slot migration)
-        // must not keep this worker serving: its calls may wait until the moment the worker
-        // would have to stop anyway, and no longer. Holding nothing, they may wait a heartbeat.
-        let budget = if leases.owned().is_empty() {
-            cfg.heartbeat_ms
-        } else {
-            (last_renewed + cfg.lease_ttl_ms * 2 / 3).saturating_sub(now)
+        // A round whose Redis calls hang (no reply, a request stuck behind a slot migration,
+        // a dead master) must not keep this worker serving a shard: its calls may wait until
+        // the first moment a held shard would have to stop, and no longer. Holding nothing,
+        // they may wait a heartbeat.
+        let stop_at = leases
+            .owned()
+            .iter()
+            .map(|(shard, _)| renewed.get(shard).copied().unwrap_or(0) + cfg.lease_ttl_ms * 2 / 3)
+            .min();
+        let budget = match stop_at {
+            Some(at) => at.saturating_sub(now),
+            None => cfg.heartbeat_ms,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(budget.max(1));
-        match round(&leases, &pool, &cfg, &events, now, deadline).await {
-            Ok(()) => last_renewed = now,
-            Err(e) => {
-                leases.ready.store(false, Ordering::SeqCst);
-                tracing::warn!(cause = %e, "lease round failed");
-                // Stop serving well before another worker could take the shards over.
-                if now_ms().saturating_sub(last_renewed) >= cfg.lease_ttl_ms * 2 / 3 {
-                    for (shard, _) in leases.owned() {
-                        leases.forget(shard);
-                        metrics::counter!(names::LEASE_DROPPED, "how" => "expired").increment(1);
-                        let _ = events.send(LeaseEvent::Lost(shard)).await;
-                    }
-                }
+        if let Err(e) = round(&leases, &pool, &cfg, &events, now, deadline, &mut renewed).await {
+            leases.ready.store(false, Ordering::SeqCst);
+            tracing::warn!(cause = %e, "lease round failed");
+        }
+        // Stop serving a shard well before another worker could take it over.
+        let now = now_ms();
+        for (shard, _) in leases.owned() {
+            let last = renewed.get(&shard).copied().unwrap_or(0);
+            if now.saturating_sub(last) >= cfg.lease_ttl_ms * 2 / 3 {
+                renewed.remove(&shard);
+                leases.forget(shard);
+                metrics::counter!(names::LEASE_DROPPED, "how" => "expired").increment(1);
+                tracing::warn!(shard, "lease not renewed in time; shard dropped");
+                let _ = events.send(LeaseEvent::Lost(shard)).await;
             }
         }
+        let held: HashSet<u32> = leases.owned().into_iter().map(|(s, _)| s).collect();
+        renewed.retain(|shard, _| held.contains(shard));
     }
 }
 
+/// One heartbeat: the live set, renewals, hand-offs and acquisitions. A failed heartbeat or
+/// renewal is an error (the node is not ready), but renewals that succeeded count and a shard
+/// whose renewal failed keeps its last renewal time; without the live set nothing is handed
+/// off or taken.
 async fn round(
     leases: &Arc<Leases>,
     pool: &RedisPool,
@@ -187,13 +204,12 @@ async fn round(
     events: &mpsc::Sender<LeaseEvent>,
     now: u64,
     deadline: tokio::time::Instant,
+    renewed: &mut HashMap<u32, u64>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Only Redis calls are bounded: a round stopped between a state change and its event
     // would leave the node's subscriptions out of step with what it holds.
     use tokio::time::timeout_at;
     let mut conn = timeout_at(deadline, pool.get()).await??;
-    // Only a metric: a failure here must not fail the lease round.
-    let _ = timeout_at(deadline, super::clock_offset::measure(&mut conn)).await;
     let ttl = cfg.lease_ttl_ms;
     // Heartbeat and the live set (one key: one pipeline, even on a Redis Cluster).
     let mut beat = redis::pipe();
@@ -211,14 +227,25 @@ async fn round(
         .arg(WORKERS_KEY)
         .arg(now.saturating_sub(ttl))
         .arg("+inf");
-    let (live,): (Vec<String>,) = timeout_at(deadline, beat.query_async(&mut conn)).await??;
-    let mut live = live;
-    if !live.contains(&leases.node) {
-        live.push(leases.node.clone());
-    }
-    // Renew what we hold.
+    // The heartbeat has its own connection and runs beside the renewals: a dead master
+    // holding the live set must not keep the leases elsewhere from being renewed. It waits a
+    // heartbeat at most.
+    let beat_deadline =
+        deadline.min(tokio::time::Instant::now() + Duration::from_millis(cfg.heartbeat_ms));
+    let heartbeat = async {
+        let mut conn = timeout_at(beat_deadline, pool.get()).await??;
+        let (live,): (Vec<String>,) =
+            timeout_at(beat_deadline, beat.query_async(&mut conn)).await??;
+        // Only a metric: a failure here must not fail the lease round.
+        let _ = timeout_at(beat_deadline, super::clock_offset::measure(&mut conn)).await;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(live)
+    };
+    // Renew what we hold, each shard on its own.
     let owned = leases.owned();
-    if !owned.is_empty() {
+    let renewals = async {
+        if owned.is_empty() {
+            return (Vec::new(), None);
+        }
         let renews = owned
             .iter()
             .map(|(shard, epoch)| {
@@ -232,15 +259,31 @@ async fn round(
                 (key, cmd)
             })
             .collect();
-        let renewed: Vec<i64> = timeout_at(deadline, conn.query_by_slot(renews)).await??;
-        for ((shard, _), ok) in owned.iter().zip(renewed) {
-            if ok == 0 {
+        conn.query_each_by_slot::<i64>(renews, deadline).await
+    };
+    let (heartbeat, (replies, mut renew_error)) = tokio::join!(heartbeat, renewals);
+    for ((shard, _), reply) in owned.iter().zip(replies) {
+        match reply {
+            Some(0) => {
+                renewed.remove(shard);
                 leases.forget(*shard);
                 metrics::counter!(names::LEASE_DROPPED, "how" => "lost").increment(1);
                 tracing::warn!(shard, "lease lost");
                 let _ = events.send(LeaseEvent::Lost(*shard)).await;
             }
+            Some(_) => {
+                renewed.insert(*shard, now);
+            }
+            None => {}
         }
+    }
+    let live = match heartbeat {
+        Ok(live) => live,
+        Err(e) => return Err(format!("heartbeat: {e}").into()),
+    };
+    let mut live = live;
+    if !live.contains(&leases.node) {
+        live.push(leases.node.clone());
     }
     // Hand off what another live worker should own; take what we should own.
     let owned: HashMap<u32, u64> = leases.owned().into_iter().collect();
@@ -278,13 +321,19 @@ async fn round(
                 (key, cmd)
             })
             .collect();
-        let epochs: Vec<i64> = timeout_at(deadline, conn.query_by_slot(acquires)).await??;
+        // Taking a shard can wait for the next round: a lease whose master is down must not
+        // hold this round (and the renewals of the next) until the first shard's deadline.
+        let (epochs, error) = conn
+            .query_each_by_slot::<i64>(acquires, beat_deadline)
+            .await;
+        renew_error = renew_error.or(error);
         for (shard, epoch) in to_acquire.iter().zip(epochs) {
-            if epoch > 0 {
+            if let Some(epoch @ 1..) = epoch {
                 let epoch = epoch as u64;
                 if let Ok(mut m) = leases.owned.write() {
                     m.insert(*shard, epoch);
                 }
+                renewed.insert(*shard, now);
                 metrics::counter!(names::LEASE_ACQUIRED).increment(1);
                 let _ = events.send(LeaseEvent::Acquired(*shard, epoch)).await;
             }
@@ -299,5 +348,8 @@ async fn round(
     leases
         .ready
         .store(owned >= desired && releasing == 0, Ordering::SeqCst);
-    Ok(())
+    match renew_error {
+        Some(e) => Err(format!("some leases: {e}").into()),
+        None => Ok(()),
+    }
 }

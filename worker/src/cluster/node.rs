@@ -325,25 +325,40 @@ async fn reap_gateways(
 ) {
     // Gateways already reaped; their heartbeat entry lingers until it ages out.
     let mut reaped: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    // Since when the live set could be read without a break. While it could not be read,
+    // gateways could not write their heartbeats either (one key, one Redis node): right after
+    // it comes back (a restarted Redis, a replica promoted with the scores of before the
+    // outage) every gateway looks stale until its next heartbeat, so nobody is reaped until
+    // each has had a timeout's worth of time to write one.
+    let mut readable_since: Option<tokio::time::Instant> = None;
+    let grace = Duration::from_millis(timeout_ms);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(every_ms)) => {}
         }
         let Ok(mut conn) = pool.get().await else {
+            readable_since = None;
             continue;
         };
         let cutoff = now_ms().saturating_sub(timeout_ms);
-        let dead: Vec<u64> = match redis::cmd("ZRANGEBYSCORE")
-            .arg(GATEWAYS_KEY)
-            .arg("-inf")
-            .arg(cutoff)
-            .query_async(&mut conn)
-            .await
+        // A read that hangs (a dead master) and then succeeds (its replica promoted) is a
+        // break too: it is bounded, and giving up counts as a failure.
+        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(GATEWAYS_KEY).arg("-inf").arg(cutoff);
+        let read = cmd.query_async(&mut conn);
+        let dead: Vec<u64> = match tokio::time::timeout(Duration::from_millis(every_ms), read).await
         {
-            Ok(d) => d,
-            Err(_) => continue,
+            Ok(Ok(d)) => d,
+            _ => {
+                readable_since = None;
+                continue;
+            }
         };
+        let since = *readable_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < grace {
+            continue;
+        }
         reaped.retain(|g| dead.contains(g));
         for gateway in dead {
             if !reaped.insert(gateway) {

@@ -264,12 +264,26 @@ delegate_connection_like!(RedisConn);
 /// A Redis Cluster client for these seeds, with the configured TLS files when there are any.
 /// The subscriber builds its own (with a push sender) through this too.
 pub fn cluster_builder(seeds: &[String], tls: Option<&RedisTls>) -> ClusterClientBuilder {
-    let builder = ClusterClientBuilder::new(seeds.to_vec());
+    // redis-rs waits at least 1.28 s before retrying a request after a connection error and
+    // holds every request of the connection back while it recovers: with a master down, that
+    // is longer than a lease may go unrenewed. Retry sooner, and give up on a dead node's
+    // connection attempt sooner.
+    let builder = ClusterClientBuilder::new(seeds.to_vec())
+        .min_retry_wait(CLUSTER_RETRY_MIN_MS)
+        .max_retry_wait(CLUSTER_RETRY_MAX_MS)
+        .connection_timeout(CLUSTER_CONNECT_TIMEOUT);
     match tls {
         Some(tls) => builder.certs(tls.certificates()),
         None => builder,
     }
 }
+
+/// Shortest wait before the cluster client retries a failed request (ms).
+const CLUSTER_RETRY_MIN_MS: u64 = 20;
+/// Longest wait between the cluster client's retries of one request (ms).
+const CLUSTER_RETRY_MAX_MS: u64 = 500;
+/// How long the cluster client tries to reach one node.
+const CLUSTER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Connections in a pool (each is multiplexed: a few serve a node's lease, reaping and
 /// limiter calls).
@@ -288,12 +302,14 @@ impl deadpool::managed::Manager for ClusterManager {
         self.client.get_async_connection().await
     }
 
+    /// Nothing to check: a cluster connection repairs its node connections by itself, and a
+    /// `PING` here would go to some node — a dead master among them would make every
+    /// checkout wait for it, the lease round's included.
     async fn recycle(
         &self,
-        conn: &mut ClusterConnection,
+        _: &mut ClusterConnection,
         _: &deadpool::managed::Metrics,
     ) -> deadpool::managed::RecycleResult<RedisError> {
-        redis::cmd("PING").query_async::<()>(conn).await?;
         Ok(())
     }
 }
@@ -339,6 +355,41 @@ impl PooledConn {
             PooledConn::Cluster(c) => by_slot_on_cluster(c, cmds).await,
         }
     }
+
+    /// Like [`PooledConn::query_by_slot`], but on a cluster a failed slot group fails only its
+    /// own commands: their replies are `None`, and the first failure comes beside. Each group
+    /// gives up at `deadline` by itself, so one that hangs (a dead master) does not take the
+    /// others' replies with it. Lease renewals use it so that one dead master stops only the
+    /// shards whose leases it holds.
+    pub async fn query_each_by_slot<T: FromRedisValue>(
+        &mut self,
+        cmds: Vec<(String, Cmd)>,
+        deadline: tokio::time::Instant,
+    ) -> (Vec<Option<T>>, Option<RedisError>) {
+        let n = cmds.len();
+        let groups = match self {
+            PooledConn::Single(c) => {
+                let replies = bounded(deadline, pipeline(cmds).query_async(&mut **c)).await;
+                vec![((0..n).collect(), replies)]
+            }
+            PooledConn::Cluster(c) => slot_groups_on_cluster(c, cmds, Some(deadline)).await,
+        };
+        let mut ordered: Vec<Option<T>> = (0..n).map(|_| None).collect();
+        let mut first_error = None;
+        for (at, group) in groups {
+            match group {
+                Ok(replies) => {
+                    for (i, reply) in at.into_iter().zip(replies) {
+                        ordered[i] = Some(reply);
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        (ordered, first_error)
+    }
 }
 
 delegate_connection_like!(PooledConn);
@@ -360,21 +411,8 @@ async fn by_slot_on_cluster<T: FromRedisValue>(
     cmds: Vec<(String, Cmd)>,
 ) -> RedisResult<Vec<T>> {
     let n = cmds.len();
-    let mut groups: HashMap<Slot, (Vec<usize>, Pipeline)> = HashMap::new();
-    for (i, (key, cmd)) in cmds.into_iter().enumerate() {
-        let (at, pipe) = groups
-            .entry(Slot::for_key(key.as_bytes()))
-            .or_insert_with(|| (Vec::new(), redis::pipe()));
-        at.push(i);
-        pipe.add_command(cmd);
-    }
-    let replies = join_all(groups.into_values().map(|(at, pipe)| {
-        let mut conn = conn.clone();
-        async move { (at, pipe.query_async::<Vec<T>>(&mut conn).await) }
-    }))
-    .await;
     let mut ordered: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    for (at, group) in replies {
+    for (at, group) in slot_groups_on_cluster(conn, cmds, None).await {
         for (i, reply) in at.into_iter().zip(group?) {
             ordered[i] = Some(reply);
         }
@@ -383,4 +421,49 @@ async fn by_slot_on_cluster<T: FromRedisValue>(
         .into_iter()
         .map(|r| r.ok_or_else(|| RedisError::from(std::io::Error::other("a reply is missing"))))
         .collect()
+}
+
+/// Runs each slot's commands as one pipeline, all slots at once, each given up at `deadline`
+/// if there is one; every group's replies (or its error) with the positions of its commands
+/// in `cmds`.
+async fn slot_groups_on_cluster<T: FromRedisValue>(
+    conn: &ClusterConnection,
+    cmds: Vec<(String, Cmd)>,
+    deadline: Option<tokio::time::Instant>,
+) -> Vec<(Vec<usize>, RedisResult<Vec<T>>)> {
+    let mut groups: HashMap<Slot, (Vec<usize>, Pipeline)> = HashMap::new();
+    for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+        let (at, pipe) = groups
+            .entry(Slot::for_key(key.as_bytes()))
+            .or_insert_with(|| (Vec::new(), redis::pipe()));
+        at.push(i);
+        pipe.add_command(cmd);
+    }
+    join_all(groups.into_values().map(|(at, pipe)| {
+        let mut conn = conn.clone();
+        async move {
+            let replies = pipe.query_async::<Vec<T>>(&mut conn);
+            let replies = match deadline {
+                Some(deadline) => bounded(deadline, replies).await,
+                None => replies.await,
+            };
+            (at, replies)
+        }
+    }))
+    .await
+}
+
+/// A Redis call that gives up at `deadline` with a timeout error.
+async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    call: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no reply before the deadline",
+            )))
+        })
 }

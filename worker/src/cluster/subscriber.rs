@@ -3,11 +3,13 @@
 //! are sharded (`SSUBSCRIBE`, each on the node owning its slot), and this task subscribes them
 //! again when a node drops or a slot moves.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,9 @@ const COMMANDS: usize = 4_096;
 /// handled like a lost connection (`on_reconnect`), as Redis itself does with a subscriber
 /// past its output buffer limit on one server.
 const PUSHES: usize = 65_536;
+/// Redis calls (subscribes, unsubscribes, a resync) the sharded subscriber has in flight at
+/// most; further subscription changes wait in their channel.
+const MAX_CALLS: usize = 256;
 /// First wait before subscribing again after a Redis Cluster node dropped (it is usually back
 /// at once; a restarted node needs a moment to rejoin the cluster).
 const RESYNC_FIRST: Duration = Duration::from_millis(100);
@@ -64,7 +69,9 @@ impl Subscriptions {
 /// Starts the subscriber task; every message's `(channel, payload)` goes to `on_message`.
 /// `connected` reports whether the connection is up (for `/readyz`).
 /// `on_reconnect` runs after every reconnection (not the first connection): messages
-/// published meanwhile were lost, so the caller must make its clients recover.
+/// published meanwhile were lost, so the caller must make its clients recover. On a Redis
+/// Cluster it runs only when the connection to a node carrying one of the channels was made
+/// again (or a slot moved, or messages overflowed): another node dropping lost nothing.
 pub fn spawn(
     target: RedisTarget,
     initial: Vec<String>,
@@ -253,7 +260,7 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
     let mut cmds_closed = false;
     // Only the first connection is ours to retry: afterwards the cluster client reconnects
     // to each node by itself, and channels are subscribed again below.
-    let mut conn = {
+    let conn = {
         let mut backoff = Duration::from_millis(50);
         loop {
             match subscribed(&client, &wanted).await {
@@ -271,9 +278,16 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
     };
     connected.store(true, Ordering::SeqCst);
     tracing::info!(channels = wanted.len(), "redis cluster pub/sub connected");
+    // Which node connection carries each channel: a node that dropped and carried none of
+    // ours lost us nothing, so the owner is not told (a gateway would close every socket).
+    let mut carriers = carriers_of(&conn, wanted.iter().cloned().collect()).await;
+    // Redis calls in flight. None is awaited in this loop: a call to a dead master may hang
+    // until the cluster gives up on it, and messages from the live ones must flow meanwhile.
+    let mut calls: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
     // When set, some channels may be down (a node dropped, a slot moved, a subscribe
     // failed): every wanted channel is subscribed again then, retried with backoff.
     let mut resync: Option<tokio::time::Instant> = None;
+    let mut resyncing = false;
     let mut resync_backoff = RESYNC_FIRST;
     // Why the pending resync was scheduled, for the metric.
     let mut resync_cause = "reconnect";
@@ -281,57 +295,94 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
         let resync_at = resync.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             _ = cancel.cancelled() => return,
-            cmd = cmds.recv(), if !cmds_closed => {
+            cmd = cmds.recv(), if !cmds_closed && calls.len() < MAX_CALLS => {
                 match cmd {
                     None => cmds_closed = true,
                     Some(Cmd::Subscribe(ch, done)) => {
-                        let r = conn.ssubscribe(&ch).await;
-                        wanted.insert(ch);
-                        match (r, done) {
-                            (Ok(()), Some(done)) => {
-                                let _ = done.send(());
-                            }
-                            (Ok(()), None) => {}
-                            (Err(e), done) => {
-                                tracing::warn!(cause = %e, "redis cluster subscribe failed; retrying");
-                                if resync.is_none() {
-                                    resync_cause = "reconnect";
-                                }
-                                waiting.extend(done);
-                                resync.get_or_insert_with(|| tokio::time::Instant::now() + resync_backoff);
-                            }
-                        }
+                        wanted.insert(ch.clone());
+                        let mut conn = conn.clone();
+                        calls.push(Box::pin(async move {
+                            let result = conn.ssubscribe(&ch).await;
+                            let carrier = match result {
+                                Ok(()) => carriers_of(&conn, vec![ch.clone()]).await.remove(&ch).flatten(),
+                                Err(_) => None,
+                            };
+                            Done::Subscribed { ch, result, carrier, done }
+                        }));
                     }
                     Some(Cmd::Unsubscribe(ch)) => {
                         wanted.remove(&ch);
+                        carriers.remove(&ch);
                         // Failing is harmless: messages for a channel nobody wants are ignored
                         // by the owner, and a resync does not bring it back.
-                        if let Err(e) = conn.sunsubscribe(&ch).await {
-                            tracing::debug!(cause = %e, "redis cluster unsubscribe failed");
-                        }
+                        let mut conn = conn.clone();
+                        calls.push(Box::pin(async move {
+                            if let Err(e) = conn.sunsubscribe(&ch).await {
+                                tracing::debug!(cause = %e, "redis cluster unsubscribe failed");
+                            }
+                            Done::Unsubscribed
+                        }));
                     }
                 }
             }
-            _ = tokio::time::sleep_until(resync_at), if resync.is_some() => {
-                match subscribe_all(&mut conn, &wanted).await {
-                    Ok(()) => {
-                        resync = None;
-                        resync_backoff = RESYNC_FIRST;
-                        connected.store(true, Ordering::SeqCst);
-                        tracing::info!(channels = wanted.len(), "redis cluster pub/sub resubscribed");
-                        metrics::counter!(names::BUS_RESUBSCRIBES, "cause" => resync_cause).increment(1);
-                        for done in waiting.drain(..) {
-                            let _ = done.send(());
-                        }
+            _ = tokio::time::sleep_until(resync_at), if resync.is_some() && !resyncing => {
+                resync = None;
+                resyncing = true;
+                let (mut conn, channels) = (conn.clone(), wanted.clone());
+                calls.push(Box::pin(async move {
+                    let result = subscribe_all(&mut conn, &channels).await;
+                    let carriers = match result {
+                        Ok(()) => carriers_of(&conn, channels.into_iter().collect()).await,
+                        Err(_) => HashMap::new(),
+                    };
+                    Done::Resynced { result, carriers }
+                }));
+            }
+            Some(done) = calls.next(), if !calls.is_empty() => match done {
+                Done::Subscribed { ch, result: Ok(()), carrier, done } => {
+                    carriers.insert(ch, carrier);
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
+                Done::Subscribed { result: Err(e), done, .. } => {
+                    tracing::warn!(cause = %e, "redis cluster subscribe failed; retrying");
+                    if resync.is_none() && !resyncing {
+                        resync_cause = "reconnect";
+                    }
+                    waiting.extend(done);
+                    resync.get_or_insert_with(|| tokio::time::Instant::now() + resync_backoff);
+                }
+                Done::Unsubscribed => {}
+                Done::Resynced { result: Ok(()), carriers: now } => {
+                    resyncing = false;
+                    resync_backoff = RESYNC_FIRST;
+                    connected.store(true, Ordering::SeqCst);
+                    tracing::info!(channels = wanted.len(), "redis cluster pub/sub resubscribed");
+                    metrics::counter!(names::BUS_RESUBSCRIBES, "cause" => resync_cause).increment(1);
+                    for done in waiting.drain(..) {
+                        let _ = done.send(());
+                    }
+                    let kept = resync_cause == "reconnect"
+                        && now.iter().all(|(ch, after)| matches!(
+                            (carriers.get(ch), after),
+                            (Some(Some(before)), Some(after)) if before == after
+                        ));
+                    carriers.extend(now);
+                    carriers.retain(|ch, _| wanted.contains(ch));
+                    if kept {
+                        tracing::info!("the node that dropped carried none of our channels; nothing was lost");
+                    } else {
                         on_reconnect();
                     }
-                    Err(e) => {
-                        tracing::warn!(cause = %e, "redis cluster resubscribe failed; retrying");
-                        resync_backoff = (resync_backoff * 2).min(MAX_BACKOFF);
-                        resync = Some(tokio::time::Instant::now() + resync_backoff);
-                    }
                 }
-            }
+                Done::Resynced { result: Err(e), .. } => {
+                    resyncing = false;
+                    tracing::warn!(cause = %e, "redis cluster resubscribe failed; retrying");
+                    resync_backoff = (resync_backoff * 2).min(MAX_BACKOFF);
+                    resync.get_or_insert_with(|| tokio::time::Instant::now() + resync_backoff);
+                }
+            },
             push = pushes.recv() => {
                 let Some(push) = push else { return };
                 match push.kind {
@@ -358,9 +409,7 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                         });
                         if still_wanted {
                             tracing::warn!("redis cluster moved a subscribed channel; resubscribing");
-                            if resync.is_none() {
-                                resync_cause = "slot_moved";
-                            }
+                            resync_cause = "slot_moved";
                             resync.get_or_insert_with(|| tokio::time::Instant::now() + RESYNC_FIRST);
                         }
                     }
@@ -377,6 +426,57 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
             on_reconnect();
         }
     }
+}
+
+/// A Redis call of the sharded subscriber, finished.
+enum Done {
+    Subscribed {
+        ch: String,
+        result: redis::RedisResult<()>,
+        carrier: Option<String>,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    },
+    Unsubscribed,
+    Resynced {
+        result: redis::RedisResult<()>,
+        carriers: HashMap<String, Option<String>>,
+    },
+}
+
+/// For each channel, the identity of the node connection its subscription lives on (`CLIENT
+/// INFO` on the master of its slot: the server's address and our connection's id there), or
+/// `None` when it could not be asked. A channel whose connection is the same before and
+/// after a node dropped missed nothing: Redis delivers a subscription's messages on it alone.
+async fn carriers_of(
+    conn: &redis::cluster_async::ClusterConnection,
+    channels: Vec<String>,
+) -> HashMap<String, Option<String>> {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let mut conn = conn.clone();
+    let mut out = HashMap::new();
+    for ch in channels {
+        let route = Route::with_key(ch.as_bytes(), SlotAddr::Master);
+        let info = conn
+            .route_command(
+                redis::cmd("CLIENT").arg("INFO").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+            )
+            .await
+            .ok()
+            .and_then(|v| redis::from_redis_value::<String>(v).ok());
+        out.insert(ch, info.as_deref().and_then(connection_identity));
+    }
+    out
+}
+
+/// `laddr=… id=…` out of a `CLIENT INFO` line (the rest changes from call to call).
+fn connection_identity(info: &str) -> Option<String> {
+    let field = |name: &str| {
+        info.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    Some(format!("{}/{}", field("laddr=")?, field("id=")?))
 }
 
 /// A cluster connection subscribed to every channel in `wanted`.
@@ -399,4 +499,23 @@ async fn subscribe_all(
         conn.ssubscribe(ch).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_identity;
+
+    #[test]
+    fn a_connection_is_known_by_the_server_address_and_its_id_there() {
+        let info = "id=42 addr=127.0.0.1:51234 laddr=127.0.0.1:7001 fd=9 name= age=3 idle=0 \
+                    flags=P db=0 sub=0 psub=0 ssub=2 multi=-1 qbuf=26 cmd=client|info";
+        assert_eq!(
+            connection_identity(info).as_deref(),
+            Some("127.0.0.1:7001/42")
+        );
+        // Another node may hand out the same id; the address tells them apart.
+        let other = info.replace("laddr=127.0.0.1:7001", "laddr=127.0.0.1:7002");
+        assert_ne!(connection_identity(info), connection_identity(&other));
+        assert_eq!(connection_identity("ERR unknown subcommand"), None);
+    }
 }
