@@ -196,15 +196,18 @@ pub fn free_port() -> u16 {
 /// Waits until the node at `addr` answers `/readyz` with 200.
 pub async fn wait_ready(addr: SocketAddr, name: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = Value::Null;
     while std::time::Instant::now() < deadline {
-        if TcpStream::connect(addr).await.is_ok()
-            && http(addr, "GET", "/readyz", None, None).await.0 == 200
-        {
-            return;
+        if TcpStream::connect(addr).await.is_ok() {
+            let (status, body) = http(addr, "GET", "/readyz", None, None).await;
+            if status == 200 {
+                return;
+            }
+            last = body;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{name} at {addr} never became ready");
+    panic!("{name} at {addr} never became ready; it said {last}");
 }
 
 /// A minimal HTTP/1.1 client: one request per connection. Returns (status, JSON body or

@@ -235,7 +235,17 @@ async fn round(
     let heartbeat = async {
         let mut conn = timeout_at(beat_deadline, pool.get()).await??;
         let (live,): (Vec<String>,) =
-            timeout_at(beat_deadline, beat.query_async(&mut conn)).await??;
+            match timeout_at(beat_deadline, beat.query_async(&mut conn)).await {
+                Ok(Ok(live)) => live,
+                Ok(Err(e)) => {
+                    conn.discard();
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    conn.discard();
+                    return Err(e.into());
+                }
+            };
         // Only a metric: a failure here must not fail the lease round.
         let _ = timeout_at(beat_deadline, super::clock_offset::measure(&mut conn)).await;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(live)
@@ -279,7 +289,12 @@ async fn round(
     }
     let live = match heartbeat {
         Ok(live) => live,
-        Err(e) => return Err(format!("heartbeat: {e}").into()),
+        Err(e) => {
+            if renew_error.is_some() {
+                conn.discard();
+            }
+            return Err(format!("heartbeat: {e}").into());
+        }
     };
     let mut live = live;
     if !live.contains(&leases.node) {
@@ -349,7 +364,10 @@ async fn round(
         .ready
         .store(owned >= desired && releasing == 0, Ordering::SeqCst);
     match renew_error {
-        Some(e) => Err(format!("some leases: {e}").into()),
+        Some(e) => {
+            conn.discard();
+            Err(format!("some leases: {e}").into())
+        }
         None => Ok(()),
     }
 }

@@ -352,6 +352,7 @@ async fn reap_gateways(
             Ok(Ok(d)) => d,
             _ => {
                 readable_since = None;
+                conn.discard();
                 continue;
             }
         };

@@ -304,7 +304,8 @@ impl deadpool::managed::Manager for ClusterManager {
 
     /// Nothing to check: a cluster connection repairs its node connections by itself, and a
     /// `PING` here would go to some node — a dead master among them would make every
-    /// checkout wait for it, the lease round's included.
+    /// checkout wait for it, the lease round's included. Callers discard a connection whose
+    /// command failed ([`PooledConn::discard`]).
     async fn recycle(
         &self,
         _: &mut ClusterConnection,
@@ -353,6 +354,16 @@ impl PooledConn {
         match self {
             PooledConn::Single(c) => pipeline(cmds).query_async(&mut **c).await,
             PooledConn::Cluster(c) => by_slot_on_cluster(c, cmds).await,
+        }
+    }
+
+    /// Takes a connection that failed out of the pool instead of returning it: the pool does
+    /// not check connections on checkout (see [`ClusterManager`]), so one left broken would
+    /// be handed out again and again.
+    pub fn discard(self) {
+        match self {
+            PooledConn::Single(c) => drop(deadpool_redis::Connection::take(c)),
+            PooledConn::Cluster(c) => drop(deadpool::managed::Object::take(c)),
         }
     }
 

@@ -256,7 +256,7 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
     let mut wanted: HashSet<String> = initial.into_iter().collect();
     // Callers waiting for a subscription that failed at first (one per channel asked for
     // meanwhile: shards and gateways bound it).
-    let mut waiting: Vec<tokio::sync::oneshot::Sender<()>> = Vec::new();
+    let mut waiting: Vec<(String, tokio::sync::oneshot::Sender<()>)> = Vec::new();
     let mut cmds_closed = false;
     // Only the first connection is ours to retry: afterwards the cluster client reconnects
     // to each node by itself, and channels are subscribed again below.
@@ -345,12 +345,12 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                         let _ = done.send(());
                     }
                 }
-                Done::Subscribed { result: Err(e), done, .. } => {
+                Done::Subscribed { ch, result: Err(e), done, .. } => {
                     tracing::warn!(cause = %e, "redis cluster subscribe failed; retrying");
                     if resync.is_none() && !resyncing {
                         resync_cause = "reconnect";
                     }
-                    waiting.extend(done);
+                    waiting.extend(done.map(|done| (ch, done)));
                     resync.get_or_insert_with(|| tokio::time::Instant::now() + resync_backoff);
                 }
                 Done::Unsubscribed => {}
@@ -360,7 +360,11 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                     connected.store(true, Ordering::SeqCst);
                     tracing::info!(channels = wanted.len(), "redis cluster pub/sub resubscribed");
                     metrics::counter!(names::BUS_RESUBSCRIBES, "cause" => resync_cause).increment(1);
-                    for done in waiting.drain(..) {
+                    // Only callers whose channel this resync covered (it may have started
+                    // before theirs was asked for; a later one covers the rest).
+                    let (covered, rest) = waiting.drain(..).partition(|(ch, _)| now.contains_key(ch));
+                    waiting = rest;
+                    for (_, done) in covered {
                         let _ = done.send(());
                     }
                     let kept = resync_cause == "reconnect"
