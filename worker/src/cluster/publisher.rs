@@ -1,8 +1,17 @@
 //! Publishing to Redis without a round trip per message: a bounded queue drained by one
-//! task that sends each batch as a single pipeline on an auto-reconnecting connection (on a
-//! Redis Cluster: one pipeline per slot, all in flight at once, `SPUBLISH` to each channel's
-//! shard; a channel's messages keep their order either way).
+//! task that sends each batch as a single pipeline on an auto-reconnecting connection. On a
+//! Redis Cluster a batch is split by slot (`SPUBLISH` to each channel's shard) and every slot
+//! is a lane of its own: one pipeline in flight per slot, the next waiting behind it, so a
+//! channel's messages keep their order and a master that is down holds up only its slots.
 
+use std::collections::{HashMap, VecDeque};
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{RedisResult, Value};
 use tokio::sync::mpsc;
 
 use lockstep_shared::metrics as names;
@@ -14,6 +23,9 @@ use super::redis_conn::{RedisConn, RedisTarget};
 pub const QUEUE: usize = 65_536;
 /// Most PUBLISH commands in one pipeline.
 const PIPELINE: usize = 512;
+/// Messages waiting behind one slot's pipeline in flight at most (a slot whose master is
+/// down); beyond it that slot's new messages are dropped and counted.
+const SLOT_BACKLOG: usize = 8_192;
 
 /// Queues messages for publishing.
 #[derive(Clone)]
@@ -25,7 +37,10 @@ impl Publisher {
     /// Starts the publishing task on `conn`.
     pub fn spawn(target: RedisTarget, conn: RedisConn) -> Publisher {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(target, conn, rx));
+        match conn {
+            RedisConn::Cluster(conn) => tokio::spawn(run_by_slot(target, conn, rx)),
+            conn => tokio::spawn(run(target, conn, rx)),
+        };
         Publisher { tx }
     }
 
@@ -37,30 +52,120 @@ impl Publisher {
     }
 }
 
-async fn run(target: RedisTarget, mut conn: RedisConn, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
+/// The first message and whatever else is queued, up to one pipeline's worth.
+fn next_batch(
+    rx: &mut mpsc::Receiver<(String, Vec<u8>)>,
+    first: (String, Vec<u8>),
+) -> Vec<(String, Vec<u8>)> {
     let mut batch = Vec::with_capacity(PIPELINE);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < PIPELINE {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
+    batch.push(first);
+    while batch.len() < PIPELINE {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => break,
         }
+    }
+    batch
+}
+
+/// One Redis server: one pipeline per batch, in order.
+async fn run(target: RedisTarget, mut conn: RedisConn, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
+    while let Some(first) = rx.recv().await {
+        let batch = next_batch(&mut rx, first);
         let n = batch.len() as u64;
         let cmds = batch
-            .drain(..)
+            .into_iter()
             .map(|(ch, payload)| {
                 let cmd = target.publish(&ch, &payload);
                 (ch, cmd)
             })
             .collect();
-        match conn.query_by_slot::<redis::Value>(cmds).await {
-            Ok(_) => metrics::counter!(names::BUS_PUBLISHED).increment(n),
-            Err(e) => {
-                metrics::counter!(names::BUS_DROPPED).increment(n);
-                tracing::warn!(cause = %e, messages = n, "publish failed");
+        counted(n, conn.query_by_slot::<Value>(cmds).await.map(|_| ()));
+    }
+}
+
+/// A slot's messages not yet sent, and whether a pipeline of its is in flight.
+#[derive(Default)]
+struct Lane {
+    busy: bool,
+    waiting: VecDeque<(String, Vec<u8>)>,
+}
+
+/// A Redis Cluster: one lane per slot (see the module docs). While a slot's pipeline is in
+/// flight its messages gather, and go as the next pipeline (up to [`PIPELINE`]) when it returns.
+async fn run_by_slot(
+    target: RedisTarget,
+    conn: ClusterConnection,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+) {
+    let mut lanes: HashMap<Slot, Lane> = HashMap::new();
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, (Slot, u64, RedisResult<()>)>> =
+        FuturesUnordered::new();
+    // Sends the next pipeline of `slot`'s lane, if it has messages; forgets an idle lane.
+    let launch =
+        |lanes: &mut HashMap<Slot, Lane>, slot: Slot| -> Option<BoxFuture<'static, _>> {
+            let lane = lanes.get_mut(&slot)?;
+            if lane.waiting.is_empty() {
+                lanes.remove(&slot);
+                return None;
             }
+            let take = lane.waiting.len().min(PIPELINE);
+            let mut pipe = redis::pipe();
+            for (ch, payload) in lane.waiting.drain(..take) {
+                pipe.add_command(target.publish(&ch, &payload));
+            }
+            lane.busy = true;
+            let mut conn = conn.clone();
+            let n = take as u64;
+            Some(Box::pin(async move {
+                let r = pipe.query_async::<Value>(&mut conn).await.map(|_| ());
+                (slot, n, r)
+            }))
+        };
+    let mut closed = false;
+    loop {
+        tokio::select! {
+            first = rx.recv(), if !closed => {
+                let Some(first) = first else {
+                    closed = true;
+                    continue;
+                };
+                let mut touched = Vec::new();
+                for (ch, payload) in next_batch(&mut rx, first) {
+                    let slot = Slot::for_key(ch.as_bytes());
+                    let lane = lanes.entry(slot).or_default();
+                    if lane.waiting.len() >= SLOT_BACKLOG {
+                        metrics::counter!(names::BUS_DROPPED).increment(1);
+                        continue;
+                    }
+                    if lane.waiting.is_empty() && !lane.busy {
+                        touched.push(slot);
+                    }
+                    lane.waiting.push_back((ch, payload));
+                }
+                for slot in touched {
+                    in_flight.extend(launch(&mut lanes, slot));
+                }
+            }
+            Some((slot, n, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                counted(n, result);
+                if let Some(lane) = lanes.get_mut(&slot) {
+                    lane.busy = false;
+                }
+                in_flight.extend(launch(&mut lanes, slot));
+            }
+            else => return,
+        }
+    }
+}
+
+/// Counts a pipeline's messages as published or dropped.
+fn counted(n: u64, result: RedisResult<()>) {
+    match result {
+        Ok(()) => metrics::counter!(names::BUS_PUBLISHED).increment(n),
+        Err(e) => {
+            metrics::counter!(names::BUS_DROPPED).increment(n);
+            tracing::warn!(cause = %e, messages = n, "publish failed");
         }
     }
 }
