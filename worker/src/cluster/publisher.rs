@@ -24,8 +24,12 @@ pub const QUEUE: usize = 65_536;
 /// Most PUBLISH commands in one pipeline.
 const PIPELINE: usize = 512;
 /// Messages waiting behind one slot's pipeline in flight at most (a slot whose master is
-/// down); beyond it that slot's new messages are dropped and counted.
+/// down); beyond it, or beyond [`SLOT_BACKLOG_BYTES`], that slot's new messages are dropped
+/// and counted.
 const SLOT_BACKLOG: usize = 8_192;
+/// Payload bytes waiting behind one slot's pipeline at most (join snapshots in a big room are
+/// hundreds of KB each); Redis itself drops a subscriber 32 MB behind by default.
+const SLOT_BACKLOG_BYTES: usize = 32 << 20;
 
 /// Queues messages for publishing.
 #[derive(Clone)]
@@ -89,6 +93,8 @@ async fn run(target: RedisTarget, mut conn: RedisConn, mut rx: mpsc::Receiver<(S
 struct Lane {
     busy: bool,
     waiting: VecDeque<(String, Vec<u8>)>,
+    /// Payload bytes in `waiting`.
+    bytes: usize,
 }
 
 /// A Redis Cluster: one lane per slot (see the module docs). While a slot's pipeline is in
@@ -102,26 +108,26 @@ async fn run_by_slot(
     let mut in_flight: FuturesUnordered<BoxFuture<'static, (Slot, u64, RedisResult<()>)>> =
         FuturesUnordered::new();
     // Sends the next pipeline of `slot`'s lane, if it has messages; forgets an idle lane.
-    let launch =
-        |lanes: &mut HashMap<Slot, Lane>, slot: Slot| -> Option<BoxFuture<'static, _>> {
-            let lane = lanes.get_mut(&slot)?;
-            if lane.waiting.is_empty() {
-                lanes.remove(&slot);
-                return None;
-            }
-            let take = lane.waiting.len().min(PIPELINE);
-            let mut pipe = redis::pipe();
-            for (ch, payload) in lane.waiting.drain(..take) {
-                pipe.add_command(target.publish(&ch, &payload));
-            }
-            lane.busy = true;
-            let mut conn = conn.clone();
-            let n = take as u64;
-            Some(Box::pin(async move {
-                let r = pipe.query_async::<Value>(&mut conn).await.map(|_| ());
-                (slot, n, r)
-            }))
-        };
+    let launch = |lanes: &mut HashMap<Slot, Lane>, slot: Slot| -> Option<BoxFuture<'static, _>> {
+        let lane = lanes.get_mut(&slot)?;
+        if lane.waiting.is_empty() {
+            lanes.remove(&slot);
+            return None;
+        }
+        let take = lane.waiting.len().min(PIPELINE);
+        let mut pipe = redis::pipe();
+        for (ch, payload) in lane.waiting.drain(..take) {
+            lane.bytes -= payload.len();
+            pipe.add_command(target.publish(&ch, &payload));
+        }
+        lane.busy = true;
+        let mut conn = conn.clone();
+        let n = take as u64;
+        Some(Box::pin(async move {
+            let r = pipe.query_async::<Value>(&mut conn).await.map(|_| ());
+            (slot, n, r)
+        }))
+    };
     let mut closed = false;
     loop {
         tokio::select! {
@@ -134,13 +140,17 @@ async fn run_by_slot(
                 for (ch, payload) in next_batch(&mut rx, first) {
                     let slot = Slot::for_key(ch.as_bytes());
                     let lane = lanes.entry(slot).or_default();
-                    if lane.waiting.len() >= SLOT_BACKLOG {
+                    // One message always fits, however large (frames are bounded upstream).
+                    let full = lane.waiting.len() >= SLOT_BACKLOG
+                        || lane.bytes + payload.len() > SLOT_BACKLOG_BYTES;
+                    if full && !lane.waiting.is_empty() {
                         metrics::counter!(names::BUS_DROPPED).increment(1);
                         continue;
                     }
                     if lane.waiting.is_empty() && !lane.busy {
                         touched.push(slot);
                     }
+                    lane.bytes += payload.len();
                     lane.waiting.push_back((ch, payload));
                 }
                 for slot in touched {
