@@ -77,14 +77,11 @@ async fn run(target: RedisTarget, mut conn: RedisConn, mut rx: mpsc::Receiver<(S
     while let Some(first) = rx.recv().await {
         let batch = next_batch(&mut rx, first);
         let n = batch.len() as u64;
-        let cmds = batch
-            .into_iter()
-            .map(|(ch, payload)| {
-                let cmd = target.publish(&ch, &payload);
-                (ch, cmd)
-            })
-            .collect();
-        counted(n, conn.query_by_slot::<Value>(cmds).await.map(|_| ()));
+        let mut pipe = redis::pipe();
+        for (ch, payload) in batch {
+            pipe.add_command(target.publish(&ch, &payload));
+        }
+        counted(n, pipe.query_async::<Value>(&mut conn).await.map(|_| ()));
     }
 }
 

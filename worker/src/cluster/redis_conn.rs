@@ -246,19 +246,6 @@ pub enum RedisConn {
     Cluster(ClusterConnection),
 }
 
-impl RedisConn {
-    /// Runs `(key, command)` pairs, replies in order (see [`by_slot_on_cluster`]).
-    pub async fn query_by_slot<T: FromRedisValue>(
-        &mut self,
-        cmds: Vec<(String, Cmd)>,
-    ) -> RedisResult<Vec<T>> {
-        match self {
-            RedisConn::Single(c) => pipeline(cmds).query_async(c).await,
-            RedisConn::Cluster(c) => by_slot_on_cluster(c, cmds).await,
-        }
-    }
-}
-
 delegate_connection_like!(RedisConn);
 
 /// A Redis Cluster client for these seeds, with the configured TLS files when there are any.
@@ -346,17 +333,6 @@ pub enum PooledConn {
 }
 
 impl PooledConn {
-    /// Runs `(key, command)` pairs, replies in order (see [`by_slot_on_cluster`]).
-    pub async fn query_by_slot<T: FromRedisValue>(
-        &mut self,
-        cmds: Vec<(String, Cmd)>,
-    ) -> RedisResult<Vec<T>> {
-        match self {
-            PooledConn::Single(c) => pipeline(cmds).query_async(&mut **c).await,
-            PooledConn::Cluster(c) => by_slot_on_cluster(c, cmds).await,
-        }
-    }
-
     /// Takes a connection that failed out of the pool instead of returning it: the pool does
     /// not check connections on checkout (see [`ClusterManager`]), so one left broken would
     /// be handed out again and again.
@@ -367,7 +343,8 @@ impl PooledConn {
         }
     }
 
-    /// Like [`PooledConn::query_by_slot`], but on a cluster a failed slot group fails only its
+    /// Runs `(key, command)` pairs, replies in order: one pipeline on one server; on a cluster
+    /// one per slot (see [`slot_groups_on_cluster`]), and a failed slot group fails only its
     /// own commands: their replies are `None`, and the first failure comes beside. Each group
     /// gives up at `deadline` by itself, so one that hangs (a dead master) does not take the
     /// others' replies with it. Lease renewals use it so that one dead master stops only the
@@ -383,7 +360,7 @@ impl PooledConn {
                 let replies = bounded(deadline, pipeline(cmds).query_async(&mut **c)).await;
                 vec![((0..n).collect(), replies)]
             }
-            PooledConn::Cluster(c) => slot_groups_on_cluster(c, cmds, Some(deadline)).await,
+            PooledConn::Cluster(c) => slot_groups_on_cluster(c, cmds, deadline).await,
         };
         let mut ordered: Vec<Option<T>> = (0..n).map(|_| None).collect();
         let mut first_error = None;
@@ -414,33 +391,14 @@ fn pipeline(cmds: Vec<(String, Cmd)>) -> Pipeline {
     pipe
 }
 
-/// A pipeline may not span slots on a cluster: commands are grouped by their key's slot, each
-/// group one pipeline (so commands on one key or channel run in the order given), the groups
-/// all in flight at once. The first error fails the whole, as a pipeline's would.
-async fn by_slot_on_cluster<T: FromRedisValue>(
-    conn: &ClusterConnection,
-    cmds: Vec<(String, Cmd)>,
-) -> RedisResult<Vec<T>> {
-    let n = cmds.len();
-    let mut ordered: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    for (at, group) in slot_groups_on_cluster(conn, cmds, None).await {
-        for (i, reply) in at.into_iter().zip(group?) {
-            ordered[i] = Some(reply);
-        }
-    }
-    ordered
-        .into_iter()
-        .map(|r| r.ok_or_else(|| RedisError::from(std::io::Error::other("a reply is missing"))))
-        .collect()
-}
-
-/// Runs each slot's commands as one pipeline, all slots at once, each given up at `deadline`
-/// if there is one; every group's replies (or its error) with the positions of its commands
-/// in `cmds`.
+/// A pipeline may not span slots on a cluster: each slot's commands go as one pipeline (so
+/// commands on one key run in the order given), all slots at once, each given up at
+/// `deadline`; every group's replies (or its error) with the positions of its commands in
+/// `cmds`.
 async fn slot_groups_on_cluster<T: FromRedisValue>(
     conn: &ClusterConnection,
     cmds: Vec<(String, Cmd)>,
-    deadline: Option<tokio::time::Instant>,
+    deadline: tokio::time::Instant,
 ) -> Vec<(Vec<usize>, RedisResult<Vec<T>>)> {
     let mut groups: HashMap<Slot, (Vec<usize>, Pipeline)> = HashMap::new();
     for (i, (key, cmd)) in cmds.into_iter().enumerate() {
@@ -453,12 +411,10 @@ async fn slot_groups_on_cluster<T: FromRedisValue>(
     join_all(groups.into_values().map(|(at, pipe)| {
         let mut conn = conn.clone();
         async move {
-            let replies = pipe.query_async::<Vec<T>>(&mut conn);
-            let replies = match deadline {
-                Some(deadline) => bounded(deadline, replies).await,
-                None => replies.await,
-            };
-            (at, replies)
+            (
+                at,
+                bounded(deadline, pipe.query_async::<Vec<T>>(&mut conn)).await,
+            )
         }
     }))
     .await
