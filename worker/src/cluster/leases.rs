@@ -234,18 +234,14 @@ async fn round(
         deadline.min(tokio::time::Instant::now() + Duration::from_millis(cfg.heartbeat_ms));
     let heartbeat = async {
         let mut conn = timeout_at(beat_deadline, pool.get()).await??;
-        let (live,): (Vec<String>,) =
-            match timeout_at(beat_deadline, beat.query_async(&mut conn)).await {
-                Ok(Ok(live)) => live,
-                Ok(Err(e)) => {
-                    conn.discard();
-                    return Err(e.into());
-                }
-                Err(e) => {
-                    conn.discard();
-                    return Err(e.into());
-                }
-            };
+        let reply = timeout_at(beat_deadline, beat.query_async::<(Vec<String>,)>(&mut conn)).await;
+        let (live,) = match reply.map_err(Box::from).and_then(|r| r.map_err(Box::from)) {
+            Ok(live) => live,
+            Err(e) => {
+                conn.discard();
+                return Err(e);
+            }
+        };
         // Only a metric: a failure here must not fail the lease round.
         let _ = timeout_at(beat_deadline, super::clock_offset::measure(&mut conn)).await;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(live)
