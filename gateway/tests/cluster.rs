@@ -1258,9 +1258,19 @@ async fn workers_joining_and_leaving_hand_shards_off() {
     let mut cluster = Cluster::start(1, 1).await;
     let g0 = cluster.gateway(0);
     let (ta, _) = guest_at(g0, "A").await;
-    let mut rooms = Vec::new();
-    for _ in 0..6 {
-        rooms.push(create_room_at(g0, &ta).await);
+    // Six rooms, at least one of them in a shard the second worker will own (six random
+    // codes all stayed with w0 once in 64 runs: CI saw it).
+    let live = ["w0".to_owned(), "w1".to_owned()];
+    let moves = |room: &str| {
+        let shard = lockstep_shared::shard::shard_of(room, SHARDS);
+        lockstep_shared::cluster::owner_of(&live, shard) == Some("w1")
+    };
+    let mut rooms: Vec<String> = Vec::new();
+    while rooms.len() < 6 || !rooms.iter().any(|r| moves(r)) {
+        let room = create_room_at(g0, &ta).await;
+        if rooms.len() < 5 || rooms.iter().any(|r| moves(r)) || moves(&room) {
+            rooms.push(room);
+        }
     }
     let mut clients = Vec::new();
     for room in &rooms {
