@@ -14,6 +14,7 @@
 # TLS=1 runs Redis (or the Redis Cluster, bus included) and Postgres TLS-only, as managed
 # services are, with a local CA made here (ops/run/tls/ca.pem): Redis on 6380 (REDIS_PORT),
 # Postgres on 5433 (PG_PORT), both started here; the nodes verify them against the CA.
+# BIN_DIR=<dir> runs the node binaries found there instead of building them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=ops/run
@@ -29,6 +30,7 @@ DB=${LOCKSTEP_DB:-lockstep}
 REDIS_CLUSTER=${REDIS_CLUSTER:-0}
 read -r -a CLUSTER_PORTS <<<"${REDIS_CLUSTER_PORTS:-7001 7002 7003}"
 TLS_DIR=$PWD/$RUN/tls
+BIN=${BIN_DIR:-target/release}
 # How redis-server listens and how redis-cli reaches it (TLS-only under TLS=1).
 redis_listen() { # port
   if [ "$TLS" = 1 ]; then
@@ -172,7 +174,9 @@ start_node() { # name binary env...
 
 up() {
   install_if_missing
-  cargo build --release --workspace --bins --locked
+  if [ -z "${BIN_DIR:-}" ]; then
+    cargo build --release --workspace --bins --locked
+  fi
   local bus scheme=redis pg_params="" tls_env=()
   if [ "$TLS" = 1 ]; then
     make_ca
@@ -199,11 +203,11 @@ up() {
     "LOCKSTEP_AUTH__JWT_SECRET=$(cat "$RUN/jwt.secret")"
   )
   for i in 1 2 3; do
-    start_node "worker$i" target/release/lockstep-worker "${common[@]}" \
+    start_node "worker$i" "$BIN/lockstep-worker" "${common[@]}" \
       "LOCKSTEP_CLUSTER__NODE_ID=worker$i" "LOCKSTEP_CLUSTER__WORKER_LISTEN=127.0.0.1:909$i"
   done
   for i in 1 2; do
-    start_node "gateway$i" target/release/lockstep-gateway "${common[@]}" \
+    start_node "gateway$i" "$BIN/lockstep-gateway" "${common[@]}" \
       "LOCKSTEP_GATEWAY__LISTEN=127.0.0.1:808$i"
   done
   sleep 2

@@ -3,7 +3,8 @@
 # closes with one summary line ("tests: N passed, N failed").
 #
 # Needs: a Rust toolchain; redis-server and the PostgreSQL server binaries (initdb, pg_ctl),
-# which the tests start privately on free loopback ports; promtool (alert rule tests). Missing ones are installed from
+# which the tests start privately on free loopback ports; promtool (alert rule tests) and
+# libfaketime (a node with a skewed clock), unpacked from Debian's packages. Missing ones are installed from
 # Debian's packages when run as root; otherwise set LOCKSTEP_TEST_REDIS_URL and
 # LOCKSTEP_TEST_PG_URL to servers the tests may use.
 set -euo pipefail
@@ -39,29 +40,41 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# promtool checks the alert rules and runs their unit tests (ops/alerts_test.yml). Only the
-# binary is taken, unpacked from Debian's `prometheus` package into target/tools: installing the
-# package would also install and start a Prometheus server.
-if ! command -v promtool >/dev/null 2>&1; then
-  tools="$PWD/target/tools"
-  if [ ! -x "$tools/usr/bin/promtool" ]; then
-    mkdir -p "$tools/deb"
-    fetch() { (cd "$tools/deb" && apt-get download prometheus >/dev/null 2>&1); }
-    if ! fetch; then
-      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && fetch
-      fi
-    fi
-    deb=$(ls "$tools"/deb/prometheus_*.deb 2>/dev/null | head -n 1)
-    if [ -z "$deb" ]; then
-      echo "ops/test.sh: promtool is missing and Debian's prometheus package could not be fetched: install promtool" >&2
-      exit 1
-    fi
-    dpkg -x "$deb" "$tools"
+# Two tools are taken from Debian's packages without installing them, unpacked into
+# target/tools: promtool (from `prometheus`; installing the package would also start a
+# Prometheus server) checks the alert rules and runs their unit tests (ops/alerts_test.yml), and
+# libfaketime shifts one test node's wall clock (the clock-skew cluster test).
+tools="$PWD/target/tools"
+unpack() { # package: its files under $tools, fetched and unpacked once
+  if [ -e "$tools/.unpacked-$1" ]; then
+    return
   fi
+  mkdir -p "$tools/deb"
+  fetch() { (cd "$tools/deb" && apt-get download "$1" >/dev/null 2>&1); }
+  if ! fetch "$1"; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && fetch "$1"
+    fi
+  fi
+  deb=$(ls "$tools"/deb/"$1"_*.deb 2>/dev/null | head -n 1)
+  if [ -z "$deb" ]; then
+    echo "ops/test.sh: Debian's $1 package could not be fetched: install it" >&2
+    exit 1
+  fi
+  dpkg -x "$deb" "$tools"
+  touch "$tools/.unpacked-$1"
+}
+if ! command -v promtool >/dev/null 2>&1; then
+  unpack prometheus
   export PATH="$tools/usr/bin:$PATH"
 fi
 export LOCKSTEP_REQUIRE_PROMTOOL=1
+if [ "$(uname -m)" = x86_64 ]; then
+  if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then
+    unpack libfaketime
+  fi
+  export LOCKSTEP_REQUIRE_FAKETIME=1
+fi
 
 # Cluster tests run the real binaries as separate processes.
 cargo build --workspace --bins --locked

@@ -17,7 +17,6 @@ use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::ErrorCode;
 use lockstep_shared::shard::shard_of;
-use lockstep_worker::clock::now_ms;
 use lockstep_worker::cluster::redis_conn::{RedisConn, RedisTarget};
 use lockstep_worker::cluster::subscriber;
 use serde_json::Value;
@@ -182,10 +181,8 @@ async fn heartbeat(mut conn: RedisConn, gateway: u64, every_ms: u64, cancel: Can
         }
         // A failure shows in the heartbeat below; the offset keeps its last value.
         let _ = lockstep_worker::cluster::clock_offset::measure(&mut conn).await;
-        let r: Result<i64, _> = redis::cmd("ZADD")
-            .arg(GATEWAYS_KEY)
-            .arg(now_ms())
-            .arg(gateway)
+        // Stamped by Redis' clock: workers judge silence by it, whatever this host's says.
+        let r: Result<i64, _> = lockstep_worker::cluster::liveness::beat(GATEWAYS_KEY, gateway)
             .query_async(&mut conn)
             .await;
         if let Err(e) = r {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -166,17 +167,7 @@ impl Cluster {
             c.add_worker(&format!("w{i}"));
         }
         for i in 0..gateways {
-            let port = free_port();
-            let child = c
-                .command(env!("CARGO_BIN_EXE_lockstep-gateway"), &format!("g{i}"))
-                .env("LOCKSTEP_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
-                .spawn()
-                .unwrap();
-            c.gateways.push(Node {
-                child,
-                port,
-                name: format!("g{i}"),
-            });
+            c.add_gateway_with(&format!("g{i}"), &[]);
         }
         for n in c.gateways.iter().chain(c.workers.iter()) {
             wait_ready(port_addr(n.port), &n.name).await;
@@ -217,10 +208,32 @@ impl Cluster {
         cmd
     }
 
+    /// Starts a gateway (not waiting for it) with `extra` environment.
+    fn add_gateway_with(&mut self, name: &str, extra: &[(String, String)]) {
+        let port = free_port();
+        let child = self
+            .command(env!("CARGO_BIN_EXE_lockstep-gateway"), name)
+            .env("LOCKSTEP_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
+            .envs(extra.iter().map(|(k, v)| (k, v)))
+            .spawn()
+            .unwrap();
+        self.gateways.push(Node {
+            child,
+            port,
+            name: name.to_owned(),
+        });
+    }
+
     fn add_worker(&mut self, name: &str) {
+        self.add_worker_with(name, &[]);
+    }
+
+    /// Starts a worker (not waiting for it) with `extra` environment.
+    fn add_worker_with(&mut self, name: &str, extra: &[(String, String)]) {
         let port = free_port();
         let child = self
             .command(worker_binary(), name)
+            .envs(extra.iter().map(|(k, v)| (k, v)))
             .env("LOCKSTEP_CLUSTER__NODE_ID", name)
             .env(
                 "LOCKSTEP_CLUSTER__WORKER_LISTEN",
@@ -261,11 +274,14 @@ impl Cluster {
         cmd
     }
 
-    fn redis_restart(&mut self) {
-        match &mut self.bus {
-            Bus::Single(redis) => redis.restart(),
-            Bus::Sharded(_) => panic!("restart a Redis Cluster node by node"),
-        }
+    /// Restarts the single Redis, keeping it down for `outage` first (it keeps nothing).
+    async fn redis_restart(&mut self, outage: Duration) {
+        let Bus::Single(redis) = &mut self.bus else {
+            panic!("restart a Redis Cluster node by node")
+        };
+        redis.stop();
+        tokio::time::sleep(outage).await;
+        redis.restart();
     }
 
     fn worker(&self, name: &str) -> &Node {
@@ -293,6 +309,8 @@ struct Resilient {
     connects: usize,
     /// Commands answered "join room … first" (the room had moved; see `call`).
     forgotten: usize,
+    /// Commands that got no reply in time on a socket left open (the reply was lost).
+    unanswered: usize,
 }
 
 impl Resilient {
@@ -308,6 +326,7 @@ impl Resilient {
             unavailable: 0,
             connects: 0,
             forgotten: 0,
+            unanswered: 0,
         };
         r.connect().await;
         r
@@ -359,23 +378,42 @@ impl Resilient {
         }
     }
 
-    /// Reads until the reply with `id`; records events; `None` on close or timeout.
+    /// Reads until the reply with `id`; records events; `None` on close or timeout (counted
+    /// in `unanswered`).
     async fn read_reply(&mut self, c: &mut Client, id: &str, wait: Duration) -> Option<Value> {
+        match self.read_until(c, id, wait).await {
+            Ok(reply) => reply,
+            Err(_elapsed) => {
+                self.unanswered += 1;
+                None
+            }
+        }
+    }
+
+    /// Reads until the reply with `id`, recording events: `Ok(None)` when the socket closes,
+    /// `Err` when `wait` passes first.
+    async fn read_until(
+        &mut self,
+        c: &mut Client,
+        id: &str,
+        wait: Duration,
+    ) -> Result<Option<Value>, tokio::time::error::Elapsed> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout_at(deadline, c.ws.next())
-                .await
-                .ok()??
-                .ok()?;
+            let Some(Ok(msg)) = tokio::time::timeout_at(deadline, c.ws.next()).await? else {
+                return Ok(None);
+            };
             let Message::Text(t) = msg else {
                 if let Message::Close(_) = msg {
-                    return None;
+                    return Ok(None);
                 }
                 continue;
             };
-            let v: Value = serde_json::from_str(t.as_str()).ok()?;
+            let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                return Ok(None);
+            };
             if (v["type"] == "ack" || v["type"] == "error") && v["id"] == id {
-                return Some(v);
+                return Ok(Some(v));
             }
             if let Some(seq) = v["seq"].as_u64() {
                 if v["type"] != "ack" {
@@ -454,7 +492,7 @@ impl Resilient {
             };
             let before = Instant::now();
             let _ = self
-                .read_reply(&mut c, "never", deadline.saturating_duration_since(before))
+                .read_until(&mut c, "never", deadline.saturating_duration_since(before))
                 .await;
             if Instant::now() < deadline {
                 // Ended early: the socket closed (e.g. 1012 after an owner change).
@@ -907,8 +945,138 @@ async fn a_gateway_stopped_with_sigterm_takes_its_members_out_of_presence() {
     drop(leavers);
 }
 
+/// libfaketime (Debian's `libfaketime`; `ops/test.sh` unpacks it into target/tools), which
+/// shifts one process's wall clock. `None`, said loudly, when it is not there.
+fn faketime_library() -> Option<PathBuf> {
+    const DEBIAN: &str = "usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let found = std::env::var_os("LOCKSTEP_TEST_FAKETIME")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            PathBuf::from("/").join(DEBIAN),
+            workspace.join("target/tools").join(DEBIAN),
+        ])
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("LOCKSTEP_REQUIRE_FAKETIME").is_none(),
+            "libfaketime is required (ops/test.sh unpacks it) but was not found"
+        );
+        eprintln!(
+            "SKIPPED: libfaketime not found (install Debian's libfaketime or run ops/test.sh, \
+             or set LOCKSTEP_TEST_FAKETIME): the clock-skew test cannot shift a node's clock"
+        );
+    }
+    found
+}
+
+/// The environment that runs a node `offset` ("+10", "-10": seconds) off the wall clock; its
+/// monotonic clock (timers) stays true.
+fn skewed_clock(library: &std::path::Path, offset: &str) -> Vec<(String, String)> {
+    [
+        ("LD_PRELOAD", library.display().to_string()),
+        ("FAKETIME", offset.to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .into()
+}
+
+/// A gateway whose clock runs 10 s behind and a worker whose clock runs 10 s ahead (NTP broken
+/// on two hosts) are neither taken for dead nor take the others for dead: heartbeats are
+/// stamped and judged by Redis' clock. Before, the workers reaped the gateway every few
+/// seconds (its clients closed with 1012) and the fast worker, seeing no one else alive,
+/// wanted every shard and never became ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_whose_clocks_are_off_are_not_taken_for_dead() {
+    let Some(library) = faketime_library() else {
+        return;
+    };
+    let mut cluster = Cluster::start(1, 1).await;
+    cluster.add_worker_with("w1", &skewed_clock(&library, "+10"));
+    cluster.add_gateway_with("g1", &skewed_clock(&library, "-10"));
+    for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
+        wait_ready(port_addr(n.port), &n.name).await;
+    }
+    let g1 = cluster.gateway(1);
+    let (token, _) = guest_at(g1, "Behind").await;
+    let room = create_room_at(g1, &token).await;
+    let mut client = Resilient::new(vec![g1], token, room.clone()).await;
+    // Longer than the tests' gateway timeout (1.5 s) twice over, and than a lease.
+    for i in 0..12 {
+        client
+            .call(
+                json!({"type": "chat.send", "room": room, "text": format!("m{i}")}),
+                &format!("c{i}"),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(client.connects, 1, "the client's socket was closed");
+    for w in &cluster.workers {
+        let addr = port_addr(w.port);
+        let reaped = metric(addr, "lockstep_worker_gateways_reaped_total").await;
+        assert_eq!(
+            reaped.unwrap_or(0.0),
+            0.0,
+            "{} reaped a live gateway",
+            w.name
+        );
+        let owned = metric(addr, "lockstep_lease_owned_shards").await;
+        assert!(owned.unwrap_or(0.0) > 0.0, "{} holds no shard", w.name);
+    }
+}
+
+/// A misconfigured store is said at start, not after half a minute of retrying (the worker
+/// retries only what may mend itself: Postgres not listening or starting up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_pointed_at_a_missing_database_fails_at_once() {
+    let cluster = Cluster::start(0, 0).await;
+    let (server, _) = cluster.pg.url().rsplit_once('/').unwrap();
+    let started = Instant::now();
+    let mut child = cluster
+        .command(worker_binary(), "wbad")
+        .env(
+            "LOCKSTEP_CLUSTER__POSTGRES_URL",
+            format!("{server}/no_such_database"),
+        )
+        .env(
+            "LOCKSTEP_CLUSTER__WORKER_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .spawn()
+        .unwrap();
+    let Some(status) = exit_within(&mut child, Duration::from_secs(15)).await else {
+        let _ = child.kill();
+        panic!("the worker was still retrying after 15 s");
+    };
+    let log = std::fs::read_to_string(cluster.logs.0.join("wbad.log")).unwrap();
+    eprintln!(
+        "exited with {status} after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!status.success());
+    assert!(
+        log.contains("store misconfigured") && log.contains("does not exist"),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_ride_out_a_redis_restart() {
+    ride_out_a_redis_restart(Duration::ZERO).await;
+}
+
+/// Down for longer than the tests' leases (1.5 s): every shard is dropped, and comes back to
+/// one owner once (before, the first worker to heartbeat took every shard and handed half back
+/// a round later, a second interruption for those rooms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_long_redis_outage_each_shard_returns_to_one_owner() {
+    ride_out_a_redis_restart(Duration::from_millis(2_500)).await;
+}
+
+async fn ride_out_a_redis_restart(outage: Duration) {
     let mut cluster = Cluster::start(1, 2).await;
     let g0 = cluster.gateway(0);
     let (ta, _) = guest_at(g0, "A").await;
@@ -921,7 +1089,8 @@ async fn nodes_ride_out_a_redis_restart() {
         )
         .await;
     }
-    cluster.redis_restart();
+    let before = lease_moves(&cluster.workers).await;
+    cluster.redis_restart(outage).await;
     let restarted = Instant::now();
     for i in 5..10 {
         a.call(
@@ -932,11 +1101,16 @@ async fn nodes_ride_out_a_redis_restart() {
     }
     eprintln!(
         "served again {:.2} s after the Redis restart ({} unavailable replies retried, {} sent \
-         again after the room moved)",
+         again after the room moved, {} unanswered)",
         restarted.elapsed().as_secs_f64(),
         a.unavailable,
-        a.forgotten
+        a.forgotten,
+        a.unanswered
     );
+    // Nodes reconnect as Redis comes back, not on their next command: nothing is published
+    // on a dead connection (before, the first reply after a restart was, and the client
+    // waited 1.5 s for it).
+    assert_eq!(a.unanswered, 0, "a reply was lost after the restart");
     let (_, page) = http(
         g0,
         "GET",
@@ -949,6 +1123,57 @@ async fn nodes_ride_out_a_redis_restart() {
     for n in cluster.gateways.iter().chain(cluster.workers.iter()) {
         wait_ready(port_addr(n.port), &n.name).await;
     }
+    // The restarted Redis knew no lease and no worker. Owners set their leases again and kept
+    // their rooms (or, if the outage outlasted them, took them back once both workers were in
+    // the live set again): no shard went to a worker that would hand it back a round later.
+    // Every lease is touched within a few rounds; a hand-off would follow within the grace.
+    let touched = |after: &HashMap<&str, f64>| {
+        let moved = |how: &str| after[how] - before[how];
+        match outage.is_zero() {
+            true => moved("reclaimed") + moved("expired"),
+            false => moved("expired"),
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while touched(&lease_moves(&cluster.workers).await) < f64::from(SHARDS) {
+        assert!(
+            Instant::now() < deadline,
+            "the restart did not touch every lease as it should"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = lease_moves(&cluster.workers).await;
+    let moved = |how: &str| after[how] - before[how];
+    eprintln!(
+        "leases reclaimed {}, expired {}, lost {}, handed off {}",
+        moved("reclaimed"),
+        moved("expired"),
+        moved("lost"),
+        moved("released")
+    );
+    assert_eq!(moved("lost"), 0.0, "a lease went to another worker");
+    assert_eq!(
+        moved("released"),
+        0.0,
+        "a shard was handed off after the restart"
+    );
+}
+
+/// Lease changes summed over the workers: set again after Redis lost them (`reclaimed`), and
+/// dropped by each cause.
+async fn lease_moves(workers: &[Node]) -> HashMap<&'static str, f64> {
+    let mut sums = HashMap::new();
+    for w in workers {
+        let addr = port_addr(w.port);
+        let reclaimed = metric(addr, "lockstep_lease_reclaimed_total").await;
+        *sums.entry("reclaimed").or_insert(0.0) += reclaimed.unwrap_or(0.0);
+        for how in ["expired", "lost", "released"] {
+            let series = format!("lockstep_lease_dropped_total{{how=\"{how}\"}}");
+            *sums.entry(how).or_insert(0.0) += metric(addr, &series).await.unwrap_or(0.0);
+        }
+    }
+    sums
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1453,7 +1678,7 @@ async fn the_twitch_join_limit_holds_across_workers() {
     let g0 = cluster.gateway(0);
     let (ta, _) = guest_at(g0, "A").await;
     // Rooms until both workers own three each.
-    let mut by_worker: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut by_worker: HashMap<String, Vec<String>> = Default::default();
     while by_worker.len() < 2 || by_worker.values().any(|r| r.len() < 3) {
         let room = create_room_at(g0, &ta).await;
         let owner = cluster.owner_of(&room);

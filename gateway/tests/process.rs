@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -118,16 +118,8 @@ async fn kill_9_and_restart_lose_no_acknowledged_change() {
     signal(&child, "-TERM");
     c.event("server.draining").await;
     assert_eq!(c.closed().await, Ended::Close(1001));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "clean exit after SIGTERM: {status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "did not exit within the grace period"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = exit_within(&mut child, Duration::from_secs(15))
+        .await
+        .expect("did not exit within the grace period");
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
 }

@@ -60,7 +60,7 @@ pub const BUS_RESUBSCRIBES: &str = "lockstep_bus_resubscribes_total";
 /// below 256 MiB a big room's join storm can get this node's subscription dropped.
 pub const BUS_PUBSUB_LIMIT: &str = "lockstep_bus_pubsub_limit_bytes";
 /// This node's clock minus Redis' clock, seconds (gauge, measured with each heartbeat): the
-/// spread across nodes is their clock skew, which playback sync and heartbeats depend on.
+/// spread across nodes is their clock skew, which playback sync depends on.
 pub const BUS_CLOCK_OFFSET: &str = "lockstep_bus_clock_offset_seconds";
 /// Shard leases this worker holds (gauge).
 pub const LEASE_OWNED: &str = "lockstep_lease_owned_shards";
@@ -68,6 +68,13 @@ pub const LEASE_OWNED: &str = "lockstep_lease_owned_shards";
 pub const LEASE_ACQUIRED: &str = "lockstep_lease_acquired_total";
 /// Shard leases lost (renewal failed) or released (handoff), label `how`.
 pub const LEASE_DROPPED: &str = "lockstep_lease_dropped_total";
+/// Held shard leases found missing at renewal and set again under the same epoch: Redis
+/// restarted or failed over without them, and the worker kept its rooms instead of dropping
+/// them.
+pub const LEASE_RECLAIMED: &str = "lockstep_lease_reclaimed_total";
+/// Lease rounds in which the worker neither took nor handed off a shard because Redis had
+/// just lost the live set and not every live worker had written itself back yet.
+pub const LEASE_SETTLING: &str = "lockstep_lease_settling_rounds_total";
 
 /// Upstream chat items delivered to rooms, labels `platform` and `kind`.
 pub const INGEST_MESSAGES: &str = "lockstep_ingest_messages_total";
@@ -123,6 +130,8 @@ pub const ALL: &[&str] = &[
     LEASE_OWNED,
     LEASE_ACQUIRED,
     LEASE_DROPPED,
+    LEASE_RECLAIMED,
+    LEASE_SETTLING,
     INGEST_MESSAGES,
     INGEST_SHED,
     INGEST_UPSTREAM_ERRORS,

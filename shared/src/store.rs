@@ -108,6 +108,11 @@ pub enum StoreError {
     Fenced(u64),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Retrying cannot help: a bad URL or certificate file, credentials or a certificate the
+    /// server refuses, a server certificate that does not verify, no such database. A node
+    /// fails at start with it rather than retrying for half a minute.
+    #[error("store misconfigured: {0}")]
+    Config(String),
 }
 
 /// Resolves once the submitted batch is durable (or failed).

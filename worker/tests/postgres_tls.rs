@@ -2,12 +2,13 @@
 //! store connect over TLS, verifying the server's certificate against
 //! `cluster.postgres_ca_file`. The private server here accepts TCP over TLS only, so the
 //! store working at all shows it used TLS; a plain-text URL and a server signed by another CA
-//! are refused with the reason.
+//! are refused with the reason, as misconfigurations (a node fails at once, retrying would not
+//! help), while a server that is not up yet is only unavailable.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 
-use lockstep_shared::store::{LoadLimits, Mutation, Store};
+use lockstep_shared::store::{LoadLimits, Mutation, Store, StoreError};
 use lockstep_testkit::{Postgres, TestCa};
 use lockstep_worker::store::postgres::{PostgresOptions, PostgresStore};
 
@@ -29,7 +30,14 @@ async fn open_as(
         client_identity: client.map(|c| (c.client_cert_file(), c.client_key_file())),
     })
     .await
-    .map_err(|e| e.to_string())
+    .map_err(|e| {
+        let text = e.to_string();
+        assert!(
+            matches!(e, StoreError::Config(_)),
+            "refused as a misconfiguration, not as unavailable: {text}"
+        );
+        text
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,4 +103,26 @@ async fn postgres_asking_for_a_client_certificate_gets_the_configured_one() {
         .err()
         .unwrap();
     eprintln!("refused as expected:\n  no certificate: {without}\n  another CA's: {foreign}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_not_listening_is_worth_retrying() {
+    // A free port: nothing listens, as while Postgres starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = PostgresStore::open(PostgresOptions {
+        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        pool_size: 2,
+        batch_max: 64,
+        events_keep: 100,
+        ca_file: None,
+        client_identity: None,
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
 }

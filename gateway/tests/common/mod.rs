@@ -193,6 +193,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The child's exit status if it exits within `limit`, else `None` (it is left running).
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().ok()? {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the node at `addr` answers `/readyz` with 200.
 pub async fn wait_ready(addr: SocketAddr, name: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

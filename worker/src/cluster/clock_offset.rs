@@ -1,9 +1,9 @@
 //! How far this node's clock is from Redis' clock, measured with every heartbeat and exported
 //! as `lockstep_bus_clock_offset_seconds`. A cluster compares timestamps made on different
 //! hosts: a client syncs with its gateway's clock (`time.sync`) while the room's worker
-//! schedules playback (`at`) by its own, and workers judge gateway heartbeats by their own
-//! clock. Hosts must keep their clocks in sync (NTP, chrony); when they do not, on-call sees it
-//! (alert `LockstepClockSkew`: the spread of the nodes' offsets) before users see drift.
+//! schedules playback (`at`) by its own (liveness does not: see `liveness`). Hosts must keep
+//! their clocks in sync (NTP, chrony); when they do not, on-call sees it (alert
+//! `LockstepClockSkew`: the spread of the nodes' offsets) before users see drift.
 
 use lockstep_shared::metrics as names;
 

@@ -2,6 +2,9 @@
 //! worker with the highest rendezvous score, which holds it with a Redis lease (`SET NX PX`,
 //! renewed every heartbeat) carrying a fencing epoch (`INCR`). A worker that cannot renew
 //! stops serving the shard before its lease can expire; the store refuses older epochs.
+//! When Redis loses its data (a restart, a failover to a lagging replica) owners set their
+//! leases again under the same epoch and keep their rooms, and no shard moves until every live
+//! worker is back in the live set ([`LiveView`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,35 +21,62 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::host::Ownership;
 
-use super::redis_conn::RedisPool;
+use super::liveness::{grace_ms, LiveView};
+use super::redis_conn::{PooledConn, RedisPool};
 
-/// Takes the lease if free and stamps it with a fresh epoch; returns the epoch or 0. The
-/// epoch never falls below the caller's clock (ARGV[3], ms), so epochs keep growing even if
-/// Redis loses its data and the counter restarts.
+/// Takes the lease if free, or if it is one of ours that this worker no longer serves (a call
+/// whose reply came too late, run by Redis after the worker gave up on it), and stamps it
+/// with a fresh epoch; returns the epoch or 0. The epoch never falls below the caller's clock
+/// (ARGV[3], ms), so epochs keep growing even if Redis loses its data and the counter restarts.
 const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-  local floor = tonumber(ARGV[3])
-  if current < floor then
-    redis.call('SET', KEYS[2], ARGV[3])
-  end
-  local e = redis.call('INCR', KEYS[2])
-  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. e, 'PX', ARGV[2])
-  return e
+local held = redis.call('GET', KEYS[1])
+local mine = ARGV[1] .. ':'
+if held and string.sub(held, 1, string.len(mine)) ~= mine then
+  return 0
 end
-return 0";
-/// Extends the lease if it is still ours.
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+local floor = tonumber(ARGV[3])
+if current < floor then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+local e = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], mine .. e, 'PX', ARGV[2])
+return e";
+/// Extends the lease if it is still ours (1). A lease that is gone while we hold it in time
+/// (ARGV[4] = 1: renewed less than 2/3 of the TTL ago, so it cannot have expired, and not being
+/// handed off, so we did not delete it) was lost by Redis (a restart, or a failover to a
+/// replica that had not seen it): we set it again under the same epoch, and lift the epoch
+/// counter to it so later owners still fence us (2). Another worker's lease, or a gone one we
+/// may have let expire, means ours is lost (0).
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return 0";
+if held or ARGV[4] ~= '1' then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return 2";
 /// Deletes the lease if it is still ours (graceful handoff).
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0";
+
+/// `script` on `shard`'s lease and epoch keys (one slot: the `{shard:<n>}` hash tag), keyed by
+/// the lease for slot grouping; the caller adds the arguments.
+fn lease_script(script: &str, shard: u32) -> (String, redis::Cmd) {
+    let key = lease_key(shard);
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(2).arg(&key).arg(epoch_key(shard));
+    (key, cmd)
+}
 
 /// What the node must do about a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +139,7 @@ impl Leases {
         format!("{}:{epoch}", self.node)
     }
 
+    /// `owned` before `releasing`: the lease round reads them the other way round (see there).
     fn forget(&self, shard: u32) {
         if let Ok(mut m) = self.owned.write() {
             m.remove(&shard);
@@ -150,8 +181,7 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.heartbeat_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // When each held shard's lease was last renewed (ms, taken before the call was sent).
-    let mut renewed: HashMap<u32, u64> = HashMap::new();
+    let mut memory = Memory::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -165,23 +195,25 @@ pub async fn run(
         let stop_at = leases
             .owned()
             .iter()
-            .map(|(shard, _)| renewed.get(shard).copied().unwrap_or(0) + cfg.lease_ttl_ms * 2 / 3)
+            .map(|(shard, _)| {
+                memory.renewed.get(shard).copied().unwrap_or(0) + cfg.lease_ttl_ms * 2 / 3
+            })
             .min();
         let budget = match stop_at {
             Some(at) => at.saturating_sub(now),
             None => cfg.heartbeat_ms,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(budget.max(1));
-        if let Err(e) = round(&leases, &pool, &cfg, &events, now, deadline, &mut renewed).await {
+        if let Err(e) = round(&leases, &pool, &cfg, &events, now, deadline, &mut memory).await {
             leases.ready.store(false, Ordering::SeqCst);
             tracing::warn!(cause = %e, "lease round failed");
         }
         // Stop serving a shard well before another worker could take it over.
         let now = now_ms();
         for (shard, _) in leases.owned() {
-            let last = renewed.get(&shard).copied().unwrap_or(0);
+            let last = memory.renewed.get(&shard).copied().unwrap_or(0);
             if now.saturating_sub(last) >= cfg.lease_ttl_ms * 2 / 3 {
-                renewed.remove(&shard);
+                memory.renewed.remove(&shard);
                 leases.forget(shard);
                 metrics::counter!(names::LEASE_DROPPED, "how" => "expired").increment(1);
                 tracing::warn!(shard, "lease not renewed in time; shard dropped");
@@ -189,14 +221,22 @@ pub async fn run(
             }
         }
         let held: HashSet<u32> = leases.owned().into_iter().map(|(s, _)| s).collect();
-        renewed.retain(|shard, _| held.contains(shard));
+        memory.renewed.retain(|shard, _| held.contains(shard));
     }
+}
+
+/// What the lease loop remembers between rounds.
+#[derive(Default)]
+struct Memory {
+    /// When each held shard's lease was last renewed (ms, taken before the call was sent).
+    renewed: HashMap<u32, u64>,
+    view: LiveView,
 }
 
 /// One heartbeat: the live set, renewals, hand-offs and acquisitions. A failed heartbeat or
 /// renewal is an error (the node is not ready), but renewals that succeeded count and a shard
-/// whose renewal failed keeps its last renewal time; without the live set nothing is handed
-/// off or taken.
+/// whose renewal failed keeps its last renewal time; without the live set, or while it settles
+/// after Redis lost it ([`LiveView`]), nothing is handed off or taken.
 async fn round(
     leases: &Arc<Leases>,
     pool: &RedisPool,
@@ -204,29 +244,17 @@ async fn round(
     events: &mpsc::Sender<LeaseEvent>,
     now: u64,
     deadline: tokio::time::Instant,
-    renewed: &mut HashMap<u32, u64>,
+    memory: &mut Memory,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Memory { renewed, view } = memory;
     // Only Redis calls are bounded: a round stopped between a state change and its event
     // would leave the node's subscriptions out of step with what it holds.
     use tokio::time::timeout_at;
     let mut conn = timeout_at(deadline, pool.get()).await??;
     let ttl = cfg.lease_ttl_ms;
-    // Heartbeat and the live set (one key: one pipeline, even on a Redis Cluster).
-    let mut beat = redis::pipe();
-    beat.cmd("ZADD")
-        .arg(WORKERS_KEY)
-        .arg(now)
-        .arg(&leases.node)
-        .ignore()
-        .cmd("ZREMRANGEBYSCORE")
-        .arg(WORKERS_KEY)
-        .arg("-inf")
-        .arg(now.saturating_sub(ttl * 10))
-        .ignore()
-        .cmd("ZRANGEBYSCORE")
-        .arg(WORKERS_KEY)
-        .arg(now.saturating_sub(ttl))
-        .arg("+inf");
+    // Heartbeat and the live set (one key: one script, even on a Redis Cluster), by Redis'
+    // clock.
+    let beat = super::liveness::beat_and_read(WORKERS_KEY, &leases.node, ttl);
     // The heartbeat has its own connection and runs beside the renewals: a dead master
     // holding the live set must not keep the leases elsewhere from being renewed. It waits a
     // heartbeat at most.
@@ -234,9 +262,13 @@ async fn round(
         deadline.min(tokio::time::Instant::now() + Duration::from_millis(cfg.heartbeat_ms));
     let heartbeat = async {
         let mut conn = timeout_at(beat_deadline, pool.get()).await??;
-        let reply = timeout_at(beat_deadline, beat.query_async::<(Vec<String>,)>(&mut conn)).await;
-        let (live,) = match reply.map_err(Box::from).and_then(|r| r.map_err(Box::from)) {
-            Ok(live) => live,
+        let reply = timeout_at(
+            beat_deadline,
+            beat.query_async::<(i64, Vec<String>)>(&mut conn),
+        )
+        .await;
+        let (added, live) = match reply.map_err(Box::from).and_then(|r| r.map_err(Box::from)) {
+            Ok(beat) => beat,
             Err(e) => {
                 conn.discard();
                 return Err(e);
@@ -244,10 +276,23 @@ async fn round(
         };
         // Only a metric: a failure here must not fail the lease round.
         let _ = timeout_at(beat_deadline, super::clock_offset::measure(&mut conn)).await;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(live)
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((added == 1, live))
+    };
+    // A lease gone from Redis is set again only if it cannot have expired, and not while the
+    // shard is being handed off: its release may delete the lease while this round runs, and
+    // setting it again would keep the next owner out for a whole TTL. Read before `owned`: a
+    // release forgets the shard in `owned` first, so one of the two reads sees it.
+    let releasing = leases
+        .releasing
+        .read()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let owned = leases.owned();
+    let in_time = |shard: u32| {
+        let last = renewed.get(&shard).copied().unwrap_or(0);
+        now.saturating_sub(last) < ttl * 2 / 3 && !releasing.contains(&shard)
     };
     // Renew what we hold, each shard on its own.
-    let owned = leases.owned();
     let renewals = async {
         if owned.is_empty() {
             return (Vec::new(), None);
@@ -255,19 +300,18 @@ async fn round(
         let renews = owned
             .iter()
             .map(|(shard, epoch)| {
-                let key = lease_key(*shard);
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(RENEW)
-                    .arg(1)
-                    .arg(&key)
-                    .arg(leases.value(*epoch))
-                    .arg(ttl);
+                let (key, mut cmd) = lease_script(RENEW, *shard);
+                cmd.arg(leases.value(*epoch))
+                    .arg(ttl)
+                    .arg(*epoch)
+                    .arg(u8::from(in_time(*shard)));
                 (key, cmd)
             })
             .collect();
         conn.query_each_by_slot::<i64>(renews, deadline).await
     };
     let (heartbeat, (replies, mut renew_error)) = tokio::join!(heartbeat, renewals);
+    let mut reclaimed = 0u64;
     for ((shard, _), reply) in owned.iter().zip(replies) {
         match reply {
             Some(0) => {
@@ -277,14 +321,22 @@ async fn round(
                 tracing::warn!(shard, "lease lost");
                 let _ = events.send(LeaseEvent::Lost(*shard)).await;
             }
-            Some(_) => {
+            Some(kept) => {
+                reclaimed += u64::from(kept == 2);
                 renewed.insert(*shard, now);
             }
             None => {}
         }
     }
-    let live = match heartbeat {
-        Ok(live) => live,
+    if reclaimed > 0 {
+        metrics::counter!(names::LEASE_RECLAIMED).increment(reclaimed);
+        tracing::warn!(
+            reclaimed,
+            "shard leases were gone from Redis (restarted or failed over); set again, rooms kept"
+        );
+    }
+    let (added, mut live) = match heartbeat {
+        Ok(beat) => beat,
         Err(e) => {
             if renew_error.is_some() {
                 conn.discard();
@@ -292,15 +344,65 @@ async fn round(
             return Err(format!("heartbeat: {e}").into());
         }
     };
-    let mut live = live;
     if !live.contains(&leases.node) {
         live.push(leases.node.clone());
     }
-    // Hand off what another live worker should own; take what we should own.
+    let settling = view.settling(added, now, grace_ms(cfg));
+    if settling {
+        metrics::counter!(names::LEASE_SETTLING).increment(1);
+    } else {
+        let error = rebalance(
+            leases,
+            &mut conn,
+            cfg,
+            events,
+            &live,
+            now,
+            beat_deadline,
+            renewed,
+        )
+        .await;
+        renew_error = renew_error.or(error);
+    }
+    let owned = leases.owned.read().map(|m| m.len()).unwrap_or(0);
+    metrics::gauge!(names::LEASE_OWNED).set(owned as f64);
+    // While the set settles, what we hold is what we should.
+    let desired = match settling {
+        true => 0,
+        false => (0..leases.shards)
+            .filter(|s| owner_of(&live, *s) == Some(leases.node.as_str()))
+            .count(),
+    };
+    let releasing = leases.releasing.read().map(|r| r.len()).unwrap_or(0);
+    leases
+        .ready
+        .store(owned >= desired && releasing == 0, Ordering::SeqCst);
+    match renew_error {
+        Some(e) => {
+            conn.discard();
+            Err(format!("some leases: {e}").into())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Hands off what another live worker should own and takes what we should own; returns the
+/// error of an acquisition that failed (the others count).
+#[allow(clippy::too_many_arguments)]
+async fn rebalance(
+    leases: &Arc<Leases>,
+    conn: &mut PooledConn,
+    cfg: &ClusterConfig,
+    events: &mpsc::Sender<LeaseEvent>,
+    live: &[String],
+    now: u64,
+    deadline: tokio::time::Instant,
+    renewed: &mut HashMap<u32, u64>,
+) -> Option<redis::RedisError> {
     let owned: HashMap<u32, u64> = leases.owned().into_iter().collect();
     let mut to_acquire = Vec::new();
     for shard in 0..leases.shards {
-        let mine = owner_of(&live, shard) == Some(leases.node.as_str());
+        let mine = owner_of(live, shard) == Some(leases.node.as_str());
         match (mine, owned.get(&shard)) {
             (false, Some(epoch)) => {
                 let newly = leases
@@ -316,54 +418,30 @@ async fn round(
             _ => {}
         }
     }
-    if !to_acquire.is_empty() {
-        let acquires = to_acquire
-            .iter()
-            .map(|shard| {
-                let key = lease_key(*shard);
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(ACQUIRE)
-                    .arg(2)
-                    .arg(&key)
-                    .arg(epoch_key(*shard))
-                    .arg(&leases.node)
-                    .arg(ttl)
-                    .arg(now);
-                (key, cmd)
-            })
-            .collect();
-        // Taking a shard can wait for the next round: a lease whose master is down must not
-        // hold this round (and the renewals of the next) until the first shard's deadline.
-        let (epochs, error) = conn
-            .query_each_by_slot::<i64>(acquires, beat_deadline)
-            .await;
-        renew_error = renew_error.or(error);
-        for (shard, epoch) in to_acquire.iter().zip(epochs) {
-            if let Some(epoch @ 1..) = epoch {
-                let epoch = epoch as u64;
-                if let Ok(mut m) = leases.owned.write() {
-                    m.insert(*shard, epoch);
-                }
-                renewed.insert(*shard, now);
-                metrics::counter!(names::LEASE_ACQUIRED).increment(1);
-                let _ = events.send(LeaseEvent::Acquired(*shard, epoch)).await;
+    if to_acquire.is_empty() {
+        return None;
+    }
+    let acquires = to_acquire
+        .iter()
+        .map(|shard| {
+            let (key, mut cmd) = lease_script(ACQUIRE, *shard);
+            cmd.arg(&leases.node).arg(cfg.lease_ttl_ms).arg(now);
+            (key, cmd)
+        })
+        .collect();
+    // Taking a shard can wait for the next round: a lease whose master is down must not
+    // hold this round (and the renewals of the next) until the first shard's deadline.
+    let (epochs, error) = conn.query_each_by_slot::<i64>(acquires, deadline).await;
+    for (shard, epoch) in to_acquire.iter().zip(epochs) {
+        if let Some(epoch @ 1..) = epoch {
+            let epoch = epoch as u64;
+            if let Ok(mut m) = leases.owned.write() {
+                m.insert(*shard, epoch);
             }
+            renewed.insert(*shard, now);
+            metrics::counter!(names::LEASE_ACQUIRED).increment(1);
+            let _ = events.send(LeaseEvent::Acquired(*shard, epoch)).await;
         }
     }
-    let owned = leases.owned.read().map(|m| m.len()).unwrap_or(0);
-    metrics::gauge!(names::LEASE_OWNED).set(owned as f64);
-    let desired = (0..leases.shards)
-        .filter(|s| owner_of(&live, *s) == Some(leases.node.as_str()))
-        .count();
-    let releasing = leases.releasing.read().map(|r| r.len()).unwrap_or(0);
-    leases
-        .ready
-        .store(owned >= desired && releasing == 0, Ordering::SeqCst);
-    match renew_error {
-        Some(e) => {
-            conn.discard();
-            Err(format!("some leases: {e}").into())
-        }
-        None => Ok(()),
-    }
+    error
 }

@@ -4,6 +4,7 @@
 pub mod clock_offset;
 pub mod health;
 pub mod leases;
+pub mod liveness;
 pub mod node;
 pub mod publisher;
 pub mod pubsub_limit;

@@ -15,7 +15,7 @@ use lockstep_shared::config::Config;
 use lockstep_shared::metrics as names;
 use lockstep_shared::protocol::error_frame;
 use lockstep_shared::shard::shard_of;
-use lockstep_shared::store::Store;
+use lockstep_shared::store::{Store, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,6 @@ use super::publisher::Publisher;
 use super::redis_conn::{RedisPool, RedisTarget};
 use super::sink::RedisSink;
 use super::{health, subscriber};
-use crate::clock::now_ms;
 use crate::host::Host;
 use crate::ingest::limiter::RedisJoinLimiter;
 use crate::ingest::Ingest;
@@ -245,6 +244,8 @@ async fn open_store(cfg: &Config) -> anyhow::Result<PostgresStore> {
     loop {
         match PostgresStore::open(options.clone()).await {
             Ok(store) => return Ok(store),
+            // Waiting cannot mend a configuration: say so now.
+            Err(e @ StoreError::Config(_)) => return Err(e).context("open postgres store"),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(cause = %e, "postgres not ready; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -341,11 +342,10 @@ async fn reap_gateways(
             readable_since = None;
             continue;
         };
-        let cutoff = now_ms().saturating_sub(timeout_ms);
         // A read that hangs (a dead master) and then succeeds (its replica promoted) is a
-        // break too: it is bounded, and giving up counts as a failure.
-        let mut cmd = redis::cmd("ZRANGEBYSCORE");
-        cmd.arg(GATEWAYS_KEY).arg("-inf").arg(cutoff);
+        // break too: it is bounded, and giving up counts as a failure. Silence is measured by
+        // Redis' clock, as the heartbeats are stamped.
+        let cmd = super::liveness::silent(GATEWAYS_KEY, timeout_ms);
         let read = cmd.query_async(&mut conn);
         let dead: Vec<u64> = match tokio::time::timeout(Duration::from_millis(every_ms), read).await
         {
@@ -375,10 +375,7 @@ async fn reap_gateways(
             }
         }
         // Entries stay until every worker had a chance to reap them, then age out.
-        let _: Result<i64, _> = redis::cmd("ZREMRANGEBYSCORE")
-            .arg(GATEWAYS_KEY)
-            .arg("-inf")
-            .arg(cutoff.saturating_sub(timeout_ms * 5))
+        let _: Result<i64, _> = super::liveness::forget(GATEWAYS_KEY, timeout_ms * 6)
             .query_async(&mut conn)
             .await;
     }

@@ -70,31 +70,19 @@ fn size(word: &str) -> Option<u64> {
 }
 
 /// Reads every server's limit (on a Redis Cluster: each seed node's), exports the tightest
-/// as a gauge (0: no limit) and warns about each server where it is too low. A server that
-/// refuses `CONFIG` (managed Redis often does) is noted at debug level: the README says what
-/// to set.
+/// as a gauge (0: no limit) and warns once, naming every server where it is too low. A server
+/// that refuses `CONFIG` (managed Redis often does) is noted at debug level: the README says
+/// what to set.
 pub async fn check(target: &RedisTarget, node: &str) -> Option<PubsubLimit> {
     let mut tightest: Option<PubsubLimit> = None;
-    for server in target.servers() {
-        let Some(limit) = read(&server, node).await else {
+    let mut too_low = Vec::new();
+    let servers = target.servers();
+    for server in &servers {
+        let Some(limit) = read(server, node).await else {
             continue;
         };
         if limit.too_low() {
-            tracing::warn!(
-                node,
-                server = ?server.get_connection_info().addr(),
-                hard_bytes = limit.hard,
-                soft_bytes = limit.soft,
-                "Redis will drop this node's pub/sub subscription when more than {} bytes wait \
-                 for it (client-output-buffer-limit pubsub): a join storm in a big room can pass \
-                 that, and a gateway then closes every socket with 1012. Raise it: \
-                 CONFIG SET client-output-buffer-limit \"{RECOMMENDED}\" (and in redis.conf)",
-                if limit.hard == 0 {
-                    limit.soft
-                } else {
-                    limit.hard
-                }
-            );
+            too_low.push(server.get_connection_info().addr().to_string());
         }
         let hard = |l: &PubsubLimit| if l.hard == 0 { u64::MAX } else { l.hard };
         if tightest.is_none_or(|t| hard(&limit) < hard(&t)) {
@@ -103,6 +91,22 @@ pub async fn check(target: &RedisTarget, node: &str) -> Option<PubsubLimit> {
     }
     if let Some(limit) = tightest {
         metrics::gauge!(names::BUS_PUBSUB_LIMIT).set(limit.hard as f64);
+        if !too_low.is_empty() {
+            tracing::warn!(
+                node,
+                servers = %too_low.join(", "),
+                hard_bytes = limit.hard,
+                soft_bytes = limit.soft,
+                "Redis will drop this node's pub/sub subscription when more than {} bytes wait \
+                 for it (client-output-buffer-limit pubsub) on {} of {} servers: a join storm in \
+                 a big room can pass that, and a gateway then closes every socket with 1012. \
+                 Raise it: CONFIG SET client-output-buffer-limit \"{RECOMMENDED}\" (and in \
+                 redis.conf)",
+                if limit.hard == 0 { limit.soft } else { limit.hard },
+                too_low.len(),
+                servers.len(),
+            );
+        }
     }
     tightest
 }

@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use lockstep_shared::config::ClusterConfig;
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{
-    Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
+    Cmd, FromRedisValue, Pipeline, ProtocolVersion, RedisError, RedisFuture, RedisResult,
+    TlsCertificates, Value,
 };
 
 /// Both connection enums are used wherever redis-rs takes a connection: each variant answers.
@@ -185,10 +186,35 @@ impl RedisTarget {
     }
 
     /// A multiplexed connection that reconnects by itself.
+    ///
+    /// On one server it speaks RESP3 when the server does (Redis ≥ 6): the connection manager
+    /// then learns of a dropped connection when it drops and reconnects at once. Over RESP2 it
+    /// learns only from the next command failing, so after a Redis restart the first batch a
+    /// worker publishes (a reply, an event clients wait for) is lost on the dead connection;
+    /// a server or proxy that refuses `HELLO` still gets RESP2, with a warning.
     pub async fn connect(&self) -> RedisResult<RedisConn> {
         Ok(match self {
             RedisTarget::Single(client) => {
-                RedisConn::Single(ConnectionManager::new(client.clone()).await?)
+                let info = client.get_connection_info().clone();
+                let protocol = match hello_refused(client).await {
+                    None => ProtocolVersion::RESP3,
+                    Some(why) => {
+                        tracing::warn!(
+                            cause = %why,
+                            "Redis refuses HELLO (older than 6, or a proxy): speaking RESP2, so \
+                             a dropped connection is noticed only when the next command fails"
+                        );
+                        ProtocolVersion::RESP2
+                    }
+                };
+                let settings = info.redis_settings().clone().set_protocol(protocol);
+                let client = redis::Client::open(info.set_redis_settings(settings))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_min_delay(RECONNECT_MIN)
+                    .set_max_delay(RECONNECT_MAX)
+                    .set_number_of_retries(RECONNECT_ATTEMPTS)
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                RedisConn::Single(ConnectionManager::new_with_config(client, config).await?)
             }
             RedisTarget::Cluster { client, .. } => {
                 RedisConn::Cluster(client.get_async_connection().await?)
@@ -248,6 +274,24 @@ pub enum RedisConn {
 
 delegate_connection_like!(RedisConn);
 
+/// Why the server refused `HELLO` (which RESP3 needs), or `None` when it answered it or could
+/// not be asked (unreachable: the connection manager will retry, in RESP3).
+async fn hello_refused(client: &redis::Client) -> Option<RedisError> {
+    let probe = async {
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("HELLO")
+            .arg(2)
+            .query_async::<Value>(&mut conn)
+            .await
+            .err()
+            .filter(|e| !e.is_io_error() && !e.is_timeout())
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT * 2, probe)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// A Redis Cluster client for these seeds, with the configured TLS files when there are any.
 /// The subscriber builds its own (with a push sender) through this too.
 pub fn cluster_builder(seeds: &[String], tls: Option<&RedisTls>) -> ClusterClientBuilder {
@@ -258,7 +302,7 @@ pub fn cluster_builder(seeds: &[String], tls: Option<&RedisTls>) -> ClusterClien
     let builder = ClusterClientBuilder::new(seeds.to_vec())
         .min_retry_wait(CLUSTER_RETRY_MIN_MS)
         .max_retry_wait(CLUSTER_RETRY_MAX_MS)
-        .connection_timeout(CLUSTER_CONNECT_TIMEOUT);
+        .connection_timeout(CONNECT_TIMEOUT);
     match tls {
         Some(tls) => builder.certs(tls.certificates()),
         None => builder,
@@ -269,8 +313,16 @@ pub fn cluster_builder(seeds: &[String], tls: Option<&RedisTls>) -> ClusterClien
 const CLUSTER_RETRY_MIN_MS: u64 = 20;
 /// Longest wait between the cluster client's retries of one request (ms).
 const CLUSTER_RETRY_MAX_MS: u64 = 500;
-/// How long the cluster client tries to reach one node.
-const CLUSTER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a connection attempt to one Redis node may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How the single-server connection manager reconnects: first retry soon, then at most this
+/// far apart, so that after an outage it is back within a quarter second of Redis (its default
+/// doubles from 100 ms and may wait 3 s: publishes wait on the reconnection).
+const RECONNECT_MIN: std::time::Duration = std::time::Duration::from_millis(20);
+const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+/// Attempts before a reconnection gives up (≈ 5 s); the next command starts another.
+const RECONNECT_ATTEMPTS: usize = 24;
 
 /// Connections in a pool (each is multiplexed: a few serve a node's lease, reaping and
 /// limiter calls).

@@ -17,6 +17,7 @@ use lockstep_shared::store::{
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::DbError;
 use tokio_postgres::NoTls;
 
 mod commit;
@@ -79,20 +80,47 @@ pub struct PostgresOptions {
 /// The error with its causes: tokio-postgres keeps the server's words (`DbError`) and the TLS
 /// failure's reason in sources its message leaves out ("db error", "error performing TLS
 /// handshake").
-fn unavailable<E: std::error::Error + 'static>(e: E) -> StoreError {
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        let part = match err.downcast_ref::<tokio_postgres::error::DbError>() {
+    for err in std::iter::successors(e.source(), |err| err.source()) {
+        let part = match err.downcast_ref::<DbError>() {
             Some(db) => db.message().to_owned(),
             None => err.to_string(),
         };
         if !text.contains(&part) {
             text = format!("{text}: {part}");
         }
-        source = err.source();
     }
-    StoreError::Unavailable(text)
+    text
+}
+
+fn unavailable<E: std::error::Error + 'static>(e: E) -> StoreError {
+    StoreError::Unavailable(describe(&e))
+}
+
+/// Why connecting failed: [`StoreError::Config`] when the server refused who we are (SQLSTATE
+/// class 28: password, `pg_hba.conf`, a client certificate it wants), the database does not
+/// exist (3D000) or TLS failed on a certificate (either side's); else unavailable (refused,
+/// starting up, unreachable), which is worth retrying.
+fn connect_error<E: std::error::Error + 'static>(e: E) -> StoreError {
+    let settled = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |err| {
+        err.source()
+    })
+    .any(|err| {
+        let refused = err.downcast_ref::<DbError>().is_some_and(|db| {
+            let code = db.code().code();
+            code.starts_with("28") || code == "3D000"
+        });
+        let tls = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        refused || tls
+    });
+    match settled {
+        true => StoreError::Config(describe(&e)),
+        false => StoreError::Unavailable(describe(&e)),
+    }
 }
 
 impl PostgresStore {
@@ -109,9 +137,9 @@ impl PostgresStore {
             Some(tls) => settings.create_pool(Some(Runtime::Tokio1), tls),
             None => settings.create_pool(Some(Runtime::Tokio1), NoTls),
         }
-        .map_err(unavailable)?;
+        .map_err(|e| StoreError::Config(describe(&e)))?;
         {
-            let mut client = pool.get().await.map_err(unavailable)?;
+            let mut client = pool.get().await.map_err(connect_error)?;
             let client: &mut tokio_postgres::Client = &mut client;
             // Workers starting together must not migrate concurrently.
             client

@@ -23,7 +23,7 @@ pub(super) fn connector(
     client: Option<(&Path, &Path)>,
 ) -> Result<Option<MakeRustlsConnect>, StoreError> {
     let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| StoreError::Unavailable(format!("cluster.postgres_url: {e}")))?;
+        .map_err(|e| StoreError::Config(format!("cluster.postgres_url: {e}")))?;
     if config.get_ssl_mode() != SslMode::Require {
         return Ok(None);
     }
@@ -36,19 +36,19 @@ pub(super) fn connector(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Unavailable(format!("postgres TLS: {e}")))?
+        .map_err(|e| StoreError::Config(format!("postgres TLS: {e}")))?
         .with_root_certificates(roots);
     let tls = match client {
         Some((cert, key)) => {
             let chain = certs_from_file("cluster.postgres_client_cert", cert)?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                StoreError::Unavailable(format!(
+                StoreError::Config(format!(
                     "cluster.postgres_client_key {}: {e}",
                     key.display()
                 ))
             })?;
             tls.with_client_auth_cert(chain, key)
-                .map_err(|e| StoreError::Unavailable(format!("postgres client certificate: {e}")))?
+                .map_err(|e| StoreError::Config(format!("postgres client certificate: {e}")))?
         }
         None => tls.with_no_client_auth(),
     };
@@ -60,7 +60,7 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore, StoreError> {
     let mut roots = RootCertStore::empty();
     for cert in certs_from_file("cluster.postgres_ca_file", path)? {
         roots.add(cert).map_err(|e| {
-            StoreError::Unavailable(format!("cluster.postgres_ca_file {}: {e}", path.display()))
+            StoreError::Config(format!("cluster.postgres_ca_file {}: {e}", path.display()))
         })?;
     }
     Ok(roots)
@@ -68,7 +68,7 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore, StoreError> {
 
 /// Every certificate in a PEM file (at least one).
 fn certs_from_file(setting: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, StoreError> {
-    let bad = |e: String| StoreError::Unavailable(format!("{setting} {}: {e}", path.display()));
+    let bad = |e: String| StoreError::Config(format!("{setting} {}: {e}", path.display()));
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
