@@ -25,6 +25,7 @@ fn setup(n: u64, sockets: Option<&tokio::runtime::Runtime>) -> (Fanout, Vec<Arc<
             id: None,
             membership: Some(Membership::Join("bench".into())),
             frames: vec![Arc::from("{}")],
+            seq: 0,
         });
         receivers.push(entry);
     }
@@ -54,9 +55,12 @@ fn benches(c: &mut Criterion) {
     for n in [50u64, 1_000] {
         let (fanout, receivers) = setup(n, None);
         g.throughput(Throughput::Elements(n));
+        // Each event follows the last (a gap would hold the room's events back).
+        let mut seq = 0;
         g.bench_with_input(BenchmarkId::new("event to N queues", n), &n, |b, _| {
             b.iter(|| {
-                fanout.deliver(event(&frame));
+                seq += 1;
+                fanout.deliver(event(&frame, seq));
                 drain(&receivers);
             })
         });
@@ -66,9 +70,11 @@ fn benches(c: &mut Criterion) {
     let n = 50u64;
     let (fanout, receivers) = setup(n, Some(&rt));
     g.throughput(Throughput::Elements(n));
+    let mut seq = 0;
     g.bench_with_input(BenchmarkId::new("event to N sockets", n), &n, |b, _| {
         b.iter(|| {
-            fanout.deliver(event(&frame));
+            seq += 1;
+            fanout.deliver(event(&frame, seq));
             // A socket whose drainer fell behind queues instead; that is dropped here.
             drain(&receivers);
         })
@@ -84,10 +90,10 @@ fn drain(receivers: &[Arc<ConnEntry>]) {
     }
 }
 
-fn event(frame: &Arc<str>) -> ToGateway {
+fn event(frame: &Arc<str>, seq: u64) -> ToGateway {
     ToGateway::RoomEvent {
         room: Arc::from("bench"),
-        seq: 1,
+        seq,
         created_ms: 1,
         frame: frame.clone(),
         gateways: Arc::from(vec![7u64]),

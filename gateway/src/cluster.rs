@@ -78,12 +78,9 @@ impl RedisLink {
                     Err(e) => tracing::warn!(cause = %e, "undecodable gateway message"),
                 }
             },
-            // Replies and events published while we were disconnected are lost: every
-            // client recovers by rejoining with since_seq.
-            move || {
-                tracing::warn!("bus reconnected: closing sockets so clients resume by seq");
-                resetter.close_all(crate::fanout::close::RESTART);
-            },
+            // Replies and events published while we were disconnected are lost: rooms ask
+            // their owners for the events again (`resync`); sockets waiting for a reply close.
+            move || resetter.bus_gap(),
             connected.clone(),
             cancel.clone(),
         );

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use lockstep_shared::bus::WorkerLink;
 use lockstep_shared::config::Config;
 use lockstep_shared::protocol::server::draining_frame;
 use lockstep_worker::ingest::limiter::LocalJoinLimiter;
@@ -92,13 +93,23 @@ pub async fn start_gateway(cfg: Config) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let fanout = Arc::new(Fanout::new(rand::random::<u64>() >> 1));
     let bus = CancellationToken::new();
+    // Installed before the bus starts: a gap noticed from the first message on is filled.
+    let (resync_tx, resync_rx) = crate::resync::channel();
+    fanout.set_resyncer(resync_tx);
     let link = crate::cluster::RedisLink::start(&cfg.cluster, fanout.clone(), bus.clone()).await?;
     let connected = link.connected.clone();
+    let link: Arc<dyn WorkerLink> = Arc::new(link);
+    tokio::spawn(crate::resync::run(
+        resync_rx,
+        link.clone(),
+        fanout.clone(),
+        bus.clone(),
+    ));
     let mut state = AppState::new(
         cfg.clone(),
         Auth::new(cfg.auth.jwt_secret.as_bytes()),
         fanout.clone(),
-        Arc::new(link),
+        link,
         metrics_handle(),
     );
     state.not_ready = Arc::new(move || {

@@ -3,16 +3,18 @@
 //! with 4008 (it resumes by `seq`), so one slow client never slows a room (invariant 6).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use lockstep_shared::bus::{ConnId, GatewaySink, Membership, ToGateway};
 use lockstep_shared::metrics as names;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{Outbox, Pushed};
+use crate::resync::ResyncRequest;
 
 /// Close codes this gateway uses.
 pub mod close {
@@ -103,7 +105,7 @@ impl ConnEntry {
     }
 
     /// `direct: false` always queues (see `DIRECT_WRITE_MAX_MEMBERS`).
-    fn push_with(&self, item: OutFrame, direct: bool) {
+    pub(crate) fn push_with(&self, item: OutFrame, direct: bool) {
         if self.closer.code() != 0 {
             return;
         }
@@ -126,7 +128,8 @@ impl ConnEntry {
         }
     }
 
-    fn observe_reply(&self, id: &str) {
+    /// Ends a command's latency measurement (its reply, or a refusal the gateway wrote).
+    pub fn observe_reply(&self, id: &str) {
         let found = self.inflight.lock().ok().and_then(|mut m| {
             let found = m.remove(id);
             if m.is_empty() {
@@ -142,11 +145,42 @@ impl ConnEntry {
     }
 }
 
+/// One room as this gateway sees it: its local members, and how far its event stream got
+/// here, so that a gap (events lost on the bus) is noticed and filled (`resync`).
+pub(crate) struct LocalRoom {
+    pub(crate) members: HashMap<u64, LocalMember>,
+    /// The seq of the last event delivered here, or of the first local member's join.
+    pub(crate) last_seq: AtomicU64,
+    /// Nonzero while resync number `n` is under way (live events are held back: its replay
+    /// carries them), or [`ABANDONED`](crate::resync::ABANDONED).
+    pub(crate) resync: AtomicU64,
+}
+
+impl LocalRoom {
+    fn new(seq: u64) -> LocalRoom {
+        LocalRoom {
+            members: HashMap::new(),
+            last_seq: AtomicU64::new(seq),
+            resync: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A local member: its connection, and the seq its join was answered at (its events start
+/// after it).
+pub(crate) struct LocalMember {
+    pub(crate) entry: Arc<ConnEntry>,
+    pub(crate) joined_seq: u64,
+}
+
 /// This gateway's connections and room memberships.
 pub struct Fanout {
     gateway_id: u64,
-    conns: RwLock<HashMap<u64, Arc<ConnEntry>>>,
-    rooms: RwLock<HashMap<String, HashMap<u64, Arc<ConnEntry>>>>,
+    pub(crate) conns: RwLock<HashMap<u64, Arc<ConnEntry>>>,
+    pub(crate) rooms: RwLock<HashMap<String, LocalRoom>>,
+    /// Where rooms that missed events are sent to be asked for again (cluster mode only).
+    pub(crate) resyncer: OnceLock<mpsc::Sender<ResyncRequest>>,
+    pub(crate) next_resync: AtomicU64,
 }
 
 impl Fanout {
@@ -155,7 +189,15 @@ impl Fanout {
             gateway_id,
             conns: RwLock::new(HashMap::new()),
             rooms: RwLock::new(HashMap::new()),
+            resyncer: OnceLock::new(),
+            next_resync: AtomicU64::new(1),
         }
+    }
+
+    /// Lets gaps in a room's events be filled by asking its owner again (`resync::run`
+    /// drains the other end); without it a gap closes the room's members with 1012.
+    pub fn set_resyncer(&self, tx: mpsc::Sender<ResyncRequest>) {
+        let _ = self.resyncer.set(tx);
     }
 
     pub fn gateway_id(&self) -> u64 {
@@ -199,12 +241,7 @@ impl Fanout {
             .unwrap_or_default();
         if let Ok(mut map) = self.rooms.write() {
             for room in &rooms {
-                if let Some(members) = map.get_mut(room) {
-                    members.remove(&local);
-                    if members.is_empty() {
-                        map.remove(room);
-                    }
-                }
+                remove_member(&mut map, room, local);
             }
         }
         rooms
@@ -235,29 +272,37 @@ impl Fanout {
         }
     }
 
-    fn local(&self, conn: ConnId) -> Option<Arc<ConnEntry>> {
+    pub(crate) fn local(&self, conn: ConnId) -> Option<Arc<ConnEntry>> {
         if conn.gateway != self.gateway_id {
             return None;
         }
         self.conns.read().ok()?.get(&conn.local).cloned()
     }
 
-    fn set_membership(&self, local: u64, entry: &Arc<ConnEntry>, membership: Membership) {
+    fn set_membership(&self, local: u64, entry: &Arc<ConnEntry>, membership: Membership, seq: u64) {
         let Ok(mut map) = self.rooms.write() else {
             return;
         };
         match membership {
             Membership::Join(room) => {
-                map.entry(room).or_default().insert(local, entry.clone());
+                let member = LocalMember {
+                    entry: entry.clone(),
+                    joined_seq: seq,
+                };
+                match map.get_mut(&room) {
+                    Some(local_room) => {
+                        local_room.members.insert(local, member);
+                        self.joined_known_room(&room, local_room, seq);
+                    }
+                    None => {
+                        let mut local_room = LocalRoom::new(seq);
+                        local_room.members.insert(local, member);
+                        map.insert(room, local_room);
+                    }
+                }
             }
             Membership::Forgotten(room) => {
-                let was_joined = map
-                    .get_mut(&room)
-                    .map(|members| members.remove(&local).is_some())
-                    .unwrap_or(false);
-                if map.get(&room).is_some_and(|m| m.is_empty()) {
-                    map.remove(&room);
-                }
+                let was_joined = remove_member(&mut map, &room, local);
                 if let Ok(mut rooms) = entry.rooms.lock() {
                     rooms.remove(&room);
                 }
@@ -266,18 +311,58 @@ impl Fanout {
                 }
             }
             Membership::Leave(room) => {
-                if let Some(members) = map.get_mut(&room) {
-                    members.remove(&local);
-                    if members.is_empty() {
-                        map.remove(&room);
-                    }
-                }
+                remove_member(&mut map, &room, local);
                 if let Ok(mut rooms) = entry.rooms.lock() {
                     rooms.remove(&room);
                 }
             }
         }
     }
+
+    /// Delivers a live room event, unless a resync holds the room's events back, or the
+    /// event shows that some before it were lost (then a resync starts and replays them all).
+    fn deliver_event(&self, room: &str, seq: u64, created_ms: u64, frame: Arc<str>) {
+        let Ok(map) = self.rooms.read() else {
+            return;
+        };
+        let Some(local_room) = map.get(room) else {
+            return;
+        };
+        if local_room.resync.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        let last = local_room.last_seq.load(Ordering::SeqCst);
+        if seq <= last {
+            // Already delivered, or in the members' join snapshots.
+            return;
+        }
+        if seq > last + 1 {
+            self.start_resync(room, local_room);
+            return;
+        }
+        local_room.last_seq.store(seq, Ordering::SeqCst);
+        let direct = local_room.members.len() <= DIRECT_WRITE_MAX_MEMBERS;
+        for member in local_room.members.values() {
+            let event = OutFrame::Event {
+                text: frame.clone(),
+                created_ms,
+            };
+            member.entry.push_with(event, direct);
+        }
+    }
+}
+
+/// Takes `local` out of `room`'s members (and the room out of the map when it was the last);
+/// whether it was a member.
+fn remove_member(map: &mut HashMap<String, LocalRoom>, room: &str, local: u64) -> bool {
+    let Some(local_room) = map.get_mut(room) else {
+        return false;
+    };
+    let was = local_room.members.remove(&local).is_some();
+    if local_room.members.is_empty() {
+        map.remove(room);
+    }
+    was
 }
 
 impl GatewaySink for Fanout {
@@ -288,12 +373,13 @@ impl GatewaySink for Fanout {
                 id,
                 membership,
                 frames,
+                seq,
             } => {
                 let Some(entry) = self.local(conn) else {
                     return;
                 };
                 if let Some(m) = membership {
-                    self.set_membership(conn.local, &entry, m);
+                    self.set_membership(conn.local, &entry, m, seq);
                 }
                 if let Some(id) = id {
                     entry.observe_reply(&id);
@@ -308,24 +394,11 @@ impl GatewaySink for Fanout {
             }
             ToGateway::RoomEvent {
                 room,
+                seq,
                 created_ms,
                 frame,
                 ..
-            } => {
-                let Ok(map) = self.rooms.read() else {
-                    return;
-                };
-                if let Some(members) = map.get(&*room) {
-                    let direct = members.len() <= DIRECT_WRITE_MAX_MEMBERS;
-                    for entry in members.values() {
-                        let event = OutFrame::Event {
-                            text: frame.clone(),
-                            created_ms,
-                        };
-                        entry.push_with(event, direct);
-                    }
-                }
-            }
+            } => self.deliver_event(&room, seq, created_ms, frame),
             ToGateway::Direct { conns, frame } => {
                 for conn in conns {
                     if let Some(entry) = self.local(conn) {
@@ -339,23 +412,34 @@ impl GatewaySink for Fanout {
                     .read()
                     .ok()
                     .and_then(|m| {
-                        m.get(&room)
-                            .map(|c| c.iter().map(|(k, v)| (*k, v.clone())).collect())
+                        m.get(&room).map(|r| {
+                            r.members
+                                .iter()
+                                .map(|(k, v)| (*k, v.entry.clone()))
+                                .collect()
+                        })
                     })
                     .unwrap_or_default();
                 for (local, entry) in members {
-                    self.set_membership(local, &entry, Membership::Leave(room.clone()));
+                    self.set_membership(local, &entry, Membership::Leave(room.clone()), 0);
                     entry.closer.close(close::RESTART);
                 }
             }
             ToGateway::Evict { room, conns } => {
                 for conn in conns {
                     if let Some(entry) = self.local(conn) {
-                        self.set_membership(conn.local, &entry, Membership::Leave(room.clone()));
+                        self.set_membership(conn.local, &entry, Membership::Leave(room.clone()), 0);
                         entry.closer.close(close::RESTART);
                     }
                 }
             }
+            ToGateway::Replay {
+                room,
+                req,
+                first_seq,
+                frames,
+                ..
+            } => self.replay(&room, req, first_seq, frames),
         }
     }
 }
@@ -367,7 +451,7 @@ mod tests {
     fn members_of(f: &Fanout, room: &str) -> usize {
         f.rooms
             .read()
-            .map(|m| m.get(room).map_or(0, HashMap::len))
+            .map(|m| m.get(room).map_or(0, |r| r.members.len()))
             .unwrap_or(0)
     }
 
@@ -388,6 +472,7 @@ mod tests {
                 id: None,
                 membership: Some(Membership::Join("r".into())),
                 frames: Vec::new(),
+                seq: 0,
             })
         };
         join(&f);

@@ -26,6 +26,7 @@ mod frame;
 mod http;
 pub mod limits;
 pub mod outbox;
+pub mod resync;
 mod server;
 mod session;
 pub mod state;

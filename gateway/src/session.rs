@@ -109,6 +109,9 @@ impl Session {
             cmd,
         });
         if let Err(refusal) = self.state.link.send(msg).await {
+            if let Some(id) = &id {
+                self.entry.observe_reply(id);
+            }
             if new_join {
                 if let Ok(mut rooms) = self.entry.rooms.lock() {
                     rooms.remove(&room);

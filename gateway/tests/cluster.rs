@@ -14,7 +14,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use lockstep_testkit::fake_twitch::FakeTwitch;
 use lockstep_testkit::fake_youtube::{ActionKind, FakeYoutube};
-use lockstep_testkit::{Postgres, Redis, RedisCluster, TestCa};
+use lockstep_testkit::{Postgres, Redis, RedisCluster, Relay, TestCa};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -1158,6 +1158,83 @@ async fn ride_out_a_redis_restart(outage: Duration) {
         0.0,
         "a shard was handed off after the restart"
     );
+}
+
+/// A gateway's link to Redis blips: every connection it has is cut and new ones are refused
+/// for 400 ms, while its room chats on through another gateway. Before, the gateway closed
+/// every socket with 1012 once its subscription was back (a reconnect storm for a blip); now
+/// it asks the room's owner for the events it missed: its client keeps its socket and gets
+/// every message, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cut_off_from_redis_for_a_moment_keeps_its_sockets_and_misses_nothing() {
+    let redis = Redis::start();
+    let redis_addr: std::net::SocketAddr = redis
+        .url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("a private Redis, or LOCKSTEP_TEST_REDIS_URL as redis://host:port");
+    let relay = Relay::start(redis_addr).await;
+    let mut cluster = Cluster::start_on(Bus::Single(redis), 1, 1, Vec::new()).await;
+    let relayed = [(
+        "LOCKSTEP_CLUSTER__REDIS_URL".to_owned(),
+        format!("redis://{}", relay.addr),
+    )];
+    cluster.add_gateway_with("g-relayed", &relayed);
+    let (steady, cut_off) = (cluster.gateway(0), cluster.gateway(1));
+    wait_ready(cut_off, "g-relayed").await;
+    let (ta, _) = guest_at(cut_off, "A").await;
+    let (tb, _) = guest_at(steady, "B").await;
+    let room = create_room_at(steady, &tb).await;
+    let mut a = Client::connect(cut_off, &ta).await;
+    a.join(&room, None).await;
+    let mut b = Client::connect(steady, &tb).await;
+    b.join(&room, None).await;
+    const CHATS: usize = 60;
+    let chatter = tokio::spawn({
+        let room = room.clone();
+        async move {
+            for i in 0..CHATS {
+                b.ok(json!({"type": "chat.send", "room": room, "text": format!("m{i}")}))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.cut(Duration::from_millis(400));
+    chatter.await.unwrap();
+    // `recv` fails the test if the socket closes.
+    let mut events = Vec::new();
+    while events
+        .iter()
+        .filter(|v: &&Value| v["type"] == "chat.message")
+        .count()
+        < CHATS
+    {
+        events.push(a.recv().await);
+    }
+    let texts: Vec<&str> = events
+        .iter()
+        .filter(|v| v["type"] == "chat.message")
+        .filter_map(|v| v["text"].as_str())
+        .collect();
+    let sent: Vec<String> = (0..CHATS).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, sent, "every chat, in order, once");
+    assert_gapless(&events, "the client of the gateway cut off");
+    let recovered = metric(cut_off, "lockstep_gateway_resync_recovered_events_total")
+        .await
+        .unwrap_or(0.0);
+    let replayed = metric(
+        cut_off,
+        "lockstep_gateway_room_resyncs_total{outcome=\"replayed\"}",
+    )
+    .await
+    .unwrap_or(0.0);
+    eprintln!("the cut-off gateway resynced {replayed} time(s), recovering {recovered} events");
+    assert!(recovered >= 1.0, "the cut made the gateway miss events");
+    // Its own commands go through again.
+    a.ok(json!({"type": "chat.send", "room": room, "text": "back"}))
+        .await;
 }
 
 /// Lease changes summed over the workers: set again after Redis lost them (`reclaimed`), and

@@ -49,6 +49,17 @@ pub enum ToWorker {
         room: String,
         gateway: u64,
     },
+    /// The gateway missed some of the room's events (its bus subscription dropped, or a seq
+    /// jumped): it asks for every event after `since_seq` again, and names the connections it
+    /// holds in the room so that those the room no longer knows are closed. Answered with
+    /// [`ToGateway::Replay`] carrying `req`.
+    Resync {
+        room: String,
+        gateway: u64,
+        req: u64,
+        since_seq: u64,
+        conns: Vec<ConnId>,
+    },
 }
 
 impl ToWorker {
@@ -56,7 +67,9 @@ impl ToWorker {
     pub fn room(&self) -> &str {
         match self {
             ToWorker::Command(env) => env.cmd.room().unwrap_or_default(),
-            ToWorker::ConnClosed { room, .. } | ToWorker::GatewayGone { room, .. } => room,
+            ToWorker::ConnClosed { room, .. }
+            | ToWorker::GatewayGone { room, .. }
+            | ToWorker::Resync { room, .. } => room,
         }
     }
 }
@@ -85,6 +98,10 @@ pub enum ToGateway {
         id: Option<String>,
         membership: Option<Membership>,
         frames: Vec<Arc<str>>,
+        /// The room's seq when the reply was made: a join's snapshot is at it, so the
+        /// connection's events start after it (0 from nodes that predate the field).
+        #[serde(default)]
+        seq: u64,
     },
     /// A sequenced room event for every member connection on the gateway.
     RoomEvent {
@@ -105,6 +122,16 @@ pub enum ToGateway {
     /// A worker (re)loaded the room after an owner change: every local member's socket is
     /// closed with 1012 so its client rejoins with `since_seq`.
     RoomReset { room: String },
+    /// The answer to [`ToWorker::Resync`]: the room's events from `first_seq` on, consecutive,
+    /// for the gateway's members of the room to receive again. `first_seq` is past the seq
+    /// the gateway asked from when the history no longer covers it (its members then rejoin).
+    Replay {
+        room: String,
+        gateway: u64,
+        req: u64,
+        first_seq: u64,
+        frames: Vec<Arc<str>>,
+    },
 }
 
 /// HTTP reads and room creation, answered by the room's owner.

@@ -25,6 +25,12 @@ pub const GATEWAY_OUTBOUND_OVERFLOW: &str = "lockstep_gateway_outbound_overflow_
 pub const GATEWAY_OUTBOUND_QUEUE_DEPTH: &str = "lockstep_gateway_outbound_queue_depth_frames";
 /// HTTP requests, labels `route` and `status`.
 pub const GATEWAY_HTTP_REQUESTS: &str = "lockstep_gateway_http_requests_total";
+/// Rooms whose events this gateway asked for again after missing some on the bus (a Redis
+/// reconnect, a seq gap), label `outcome`: `replayed` (members kept their sockets), or
+/// `timed_out`, `refused`, `queue_full` (members closed with 1012 to rejoin by seq).
+pub const GATEWAY_ROOM_RESYNCS: &str = "lockstep_gateway_room_resyncs_total";
+/// Room events a resync gave this gateway's members after the bus lost them (once per room).
+pub const GATEWAY_RESYNC_RECOVERED: &str = "lockstep_gateway_resync_recovered_events_total";
 
 /// Rooms loaded in memory (gauge).
 pub const WORKER_ROOMS_ACTIVE: &str = "lockstep_worker_rooms_active";
@@ -113,6 +119,8 @@ pub const ALL: &[&str] = &[
     GATEWAY_OUTBOUND_OVERFLOW,
     GATEWAY_OUTBOUND_QUEUE_DEPTH,
     GATEWAY_HTTP_REQUESTS,
+    GATEWAY_ROOM_RESYNCS,
+    GATEWAY_RESYNC_RECOVERED,
     WORKER_ROOMS_ACTIVE,
     WORKER_EVENTS,
     WORKER_MAILBOX_FULL,

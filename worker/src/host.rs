@@ -259,7 +259,11 @@ impl WorkerLink for Host {
             ToWorker::ConnClosed { .. } | ToWorker::GatewayGone { .. } => {
                 self.depart(&code, msg).await
             }
-            ToWorker::Command(_) => self.route(&code, RoomMsg::Gateway(msg)),
+            // A resync loads the room like a command: an unloaded room answers that it knows
+            // none of the gateway's connections.
+            ToWorker::Command(_) | ToWorker::Resync { .. } => {
+                self.route(&code, RoomMsg::Gateway(msg))
+            }
         }
     }
 

@@ -42,7 +42,13 @@ pub async fn run(
         };
         match committed {
             Ok(()) => {
+                // A replay made after an earlier commit failed may carry that commit's events
+                // (they are in memory): it is held back, and the reload evicts the members.
+                let failed_before = poisoned.load(Ordering::SeqCst);
                 for d in p.deliveries {
+                    if failed_before && matches!(d, ToGateway::Replay { .. }) {
+                        continue;
+                    }
                     sink.deliver(d);
                 }
                 if let Some((tx, answer)) = p.query {
@@ -75,6 +81,7 @@ pub async fn run(
                             id,
                             membership,
                             frames: vec![Arc::from(frame)],
+                            seq: 0,
                         });
                     }
                 }
@@ -86,5 +93,66 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use lockstep_shared::store::StoreError;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<ToGateway>>);
+
+    impl GatewaySink for Kept {
+        fn deliver(&self, msg: ToGateway) {
+            if let Ok(mut kept) = self.0.lock() {
+                kept.push(msg);
+            }
+        }
+    }
+
+    fn replay() -> ToGateway {
+        ToGateway::Replay {
+            room: "r".into(),
+            gateway: 1,
+            req: 1,
+            first_seq: 1,
+            frames: vec![Arc::from("{\"seq\":1}")],
+        }
+    }
+
+    fn committed(result: Result<(), StoreError>) -> Option<CommitTicket> {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(result);
+        Some(rx)
+    }
+
+    #[tokio::test]
+    async fn a_replay_after_a_failed_commit_is_held_back() {
+        let sink = Arc::new(Kept::default());
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel(4);
+        let pending = |ticket, deliveries| Pending {
+            ticket,
+            deliveries,
+            query: None,
+        };
+        let failed = committed(Err(StoreError::Unavailable("down".into())));
+        for p in [
+            pending(None, vec![replay()]),
+            pending(failed, Vec::new()),
+            pending(None, vec![replay()]),
+        ] {
+            tx.send(p).await.expect("room to releaser");
+        }
+        drop(tx);
+        run(rx, sink.clone(), poisoned.clone()).await;
+        let delivered = sink.0.lock().map(|k| k.len()).unwrap_or(0);
+        assert_eq!(delivered, 1, "only the replay before the failure");
+        assert!(poisoned.load(Ordering::SeqCst));
     }
 }

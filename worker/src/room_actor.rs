@@ -331,6 +331,18 @@ impl Actor {
                         id: env.id.clone(),
                         membership,
                         frames: vec![Arc::from(frame)],
+                        seq: 0,
+                    }],
+                    ..Output::default()
+                };
+                self.release(out, None).await;
+            }
+            // No such room (or it cannot load): none of the gateway's connections is in it.
+            (_, RoomMsg::Gateway(ToWorker::Resync { conns, .. })) => {
+                let out = Output {
+                    deliveries: vec![ToGateway::Evict {
+                        room: self.code.clone(),
+                        conns,
                     }],
                     ..Output::default()
                 };

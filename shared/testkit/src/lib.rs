@@ -8,6 +8,8 @@
 //! - `redis`: [`Redis`], a private server or a configured URL.
 //! - `redis_cluster`: [`RedisCluster`], a private three-node Redis Cluster or configured seeds.
 //! - `tls`: [`TestCa`], a throwaway CA and server certificate for the TLS variants.
+//! - `relay`: [`Relay`], a TCP relay in front of a service that a test can cut (a network
+//!   blip between one node and Redis).
 //! - `util`: free ports, waiting for a port, temp dirs.
 //! - `fake_twitch`, `fake_youtube`, `fake_proxy`: local upstreams speaking the real wire
 //!   formats (IRC over WebSocket, YouTube pages and InnerTube, HTTP CONNECT) for ingestion
@@ -20,10 +22,12 @@ pub mod fake_youtube;
 mod postgres;
 mod redis;
 mod redis_cluster;
+mod relay;
 mod tls;
 mod util;
 
 pub use postgres::Postgres;
 pub use redis::Redis;
 pub use redis_cluster::RedisCluster;
+pub use relay::Relay;
 pub use tls::TestCa;

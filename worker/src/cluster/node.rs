@@ -291,6 +291,7 @@ async fn dispatch(mut rx: mpsc::Receiver<Vec<u8>>, host: Host, publisher: Publis
                             id,
                             membership: None,
                             frames: vec![Arc::from(frame)],
+                            seq: 0,
                         });
                         if let Ok(p) = serde_json::to_vec(&wire) {
                             publisher.publish(gateway_channel(conn.gateway), p);

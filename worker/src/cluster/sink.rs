@@ -38,6 +38,7 @@ impl GatewaySink for RedisSink {
     fn deliver(&self, msg: ToGateway) {
         match &msg {
             ToGateway::Reply { conn, .. } => self.send(gateway_channel(conn.gateway), &msg),
+            ToGateway::Replay { gateway, .. } => self.send(gateway_channel(*gateway), &msg),
             ToGateway::RoomEvent { gateways, .. } => {
                 if gateways.is_empty() {
                     return;

@@ -267,6 +267,13 @@ impl Room {
             ToWorker::Command(env) => self.command(now, env),
             ToWorker::ConnClosed { conn, user_id, .. } => self.leave_conn(now, &user_id, conn),
             ToWorker::GatewayGone { gateway, .. } => self.drop_gateway(now, gateway),
+            ToWorker::Resync {
+                gateway,
+                req,
+                since_seq,
+                conns,
+                ..
+            } => self.resync(gateway, req, since_seq, conns),
         }
         self.run_timers(now);
         self.finish()
@@ -529,6 +536,7 @@ impl Room {
             id: id.map(str::to_owned),
             membership,
             frames,
+            seq: self.seq,
         });
     }
 

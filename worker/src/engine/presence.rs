@@ -106,6 +106,41 @@ impl Room {
         });
     }
 
+    /// A gateway missed some of the room's events on the bus: it gets them again, from its
+    /// `since_seq` (or, when the history no longer reaches back that far, an empty replay
+    /// from the next seq: the gateway closes the members that missed events, they rejoin).
+    /// Its connections the room does not know — dropped while the gateway was cut off — are
+    /// evicted first, so their clients rejoin instead of waiting on a room that ignores them.
+    pub(super) fn resync(&mut self, gateway: u64, req: u64, since_seq: u64, conns: Vec<ConnId>) {
+        let known: std::collections::HashSet<ConnId> = self
+            .members
+            .values()
+            .flat_map(|m| m.conns.iter().copied())
+            .filter(|c| c.gateway == gateway)
+            .collect();
+        let unknown: Vec<ConnId> = conns
+            .into_iter()
+            .filter(|c| c.gateway == gateway && !known.contains(c))
+            .collect();
+        if !unknown.is_empty() {
+            self.out.deliveries.push(ToGateway::Evict {
+                room: self.code.to_string(),
+                conns: unknown,
+            });
+        }
+        let (first_seq, frames) = match self.history.replay(since_seq, self.seq) {
+            Some(frames) => (since_seq + 1, frames),
+            None => (self.seq + 1, Vec::new()),
+        };
+        self.out.deliveries.push(ToGateway::Replay {
+            room: self.code.to_string(),
+            gateway,
+            req,
+            first_seq,
+            frames,
+        });
+    }
+
     pub(super) fn set_ready(&mut self, now: u64, caller: &Caller, ready: bool) -> Handled {
         let changed = match self.members.get_mut(&caller.user_id) {
             Some(m) if m.ready != ready => {

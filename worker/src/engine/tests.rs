@@ -995,6 +995,77 @@ fn since_seq_recovery_replays_missed_events() {
 }
 
 #[test]
+fn a_resync_replays_to_the_gateway_and_evicts_the_connections_the_room_forgot() {
+    let mut h = Harness::new();
+    h.join("bob", 2);
+    let seen = h.room.seq();
+    for text in ["one", "two"] {
+        h.run(
+            "owner",
+            1,
+            ClientCommand::ChatSend {
+                room: ROOM.into(),
+                text: text.into(),
+            },
+        );
+    }
+    let resync = |since_seq: u64, locals: &[u64]| ToWorker::Resync {
+        room: ROOM.into(),
+        gateway: 1,
+        req: 9,
+        since_seq,
+        conns: locals
+            .iter()
+            .map(|&local| ConnId { gateway: 1, local })
+            .collect(),
+    };
+    // Connection 3 was dropped while the gateway was cut off.
+    let out = h.room.handle(h.now, resync(seen, &[1, 2, 3]));
+    match out.deliveries.as_slice() {
+        [ToGateway::Evict { conns, .. }, ToGateway::Replay {
+            gateway: 1,
+            req: 9,
+            first_seq,
+            frames,
+            ..
+        }] => {
+            assert_eq!(
+                conns,
+                &vec![ConnId {
+                    gateway: 1,
+                    local: 3
+                }]
+            );
+            assert_eq!(*first_seq, seen + 1);
+            let seqs: Vec<u64> = frames
+                .iter()
+                .filter_map(|f| serde_json::from_str::<Value>(f).ok()?["seq"].as_u64())
+                .collect();
+            assert_eq!(seqs, (seen + 1..=h.room.seq()).collect::<Vec<_>>());
+        }
+        other => panic!("expected an eviction and a replay, got {other:?}"),
+    }
+    assert!(out.mutations.is_empty(), "a resync changes nothing stored");
+    // A gap the history no longer covers: an empty replay from the next seq.
+    let mut small = Harness::with(RoomConfig {
+        history_max: 1,
+        ..cfg()
+    });
+    small.join("bob", 2);
+    small.join("carl", 3);
+    let out = small.room.handle(small.now, resync(0, &[1]));
+    match out.deliveries.as_slice() {
+        [ToGateway::Replay {
+            first_seq, frames, ..
+        }] => {
+            assert_eq!(*first_seq, small.room.seq() + 1);
+            assert!(frames.is_empty());
+        }
+        other => panic!("expected an empty replay, got {other:?}"),
+    }
+}
+
+#[test]
 fn restore_keeps_durable_state_seq_and_command_ids() {
     let mut h = Harness::new();
     h.add("owner", 1, "aaaaaaaaaaa");

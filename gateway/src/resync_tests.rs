@@ -1,0 +1,208 @@
+//! The fan-out's side of resyncs, driven by hand: gaps, held-back events, replays, and who
+//! is closed when a gap cannot be filled.
+
+use std::sync::Arc;
+
+use lockstep_shared::bus::{ConnId, GatewaySink, Membership, ToGateway};
+
+use super::*;
+use crate::fanout::{ConnEntry, Fanout, OutFrame};
+
+const GW: u64 = 7;
+
+struct Conn {
+    entry: Arc<ConnEntry>,
+    local: u64,
+}
+
+impl Conn {
+    fn new(fanout: &Fanout, local: u64) -> Conn {
+        let entry = Arc::new(ConnEntry::new(64, None));
+        fanout.register(local, entry.clone());
+        Conn { entry, local }
+    }
+
+    /// The room's owner answers this connection's join at `seq`.
+    fn joined(&self, fanout: &Fanout, room: &str, seq: u64) {
+        if let Ok(mut rooms) = self.entry.rooms.lock() {
+            rooms.insert(room.to_owned());
+        }
+        fanout.deliver(ToGateway::Reply {
+            conn: ConnId {
+                gateway: GW,
+                local: self.local,
+            },
+            id: None,
+            membership: Some(Membership::Join(room.to_owned())),
+            frames: Vec::new(),
+            seq,
+        });
+    }
+
+    /// The seqs of the events it was handed since last asked (frames are `e<seq>`).
+    fn received(&self) -> Vec<u64> {
+        let taken = self.entry.outbox.take(usize::MAX);
+        self.entry.outbox.release();
+        let texts = taken.frames.into_iter().flat_map(|f| match f {
+            OutFrame::Event { text, .. } | OutFrame::Direct(text) => vec![text],
+            OutFrame::Batch(texts) => texts,
+        });
+        texts
+            .filter_map(|t| t.strip_prefix('e').and_then(|n| n.parse().ok()))
+            .collect()
+    }
+
+    fn closed_with(&self) -> u16 {
+        self.entry.closer.code()
+    }
+}
+
+fn event(seq: u64) -> ToGateway {
+    ToGateway::RoomEvent {
+        room: Arc::from("r"),
+        seq,
+        created_ms: 0,
+        frame: Arc::from(format!("e{seq}")),
+        gateways: Arc::from(vec![GW]),
+    }
+}
+
+fn replay(req: u64, first_seq: u64, last_seq: u64) -> ToGateway {
+    ToGateway::Replay {
+        room: "r".into(),
+        gateway: GW,
+        req,
+        first_seq,
+        frames: (first_seq..=last_seq)
+            .map(|s| Arc::from(format!("e{s}")))
+            .collect(),
+    }
+}
+
+fn with_resyncer() -> (Fanout, mpsc::Receiver<ResyncRequest>) {
+    let fanout = Fanout::new(GW);
+    let (tx, rx) = channel();
+    fanout.set_resyncer(tx);
+    (fanout, rx)
+}
+
+#[test]
+fn a_gap_holds_the_room_back_until_the_replay_fills_it() {
+    let (fanout, mut asked) = with_resyncer();
+    let a = Conn::new(&fanout, 1);
+    a.joined(&fanout, "r", 5);
+    fanout.deliver(event(6));
+    fanout.deliver(event(7));
+    assert_eq!(a.received(), vec![6, 7]);
+    // 8 was lost on the bus: 9 shows it, and is held back with 10.
+    fanout.deliver(event(9));
+    fanout.deliver(event(10));
+    assert_eq!(a.received(), Vec::<u64>::new());
+    let request = asked.try_recv().expect("the room is asked for again");
+    assert_eq!((request.room.as_str(), request.since_seq), ("r", 7));
+    assert_eq!(
+        request.conns,
+        vec![ConnId {
+            gateway: GW,
+            local: 1
+        }]
+    );
+    // A member joining meanwhile has everything up to its join in its snapshot.
+    let b = Conn::new(&fanout, 2);
+    b.joined(&fanout, "r", 10);
+    fanout.deliver(replay(request.req, 8, 10));
+    assert_eq!(a.received(), vec![8, 9, 10]);
+    assert_eq!(b.received(), Vec::<u64>::new());
+    fanout.deliver(event(11));
+    assert_eq!((a.received(), b.received()), (vec![11], vec![11]));
+    assert_eq!((a.closed_with(), b.closed_with()), (0, 0));
+    assert!(asked.try_recv().is_err(), "one request for one gap");
+}
+
+#[test]
+fn a_replay_that_no_longer_reaches_back_closes_only_those_who_missed_events() {
+    let (fanout, mut asked) = with_resyncer();
+    let a = Conn::new(&fanout, 1);
+    a.joined(&fanout, "r", 5);
+    fanout.deliver(event(9));
+    let request = asked.try_recv().expect("asked");
+    let b = Conn::new(&fanout, 2);
+    b.joined(&fanout, "r", 12);
+    // The history starts at 11: a (at 5) must rejoin; b (at 12) gets 13.
+    fanout.deliver(replay(request.req, 11, 13));
+    assert_eq!(a.closed_with(), close::RESTART);
+    assert_eq!((b.closed_with(), b.received()), (0, vec![13]));
+}
+
+#[test]
+fn an_answer_to_an_older_resync_is_ignored() {
+    let (fanout, mut asked) = with_resyncer();
+    let a = Conn::new(&fanout, 1);
+    a.joined(&fanout, "r", 5);
+    fanout.bus_gap();
+    let first = asked.try_recv().expect("asked");
+    fanout.bus_gap();
+    let second = asked.try_recv().expect("asked again");
+    assert_eq!(second.since_seq, 5);
+    fanout.deliver(replay(first.req, 6, 7));
+    assert_eq!(a.received(), Vec::<u64>::new(), "held for the newer answer");
+    fanout.deliver(replay(second.req, 6, 8));
+    assert_eq!(a.received(), vec![6, 7, 8]);
+    fanout.deliver(event(9));
+    assert_eq!(a.received(), vec![9]);
+}
+
+#[test]
+fn a_bus_gap_closes_only_sockets_waiting_for_a_reply() {
+    let (fanout, mut asked) = with_resyncer();
+    let idle = Conn::new(&fanout, 1);
+    idle.joined(&fanout, "r", 5);
+    let commanding = Conn::new(&fanout, 2);
+    commanding.joined(&fanout, "r", 5);
+    commanding.entry.track("c1", "chat.send");
+    let joining = Conn::new(&fanout, 3);
+    if let Ok(mut rooms) = joining.entry.rooms.lock() {
+        rooms.insert("r".into());
+    }
+    fanout.bus_gap();
+    assert_eq!(idle.closed_with(), 0);
+    assert_eq!(commanding.closed_with(), close::RESTART);
+    assert_eq!(joining.closed_with(), close::RESTART);
+    let request = asked.try_recv().expect("the room is asked for");
+    assert_eq!(
+        request.conns,
+        vec![ConnId {
+            gateway: GW,
+            local: 1
+        }]
+    );
+}
+
+#[test]
+fn without_a_resyncer_a_gap_closes_the_members_and_a_new_join_starts_again() {
+    let fanout = Fanout::new(GW);
+    let a = Conn::new(&fanout, 1);
+    a.joined(&fanout, "r", 5);
+    fanout.deliver(event(7));
+    assert_eq!(a.closed_with(), close::RESTART);
+    fanout.deliver(event(8));
+    let b = Conn::new(&fanout, 2);
+    b.joined(&fanout, "r", 8);
+    fanout.deliver(event(9));
+    assert_eq!(b.received(), vec![9]);
+    assert_eq!(a.received(), Vec::<u64>::new());
+}
+
+#[test]
+fn a_join_answered_past_the_last_event_seen_is_a_gap() {
+    let (fanout, mut asked) = with_resyncer();
+    let a = Conn::new(&fanout, 1);
+    a.joined(&fanout, "r", 5);
+    // Events 6 and 7 went missing; b's join at 7 shows it.
+    let b = Conn::new(&fanout, 2);
+    b.joined(&fanout, "r", 7);
+    let request = asked.try_recv().expect("asked");
+    assert_eq!(request.since_seq, 5);
+    fanout.deliver(replay(request.req, 6, 7));
+    assert_eq!((a.received(), b.received()), (vec![6, 7], vec![]));
+}
