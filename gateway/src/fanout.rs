@@ -105,7 +105,7 @@ impl ConnEntry {
     }
 
     /// `direct: false` always queues (see `DIRECT_WRITE_MAX_MEMBERS`).
-    pub(crate) fn push_with(&self, item: OutFrame, direct: bool) {
+    fn push_with(&self, item: OutFrame, direct: bool) {
         if self.closer.code() != 0 {
             return;
         }
@@ -272,7 +272,7 @@ impl Fanout {
         }
     }
 
-    pub(crate) fn local(&self, conn: ConnId) -> Option<Arc<ConnEntry>> {
+    fn local(&self, conn: ConnId) -> Option<Arc<ConnEntry>> {
         if conn.gateway != self.gateway_id {
             return None;
         }
