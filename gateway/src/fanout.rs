@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::{Outbox, Pushed};
-use crate::resync::ResyncRequest;
+use crate::resync::Job;
 
 /// Close codes this gateway uses.
 pub mod close {
@@ -179,7 +179,7 @@ pub struct Fanout {
     pub(crate) conns: RwLock<HashMap<u64, Arc<ConnEntry>>>,
     pub(crate) rooms: RwLock<HashMap<String, LocalRoom>>,
     /// Where rooms that missed events are sent to be asked for again (cluster mode only).
-    pub(crate) resyncer: OnceLock<mpsc::Sender<ResyncRequest>>,
+    pub(crate) resyncer: OnceLock<mpsc::Sender<Job>>,
     pub(crate) next_resync: AtomicU64,
 }
 
@@ -196,7 +196,7 @@ impl Fanout {
 
     /// Lets gaps in a room's events be filled by asking its owner again (`resync::run`
     /// drains the other end); without it a gap closes the room's members with 1012.
-    pub fn set_resyncer(&self, tx: mpsc::Sender<ResyncRequest>) {
+    pub fn set_resyncer(&self, tx: mpsc::Sender<Job>) {
         let _ = self.resyncer.set(tx);
     }
 

@@ -4,11 +4,11 @@
 //! `seq`: a reconnect storm), the gateway asks each room's owner for the events after the last
 //! one it delivered (`ToWorker::Resync`), holds the room's live events back meanwhile, and
 //! hands the members what they missed when the replay comes (`ToGateway::Replay`). Only
-//! members it cannot make whole are closed with 1012: those whose reply may have been lost,
-//! those the room forgot, those whose gap the room's history no longer covers, and every
-//! member of a room whose owner does not answer in time.
+//! members it cannot make whole are closed with 1012: those whose reply was lost (still
+//! unanswered [`REPLY_GRACE`] after the gap), those the room forgot, those whose gap the room's
+//! history no longer covers, and every member of a room whose owner does not answer in time.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{close, Fanout, LocalRoom, OutFrame};
+use crate::fanout::{close, ConnEntry, Fanout, LocalRoom, OutFrame};
 
 /// `LocalRoom::resync` of a room that could not be resynced: its members were closed, its
 /// events are dropped until a new member's join starts the stream again.
@@ -35,6 +35,20 @@ const IN_FLIGHT: usize = 64;
 /// closed (1012) and rejoin by `seq`.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a reply due when the bus came back may still take: most were not lost (commands
+/// held while Redis was away are answered once it is back); a socket still waiting after it
+/// is closed (1012), and its client rejoins and retries by id.
+pub const REPLY_GRACE: Duration = Duration::from_secs(2);
+
+/// Work for [`run`], queued by the fan-out.
+#[derive(Debug)]
+pub enum Job {
+    /// A room to ask its owner for again.
+    Room(ResyncRequest),
+    /// The sockets that were waiting for replies when the bus came back, to check later.
+    Replies(Vec<Waiting>),
+}
+
 /// One room to ask its owner for again.
 #[derive(Debug)]
 pub struct ResyncRequest {
@@ -44,47 +58,116 @@ pub struct ResyncRequest {
     pub conns: Vec<ConnId>,
 }
 
+/// A socket waiting, when the bus came back, for these command replies and these joins.
+#[derive(Debug)]
+pub struct Waiting {
+    pub local: u64,
+    pub ids: Vec<String>,
+    pub joining: Vec<String>,
+}
+
 /// The bounded queue between the fan-out (which notices gaps) and [`run`] (which asks).
-pub fn channel() -> (mpsc::Sender<ResyncRequest>, mpsc::Receiver<ResyncRequest>) {
+pub fn channel() -> (mpsc::Sender<Job>, mpsc::Receiver<Job>) {
     mpsc::channel(QUEUE)
 }
 
 impl Fanout {
     /// The bus subscription was lost and is back: whatever was published meanwhile is gone.
-    /// Connections waiting for a reply are closed (the reply may be among the lost; their
-    /// clients rejoin and retry by id), and every room is resynced.
+    /// Every room is resynced; the sockets waiting for a reply are checked again after
+    /// [`REPLY_GRACE`] (the reply may be among the lost).
     pub fn bus_gap(&self) {
         let Ok(map) = self.rooms.read() else {
             return;
         };
-        let entries: Vec<(u64, Arc<crate::fanout::ConnEntry>)> = self
+        let entries: Vec<(u64, Arc<ConnEntry>)> = self
             .conns
             .read()
             .map(|c| c.iter().map(|(k, v)| (*k, v.clone())).collect())
             .unwrap_or_default();
-        let mut waiting = 0;
+        let mut waiting = Vec::new();
         for (local, entry) in entries {
-            let replies_due = entry.inflight.lock().map(|m| !m.is_empty()).unwrap_or(true);
-            // A room in `rooms` but without this member: its join is unanswered.
-            let joining = entry.rooms.lock().map_or(true, |rooms| {
-                rooms.iter().any(|room| {
-                    map.get(room)
-                        .is_none_or(|r| !r.members.contains_key(&local))
+            let ids: Vec<String> = entry
+                .inflight
+                .lock()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            // A room in `rooms` without this member: its join is unanswered.
+            let joining: Vec<String> = entry
+                .rooms
+                .lock()
+                .map(|rooms| {
+                    rooms
+                        .iter()
+                        .filter(|room| !is_member(&map, room, local))
+                        .cloned()
+                        .collect()
                 })
-            });
-            if replies_due || joining {
-                entry.closer.close(close::RESTART);
-                waiting += 1;
+                .unwrap_or_default();
+            if !ids.is_empty() || !joining.is_empty() {
+                waiting.push(Waiting {
+                    local,
+                    ids,
+                    joining,
+                });
             }
         }
         tracing::warn!(
             rooms = map.len(),
-            closed = waiting,
-            "bus reconnected: asking every room for the events missed meanwhile; closing the \
-             sockets that were waiting for a reply"
+            waiting = waiting.len(),
+            "bus reconnected: asking every room for the events missed meanwhile"
         );
+        if !waiting.is_empty() {
+            if let Err(e) = self.queue(Job::Replies(waiting)) {
+                if let Job::Replies(waiting) = e.into_inner() {
+                    self.close_unanswered_in(&map, &waiting);
+                }
+            }
+        }
         for (code, room) in map.iter() {
             self.start_resync(code, room);
+        }
+    }
+
+    /// Closes the sockets among `waiting` still without a reply or join answer they were
+    /// waiting for at the bus gap: it was lost. Returns how many.
+    pub fn close_unanswered(&self, waiting: &[Waiting]) -> usize {
+        match self.rooms.read() {
+            Ok(map) => self.close_unanswered_in(&map, waiting),
+            Err(_) => 0,
+        }
+    }
+
+    fn close_unanswered_in(&self, map: &HashMap<String, LocalRoom>, waiting: &[Waiting]) -> usize {
+        let Ok(conns) = self.conns.read() else {
+            return 0;
+        };
+        let mut closed = 0;
+        for w in waiting {
+            let Some(entry) = conns.get(&w.local) else {
+                continue;
+            };
+            let replied = entry
+                .inflight
+                .lock()
+                .map(|m| !w.ids.iter().any(|id| m.contains_key(id)))
+                .unwrap_or(false);
+            let answered = entry.rooms.lock().is_ok_and(|rooms| {
+                w.joining
+                    .iter()
+                    .all(|room| !rooms.contains(room) || is_member(map, room, w.local))
+            });
+            if !(replied && answered) && entry.closer.code() == 0 {
+                entry.closer.close(close::RESTART);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    fn queue(&self, job: Job) -> Result<(), mpsc::error::TrySendError<Job>> {
+        match self.resyncer.get() {
+            Some(tx) => tx.try_send(job),
+            None => Err(mpsc::error::TrySendError::Closed(job)),
         }
     }
 
@@ -113,11 +196,7 @@ impl Fanout {
             since_seq: room.last_seq.load(Ordering::SeqCst),
             conns,
         };
-        let queued = self
-            .resyncer
-            .get()
-            .is_some_and(|tx| tx.try_send(request).is_ok());
-        if !queued {
+        if self.queue(Job::Room(request)).is_err() {
             give_up(room, "queue_full");
         }
     }
@@ -188,6 +267,11 @@ impl Fanout {
     }
 }
 
+fn is_member(map: &HashMap<String, LocalRoom>, room: &str, local: u64) -> bool {
+    map.get(room)
+        .is_some_and(|r| r.members.contains_key(&local))
+}
+
 fn give_up(room: &LocalRoom, outcome: &'static str) {
     room.resync.store(ABANDONED, Ordering::SeqCst);
     for member in room.members.values() {
@@ -196,34 +280,45 @@ fn give_up(room: &LocalRoom, outcome: &'static str) {
     metrics::counter!(names::GATEWAY_ROOM_RESYNCS, "outcome" => outcome).increment(1);
 }
 
-/// Sends the queued resync requests to the rooms' owners, a few at a time, and gives up on
-/// rooms whose replay does not come within [`TIMEOUT`].
+/// Sends the queued resync requests to the rooms' owners, a few at a time, gives up on rooms
+/// whose replay does not come within [`TIMEOUT`], and closes the sockets still waiting for a
+/// reply [`REPLY_GRACE`] after a bus gap.
 pub async fn run(
-    mut rx: mpsc::Receiver<ResyncRequest>,
+    mut rx: mpsc::Receiver<Job>,
     link: Arc<dyn WorkerLink>,
     fanout: Arc<Fanout>,
     cancel: CancellationToken,
 ) {
     let gateway = fanout.gateway_id();
     let mut sending = FuturesUnordered::new();
-    // The timeout is the same for every request: deadlines come due in the order sent.
-    let mut deadlines: VecDeque<(Instant, String, u64)> = VecDeque::new();
+    // Each timeout is the same for every entry: deadlines come due in the order queued.
+    let mut rooms_due: VecDeque<(Instant, String, u64)> = VecDeque::new();
+    let mut replies_due: VecDeque<(Instant, Vec<Waiting>)> = VecDeque::new();
     loop {
-        let next = deadlines.front().map(|d| d.0);
+        let next = [
+            rooms_due.front().map(|d| d.0),
+            replies_due.front().map(|d| d.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             _ = cancel.cancelled() => return,
             // Both bounds hold the queue back; when it is full, rooms give up (`queue_full`).
-            Some(r) = rx.recv(), if sending.len() < IN_FLIGHT && deadlines.len() < QUEUE => {
-                let link = link.clone();
-                sending.push(async move {
-                    let ResyncRequest { room, req, since_seq, conns } = r;
-                    let msg = ToWorker::Resync { room: room.clone(), gateway, req, since_seq, conns };
-                    let sent = link.send(msg).await;
-                    (room, req, sent)
-                });
-            }
+            Some(job) = rx.recv(), if sending.len() < IN_FLIGHT && rooms_due.len() < QUEUE => match job {
+                Job::Room(r) => {
+                    let link = link.clone();
+                    sending.push(async move {
+                        let ResyncRequest { room, req, since_seq, conns } = r;
+                        let msg = ToWorker::Resync { room: room.clone(), gateway, req, since_seq, conns };
+                        let sent = link.send(msg).await;
+                        (room, req, sent)
+                    });
+                }
+                Job::Replies(waiting) => replies_due.push_back((Instant::now() + REPLY_GRACE, waiting)),
+            },
             Some((room, req, sent)) = sending.next(), if !sending.is_empty() => match sent {
-                Ok(()) => deadlines.push_back((Instant::now() + TIMEOUT, room, req)),
+                Ok(()) => rooms_due.push_back((Instant::now() + TIMEOUT, room, req)),
                 Err(refusal) => {
                     tracing::warn!(room = %room, cause = %refusal.message, "resync refused; closing the room's members");
                     fanout.abandon_resync(&room, req, "refused");
@@ -231,10 +326,16 @@ pub async fn run(
             },
             _ = async { if let Some(at) = next { tokio::time::sleep_until(at).await } }, if next.is_some() => {
                 let now = Instant::now();
-                while let Some((_, room, req)) = deadlines.front().filter(|d| d.0 <= now).cloned() {
-                    deadlines.pop_front();
+                while let Some((_, room, req)) = rooms_due.front().filter(|d| d.0 <= now).cloned() {
+                    rooms_due.pop_front();
                     if fanout.abandon_resync(&room, req, "timed_out") {
                         tracing::warn!(room = %room, "no replay in time; closing the room's members");
+                    }
+                }
+                while replies_due.front().is_some_and(|d| d.0 <= now) {
+                    if let Some((_, waiting)) = replies_due.pop_front() {
+                        let closed = fanout.close_unanswered(&waiting);
+                        tracing::info!(waiting = waiting.len(), closed, "replies due at the bus gap: sockets still waiting closed");
                     }
                 }
             }
