@@ -79,7 +79,8 @@ impl RedisLink {
                 }
             },
             // Replies and events published while we were disconnected are lost: rooms ask
-            // their owners for the events again (`resync`); sockets waiting for a reply close.
+            // their owners for the events again, and a socket whose awaited reply never comes
+            // closes (`resync`).
             move || resetter.bus_gap(),
             connected.clone(),
             cancel.clone(),

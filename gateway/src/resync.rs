@@ -130,7 +130,7 @@ impl Fanout {
 
     /// Closes the sockets among `waiting` still without a reply or join answer they were
     /// waiting for at the bus gap: it was lost. Returns how many.
-    pub fn close_unanswered(&self, waiting: &[Waiting]) -> usize {
+    fn close_unanswered(&self, waiting: &[Waiting]) -> usize {
         match self.rooms.read() {
             Ok(map) => self.close_unanswered_in(&map, waiting),
             Err(_) => 0,
@@ -253,7 +253,7 @@ impl Fanout {
 
     /// Resync `req` of `code` failed (`outcome`): its members are closed to rejoin by `seq`.
     /// Whether the room was still waiting for it.
-    pub fn abandon_resync(&self, code: &str, req: u64, outcome: &'static str) -> bool {
+    fn abandon_resync(&self, code: &str, req: u64, outcome: &'static str) -> bool {
         let Ok(map) = self.rooms.read() else {
             return false;
         };
@@ -326,20 +326,26 @@ pub async fn run(
             },
             _ = async { if let Some(at) = next { tokio::time::sleep_until(at).await } }, if next.is_some() => {
                 let now = Instant::now();
-                while let Some((_, room, req)) = rooms_due.front().filter(|d| d.0 <= now).cloned() {
-                    rooms_due.pop_front();
+                while let Some((_, room, req)) = pop_due(&mut rooms_due, now, |d| d.0) {
                     if fanout.abandon_resync(&room, req, "timed_out") {
                         tracing::warn!(room = %room, "no replay in time; closing the room's members");
                     }
                 }
-                while replies_due.front().is_some_and(|d| d.0 <= now) {
-                    if let Some((_, waiting)) = replies_due.pop_front() {
-                        let closed = fanout.close_unanswered(&waiting);
-                        tracing::info!(waiting = waiting.len(), closed, "replies due at the bus gap: sockets still waiting closed");
-                    }
+                while let Some((_, waiting)) = pop_due(&mut replies_due, now, |d| d.0) {
+                    let closed = fanout.close_unanswered(&waiting);
+                    tracing::info!(waiting = waiting.len(), closed, "replies due at the bus gap: sockets still waiting closed");
                 }
             }
         }
+    }
+}
+
+/// The front of `queue` if it is due by `now`.
+fn pop_due<T>(queue: &mut VecDeque<T>, now: Instant, due: impl Fn(&T) -> Instant) -> Option<T> {
+    if queue.front().is_some_and(|d| due(d) <= now) {
+        queue.pop_front()
+    } else {
+        None
     }
 }
 
