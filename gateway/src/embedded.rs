@@ -43,6 +43,8 @@ pub struct Running {
     backend: Backend,
     stop_accepting: CancellationToken,
     accept_task: tokio::task::JoinHandle<()>,
+    /// Stops the node's own background tasks (the reply deadline sweep).
+    background: CancellationToken,
 }
 
 /// Binds and starts serving; returns once the port is bound.
@@ -138,6 +140,12 @@ async fn serve(state: AppState, backend: Backend) -> anyhow::Result<Running> {
         tls,
         stop_accepting.clone(),
     ));
+    let background = CancellationToken::new();
+    tokio::spawn(crate::deadline::run(
+        state.fanout.clone(),
+        Duration::from_millis(cfg.gateway.reply_timeout_ms),
+        background.clone(),
+    ));
     tracing::info!(%addr, tls = is_tls, version = env!("CARGO_PKG_VERSION"), "lockstep listening");
     Ok(Running {
         addr,
@@ -146,6 +154,7 @@ async fn serve(state: AppState, backend: Backend) -> anyhow::Result<Running> {
         backend,
         stop_accepting,
         accept_task,
+        background,
     })
 }
 
@@ -174,6 +183,7 @@ impl Running {
                 self.state.fanout.close_all(close::GOING_AWAY);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            self.background.cancel();
             match &self.backend {
                 Backend::Embedded(host) => host.shutdown().await,
                 Backend::Cluster(bus) => bus.cancel(),

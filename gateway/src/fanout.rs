@@ -39,7 +39,8 @@ pub mod close {
 /// 5,000-member room sends ~12.5 M presence frames: the tasks write them in batches).
 const DIRECT_WRITE_MAX_MEMBERS: usize = 128;
 
-/// Most command ids tracked per connection for latency; older ones are simply not measured.
+/// Most command ids tracked per connection (for latency and the reply deadline, `deadline`);
+/// commands beyond it are neither measured nor answered by the gateway when late.
 const MAX_INFLIGHT: usize = 1_024;
 
 /// One item of a socket's outbound queue.
@@ -83,7 +84,7 @@ pub struct ConnEntry {
     pub closer: Closer,
     /// Rooms joined or being joined; each gets a `ConnClosed` when the socket goes.
     pub rooms: Mutex<HashSet<String>>,
-    /// Command id → (type, received) for the ack latency histogram.
+    /// Command id → (type, received): the ack latency histogram and the reply deadline.
     pub inflight: Mutex<HashMap<String, (&'static str, Instant)>>,
 }
 

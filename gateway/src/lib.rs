@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod cluster;
 mod conn;
+pub mod deadline;
 pub mod embedded;
 pub mod fanout;
 mod frame;

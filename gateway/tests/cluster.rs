@@ -749,6 +749,51 @@ async fn a_paused_worker_past_its_lease_cannot_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_worker_does_not_answer_in_time_is_answered_unavailable() {
+    let env = vec![(
+        "LOCKSTEP_GATEWAY__REPLY_TIMEOUT_MS".to_owned(),
+        "400".to_owned(),
+    )];
+    let cluster = Cluster::start_with(1, 1, env).await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let room = create_room_at(g0, &ta).await;
+    let mut a = Client::connect(g0, &ta).await;
+    a.join(&room, None).await;
+    let owner = cluster.worker(&cluster.owner_of(&room));
+    // The worker still holds its subscription (Redis counts it as a receiver), so the command
+    // is published, but nothing answers: the gateway must.
+    owner.signal("-STOP");
+    let chat = json!({"id": "slow", "type": "chat.send", "room": room, "text": "late"});
+    let sent = std::time::Instant::now();
+    a.send_raw(&chat.to_string()).await;
+    let answer = a.reply("slow").await;
+    let waited = sent.elapsed();
+    // Woken well within its 3 s lease: it still owns the room.
+    owner.signal("-CONT");
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(3),
+        "answered after {waited:?}, the deadline is 400 ms"
+    );
+    // The worker then handles it: its ack comes late, and a retry gets the same ack.
+    let late = a.reply("slow").await;
+    assert_eq!(late["type"], "ack", "{late}");
+    a.send_raw(&chat.to_string()).await;
+    let retried = a.reply("slow").await;
+    assert_eq!(retried, late, "a retried id gets the same ack");
+    let texts = chat_texts(g0, &ta, &room).await;
+    assert_eq!(texts, vec!["late"], "one effect");
+    let timeouts = metric(
+        g0,
+        "lockstep_gateway_reply_timeouts_total{type=\"chat.send\"}",
+    )
+    .await;
+    assert_eq!(timeouts, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_redis_stops_answering_stops_serving_before_its_lease_ends() {
     redis_stops_answering(Cluster::start(1, 1).await).await;
 }

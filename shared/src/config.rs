@@ -57,6 +57,9 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Time to drain on SIGTERM/SIGINT before exiting anyway.
     pub shutdown_grace_ms: u64,
+    /// A command still without its reply after this long is answered `unavailable` (safe to
+    /// retry with the same id): a reply lost on the bus must not leave a client waiting.
+    pub reply_timeout_ms: u64,
     /// Kernel send buffer per socket in bytes (SO_SNDBUF); 0 keeps the OS default. Smaller
     /// bounds per-connection memory and detects slow consumers sooner.
     pub socket_send_buffer: usize,
@@ -78,6 +81,7 @@ impl Default for GatewayConfig {
             max_rooms_per_connection: 10,
             max_connections: 50_000,
             shutdown_grace_ms: 10_000,
+            reply_timeout_ms: 10_000,
             socket_send_buffer: 0,
         }
     }
@@ -377,6 +381,9 @@ impl Config {
         }
         if g.ping_interval_ms < 100 {
             errs.push("gateway.ping_interval_ms must be at least 100".into());
+        }
+        if g.reply_timeout_ms < 100 {
+            errs.push("gateway.reply_timeout_ms must be at least 100".into());
         }
         for (name, v) in [
             ("gateway.connect_rate_per_ip", g.connect_rate_per_ip),
