@@ -1213,12 +1213,7 @@ async fn ride_out_a_redis_restart(outage: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_cut_off_from_redis_for_a_moment_keeps_its_sockets_and_misses_nothing() {
     let redis = Redis::start();
-    let redis_addr: std::net::SocketAddr = redis
-        .url()
-        .trim_start_matches("redis://")
-        .parse()
-        .expect("a private Redis, or LOCKSTEP_TEST_REDIS_URL as redis://host:port");
-    let relay = Relay::start(redis_addr).await;
+    let relay = relay_to(&redis).await;
     let mut cluster = Cluster::start_on(Bus::Single(redis), 1, 1, Vec::new()).await;
     let relayed = [(
         "LOCKSTEP_CLUSTER__REDIS_URL".to_owned(),
@@ -1280,6 +1275,90 @@ async fn a_gateway_cut_off_from_redis_for_a_moment_keeps_its_sockets_and_misses_
     // Its own commands go through again.
     a.ok(json!({"type": "chat.send", "room": room, "text": "back"}))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_worker_publishes_while_its_own_redis_connection_blips_still_arrives() {
+    // RESP3: the connection manager notices the drop at once, and publishes wait for it.
+    worker_blips(Redis::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_resp2_what_a_worker_publishes_while_its_connection_blips_still_arrives() {
+    // A Redis (or proxy) refusing HELLO: the worker speaks RESP2 and learns of the drop only
+    // from the next publish failing, which the publisher sends again once it reconnected.
+    worker_blips(Redis::start_with(&["--rename-command", "HELLO", ""])).await;
+}
+
+/// Cuts the connections of the room's only worker to Redis for 800 ms while an event of its
+/// own making is due; its members get it, and nothing before it is skipped.
+async fn worker_blips(redis: Redis) {
+    let relay = relay_to(&redis).await;
+    // The ready gate gives way 300 ms after an entry is added: an event the worker publishes
+    // on its own, with no command to retry and no later event to show it missing.
+    // Leases long enough that the blip does not move the room (which would close the socket).
+    let env = vec![
+        (
+            "LOCKSTEP_ROOM__READY_TIMEOUT_MS".to_owned(),
+            "300".to_owned(),
+        ),
+        (
+            "LOCKSTEP_CLUSTER__LEASE_TTL_MS".to_owned(),
+            "4000".to_owned(),
+        ),
+    ];
+    let mut cluster = Cluster::start_on(Bus::Single(redis), 1, 0, env).await;
+    let relayed = [(
+        "LOCKSTEP_CLUSTER__REDIS_URL".to_owned(),
+        format!("redis://{}", relay.addr),
+    )];
+    cluster.add_worker_with("w-relayed", &relayed);
+    wait_ready(port_addr(cluster.workers[0].port), "w-relayed").await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let room = create_room_at(g0, &ta).await;
+    let mut a = Client::connect(g0, &ta).await;
+    a.join(&room, None).await;
+    a.ok(json!({"type": "queue.add", "room": room, "url": "https://youtu.be/dQw4w9WgXcQ"}))
+        .await;
+    // Only the worker's connections drop; the gateway's subscription stays up.
+    relay.cut(Duration::from_millis(800));
+    let cut = std::time::Instant::now();
+    let mut events = Vec::new();
+    // `recv` fails the test if it does not come within its wait.
+    while !events
+        .iter()
+        .any(|v: &Value| v["type"] == "player.state" && v["state"] == "playing")
+    {
+        events.push(a.recv().await);
+    }
+    eprintln!(
+        "the ready gate's start arrived {:?} after the cut",
+        cut.elapsed()
+    );
+    assert_gapless(&events, "the member");
+    // The room still answers, once the worker listens again (until then: `unavailable`).
+    let chat = json!({"id": "after", "type": "chat.send", "room": room, "text": "after"});
+    let mut answer = Value::Null;
+    for _ in 0..50 {
+        a.send_raw(&chat.to_string()).await;
+        answer = a.reply("after").await;
+        if answer["code"] != "unavailable" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer["type"], "ack", "{answer}");
+}
+
+/// A relay in front of `redis`, for cutting one node's connections to it.
+async fn relay_to(redis: &Redis) -> Relay {
+    let addr: std::net::SocketAddr = redis
+        .url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("a private Redis, or LOCKSTEP_TEST_REDIS_URL as redis://host:port");
+    Relay::start(addr).await
 }
 
 /// Lease changes summed over the workers: set again after Redis lost them (`reclaimed`), and

@@ -57,6 +57,8 @@ pub const STORE_ERRORS: &str = "lockstep_store_errors_total";
 pub const BUS_PUBLISHED: &str = "lockstep_bus_published_total";
 /// Messages that could not be published (queue full or Redis error).
 pub const BUS_DROPPED: &str = "lockstep_bus_dropped_total";
+/// Pipelines of messages sent again after their connection failed (each may repeat messages).
+pub const BUS_PUBLISH_RETRIES: &str = "lockstep_bus_publish_retries_total";
 /// Messages received from Redis pub/sub.
 pub const BUS_RECEIVED: &str = "lockstep_bus_received_total";
 /// Times a subscriber had to subscribe its channels again, by `cause` (`reconnect`: its
@@ -134,6 +136,7 @@ pub const ALL: &[&str] = &[
     STORE_ERRORS,
     BUS_PUBLISHED,
     BUS_DROPPED,
+    BUS_PUBLISH_RETRIES,
     BUS_RECEIVED,
     BUS_RESUBSCRIBES,
     BUS_PUBSUB_LIMIT,

@@ -3,15 +3,24 @@
 //! Redis Cluster a batch is split by slot (`SPUBLISH` to each channel's shard) and every slot
 //! is a lane of its own: one pipeline in flight per slot, the next waiting behind it, so a
 //! channel's messages keep their order and a master that is down holds up only its slots.
+//!
+//! A pipeline that fails on a dropped connection is sent again for up to [`RETRY_FOR`]: what a
+//! worker publishes during a blip of its own connection (a reply, an event no later event
+//! would show missing, when the gateways' subscriptions stayed up) then arrives late instead of
+//! never. Redis may have taken some of it before the connection dropped, so a gateway can get
+//! a message twice: it ignores events at or below the seq it delivered, and a client may see
+//! one id's ack twice.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
+use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{RedisResult, Value};
+use redis::{Pipeline, RedisResult, RetryMethod, Value};
 use tokio::sync::mpsc;
 
 use lockstep_shared::metrics as names;
@@ -30,6 +39,14 @@ const SLOT_BACKLOG: usize = 8_192;
 /// Payload bytes waiting behind one slot's pipeline at most (join snapshots in a big room are
 /// hundreds of KB each); Redis itself drops a subscriber 32 MB behind by default.
 const SLOT_BACKLOG_BYTES: usize = 32 << 20;
+
+/// How long a failed pipeline is sent again before its messages are dropped: longer than a
+/// reconnection after a blip or a Redis restart takes, short enough that a publisher facing a
+/// Redis that is down keeps moving (the queue behind it is bounded).
+const RETRY_FOR: Duration = Duration::from_secs(3);
+/// First pause before sending again; it doubles up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 /// Queues messages for publishing.
 #[derive(Clone)]
@@ -81,7 +98,31 @@ async fn run(target: RedisTarget, mut conn: RedisConn, mut rx: mpsc::Receiver<(S
         for (ch, payload) in batch {
             pipe.add_command(target.publish(&ch, &payload));
         }
-        counted(n, pipe.query_async::<Value>(&mut conn).await.map(|_| ()));
+        counted(n, send(&pipe, &mut conn).await);
+    }
+}
+
+/// Sends `pipe`, again after a pause while the failure is one a new connection may not have
+/// (see the module docs), for up to [`RETRY_FOR`].
+async fn send(pipe: &Pipeline, conn: &mut impl ConnectionLike) -> RedisResult<()> {
+    let started = Instant::now();
+    let mut pause = RETRY_PAUSE;
+    loop {
+        match pipe.query_async::<Value>(conn).await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(e.retry_method(), RetryMethod::NoRetry)
+                    || started.elapsed() + pause > RETRY_FOR =>
+            {
+                return Err(e)
+            }
+            Err(e) => {
+                tracing::debug!(cause = %e, "publish failed; sending again");
+                metrics::counter!(names::BUS_PUBLISH_RETRIES).increment(1);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            }
+        }
     }
 }
 
@@ -121,7 +162,7 @@ async fn run_by_slot(
         let mut conn = conn.clone();
         let n = take as u64;
         Some(Box::pin(async move {
-            let r = pipe.query_async::<Value>(&mut conn).await.map(|_| ());
+            let r = send(&pipe, &mut conn).await;
             (slot, n, r)
         }))
     };

@@ -190,8 +190,8 @@ impl RedisTarget {
     /// On one server it speaks RESP3 when the server does (Redis ≥ 6): the connection manager
     /// then learns of a dropped connection when it drops and reconnects at once. Over RESP2 it
     /// learns only from the next command failing, so after a Redis restart the first batch a
-    /// worker publishes (a reply, an event clients wait for) is lost on the dead connection;
-    /// a server or proxy that refuses `HELLO` still gets RESP2, with a warning.
+    /// worker publishes fails on the dead connection (the publisher sends it again); a server
+    /// or proxy that refuses `HELLO` still gets RESP2, with a warning.
     pub async fn connect(&self) -> RedisResult<RedisConn> {
         Ok(match self {
             RedisTarget::Single(client) => {
