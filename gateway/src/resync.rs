@@ -8,7 +8,8 @@
 //! unanswered [`REPLY_GRACE`] after the gap), those the room forgot, those whose gap the room's
 //! history no longer covers, and every member of a room whose owner does not answer in time.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,8 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lockstep_shared::bus::{ConnId, ToWorker, WorkerLink};
 use lockstep_shared::metrics as names;
+use lockstep_shared::protocol::error::Refusal;
+use lockstep_shared::protocol::ErrorCode;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +38,12 @@ const IN_FLIGHT: usize = 64;
 /// closed (1012) and rejoin by `seq`.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A resync no worker took (none subscribed to the room's shard yet: just after a Redis
+/// restart the gateways may be back before the workers) is sent again after this pause,
+/// doubling up to [`RETRY_PAUSE_MAX`], until [`TIMEOUT`] after its first attempt.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
 /// How long a reply due when the bus came back may still take: most were not lost (commands
 /// held while Redis was away are answered once it is back); a socket still waiting after it
 /// is closed (1012), and its client rejoins and retries by id.
@@ -50,7 +59,7 @@ pub enum Job {
 }
 
 /// One room to ask its owner for again.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ResyncRequest {
     pub room: String,
     pub req: u64,
@@ -251,6 +260,14 @@ impl Fanout {
         metrics::counter!(names::GATEWAY_RESYNC_RECOVERED).increment(last - from);
     }
 
+    /// Whether `code` still waits for resync `req` (not answered, given up or superseded).
+    fn awaits_resync(&self, code: &str, req: u64) -> bool {
+        self.rooms.read().is_ok_and(|map| {
+            map.get(code)
+                .is_some_and(|room| room.resync.load(Ordering::SeqCst) == req)
+        })
+    }
+
     /// Resync `req` of `code` failed (`outcome`): its members are closed to rejoin by `seq`.
     /// Whether the room was still waiting for it.
     fn abandon_resync(&self, code: &str, req: u64, outcome: &'static str) -> bool {
@@ -280,9 +297,54 @@ fn give_up(room: &LocalRoom, outcome: &'static str) {
     metrics::counter!(names::GATEWAY_ROOM_RESYNCS, "outcome" => outcome).increment(1);
 }
 
-/// Sends the queued resync requests to the rooms' owners, a few at a time, gives up on rooms
-/// whose replay does not come within [`TIMEOUT`], and closes the sockets still waiting for a
-/// reply [`REPLY_GRACE`] after a bus gap.
+/// A refused resync waiting to be sent again.
+struct Retry {
+    at: Instant,
+    /// When it was first sent: it is given up [`TIMEOUT`] after.
+    first: Instant,
+    pause: Duration,
+    request: ResyncRequest,
+}
+
+impl PartialEq for Retry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Retry {}
+impl PartialOrd for Retry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Retry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+/// Publishes one resync request; returns it with the outcome, to be tried again if refused.
+async fn send(
+    link: Arc<dyn WorkerLink>,
+    gateway: u64,
+    request: ResyncRequest,
+    first: Instant,
+    pause: Duration,
+) -> (ResyncRequest, Instant, Duration, Result<(), Refusal>) {
+    let msg = ToWorker::Resync {
+        room: request.room.clone(),
+        gateway,
+        req: request.req,
+        since_seq: request.since_seq,
+        conns: request.conns.clone(),
+    };
+    let sent = link.send(msg).await;
+    (request, first, pause, sent)
+}
+
+/// Sends the queued resync requests to the rooms' owners, a few at a time (again, with backoff,
+/// while no worker takes them), gives up on rooms whose replay does not come within
+/// [`TIMEOUT`], and closes the sockets still waiting for a reply [`REPLY_GRACE`] after a bus gap.
 pub async fn run(
     mut rx: mpsc::Receiver<Job>,
     link: Arc<dyn WorkerLink>,
@@ -294,10 +356,12 @@ pub async fn run(
     // Each timeout is the same for every entry: deadlines come due in the order queued.
     let mut rooms_due: VecDeque<(Instant, String, u64)> = VecDeque::new();
     let mut replies_due: VecDeque<(Instant, Vec<Waiting>)> = VecDeque::new();
+    let mut retries: BinaryHeap<Reverse<Retry>> = BinaryHeap::new();
     loop {
         let next = [
             rooms_due.front().map(|d| d.0),
             replies_due.front().map(|d| d.0),
+            retries.peek().map(|r| r.0.at),
         ]
         .into_iter()
         .flatten()
@@ -305,23 +369,25 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             // Both bounds hold the queue back; when it is full, rooms give up (`queue_full`).
-            Some(job) = rx.recv(), if sending.len() < IN_FLIGHT && rooms_due.len() < QUEUE => match job {
-                Job::Room(r) => {
-                    let link = link.clone();
-                    sending.push(async move {
-                        let ResyncRequest { room, req, since_seq, conns } = r;
-                        let msg = ToWorker::Resync { room: room.clone(), gateway, req, since_seq, conns };
-                        let sent = link.send(msg).await;
-                        (room, req, sent)
-                    });
-                }
+            Some(job) = rx.recv(), if sending.len() < IN_FLIGHT && rooms_due.len() < QUEUE && retries.len() < QUEUE => match job {
+                Job::Room(r) => sending.push(send(link.clone(), gateway, r, Instant::now(), RETRY_PAUSE)),
                 Job::Replies(waiting) => replies_due.push_back((Instant::now() + REPLY_GRACE, waiting)),
             },
-            Some((room, req, sent)) = sending.next(), if !sending.is_empty() => match sent {
-                Ok(()) => rooms_due.push_back((Instant::now() + TIMEOUT, room, req)),
+            Some((request, first, pause, sent)) = sending.next(), if !sending.is_empty() => match sent {
+                Ok(()) => rooms_due.push_back((Instant::now() + TIMEOUT, request.room, request.req)),
                 Err(refusal) => {
-                    tracing::warn!(room = %room, cause = %refusal.message, "resync refused; closing the room's members");
-                    fanout.abandon_resync(&room, req, "refused");
+                    let now = Instant::now();
+                    let (room, req) = (request.room.as_str(), request.req);
+                    if !fanout.awaits_resync(room, req) {
+                        continue;
+                    }
+                    if refusal.code == ErrorCode::Unavailable && now + pause < first + TIMEOUT {
+                        let next_pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                        retries.push(Reverse(Retry { at: now + pause, first, pause: next_pause, request }));
+                    } else {
+                        tracing::warn!(room = %room, cause = %refusal.message, "resync refused; closing the room's members");
+                        fanout.abandon_resync(room, req, "refused");
+                    }
                 }
             },
             _ = async { if let Some(at) = next { tokio::time::sleep_until(at).await } }, if next.is_some() => {
@@ -329,6 +395,11 @@ pub async fn run(
                 while let Some((_, room, req)) = pop_due(&mut rooms_due, now, |d| d.0) {
                     if fanout.abandon_resync(&room, req, "timed_out") {
                         tracing::warn!(room = %room, "no replay in time; closing the room's members");
+                    }
+                }
+                while retries.peek().is_some_and(|r| r.0.at <= now) {
+                    if let Some(Reverse(r)) = retries.pop() {
+                        sending.push(send(link.clone(), gateway, r.request, r.first, r.pause));
                     }
                 }
                 while let Some((_, waiting)) = pop_due(&mut replies_due, now, |d| d.0) {

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use lockstep_shared::bus::{ConnId, GatewaySink, Membership, ToGateway};
+use lockstep_shared::protocol::error::Refusal;
+use lockstep_shared::protocol::ErrorCode;
 
 use super::*;
 use crate::fanout::{ConnEntry, Fanout, OutFrame};
@@ -233,4 +235,90 @@ fn a_join_answered_past_the_last_event_seen_is_a_gap() {
     assert_eq!(request.since_seq, 5);
     fanout.deliver(replay(request.req, 6, 7));
     assert_eq!((a.received(), b.received()), (vec![6, 7], vec![]));
+}
+
+/// A link to a room whose owner is not subscribed yet for the first `refusals` requests, then
+/// answers each resync with the events after `since_seq` up to `last_seq`.
+struct LateOwner {
+    fanout: Arc<Fanout>,
+    refusals: std::sync::atomic::AtomicUsize,
+    sent: std::sync::atomic::AtomicUsize,
+    last_seq: u64,
+}
+
+#[async_trait::async_trait]
+impl WorkerLink for LateOwner {
+    async fn send(&self, msg: ToWorker) -> Result<(), Refusal> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.sent.fetch_add(1, SeqCst);
+        let ToWorker::Resync { req, since_seq, .. } = msg else {
+            return Ok(());
+        };
+        let refuse = self
+            .refusals
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "no worker serves this room right now; retry",
+            ));
+        }
+        self.fanout
+            .deliver(replay(req, since_seq + 1, self.last_seq));
+        Ok(())
+    }
+
+    async fn query(
+        &self,
+        _: &str,
+        _: lockstep_shared::bus::Query,
+    ) -> Result<serde_json::Value, Refusal> {
+        Err(Refusal::new(ErrorCode::Unavailable, "not in this test"))
+    }
+}
+
+/// A member of room `r` (joined at seq 1) that then sees event 4: events 2 and 3 are missing,
+/// and the resync for them is being sent through `owner` by a running [`run`].
+async fn gap_with_owner(refusals: usize) -> (Conn, Arc<LateOwner>, CancellationToken) {
+    let (fanout, queued) = with_resyncer();
+    let fanout = Arc::new(fanout);
+    let a = Conn::new(&fanout, 1);
+    a.joined(&fanout, "r", 1);
+    let owner = Arc::new(LateOwner {
+        fanout: fanout.clone(),
+        refusals: refusals.into(),
+        sent: 0.into(),
+        last_seq: 4,
+    });
+    let cancel = CancellationToken::new();
+    tokio::spawn(run(queued, owner.clone(), fanout.clone(), cancel.clone()));
+    fanout.deliver(event(4));
+    (a, owner, cancel)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resync_no_worker_takes_yet_is_sent_again_until_one_does() {
+    let (a, owner, cancel) = gap_with_owner(3).await;
+    // Refused three times (100 + 200 + 400 ms of backoff), answered by the fourth.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(a.received(), vec![2, 3, 4]);
+    assert_eq!(a.closed_with(), 0, "the socket stays open");
+    assert_eq!(owner.sent.load(std::sync::atomic::Ordering::SeqCst), 4);
+    cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resync_no_worker_takes_in_time_closes_the_members() {
+    let (a, owner, cancel) = gap_with_owner(usize::MAX).await;
+    tokio::time::sleep(TIMEOUT - Duration::from_secs(1)).await;
+    assert_eq!(a.closed_with(), 0, "still trying");
+    // The last try is the one whose next would come past the timeout.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(a.closed_with(), close::RESTART, "given up: rejoin by seq");
+    assert!(a.received().is_empty());
+    let sent = owner.sent.load(std::sync::atomic::Ordering::SeqCst);
+    // 100 ms doubling to 1 s within 5 s: a handful of tries, not a flood.
+    assert!((4..=8).contains(&sent), "{sent} tries");
+    cancel.cancel();
 }
