@@ -8,8 +8,7 @@
 //! unanswered [`REPLY_GRACE`] after the gap), those the room forgot, those whose gap the room's
 //! history no longer covers, and every member of a room whose owner does not answer in time.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use lockstep_shared::protocol::ErrorCode;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
 
 use crate::fanout::{close, ConnEntry, Fanout, LocalRoom, OutFrame};
 
@@ -297,32 +297,6 @@ fn give_up(room: &LocalRoom, outcome: &'static str) {
     metrics::counter!(names::GATEWAY_ROOM_RESYNCS, "outcome" => outcome).increment(1);
 }
 
-/// A refused resync waiting to be sent again.
-struct Retry {
-    at: Instant,
-    /// When it was first sent: it is given up [`TIMEOUT`] after.
-    first: Instant,
-    pause: Duration,
-    request: ResyncRequest,
-}
-
-impl PartialEq for Retry {
-    fn eq(&self, other: &Self) -> bool {
-        self.at == other.at
-    }
-}
-impl Eq for Retry {}
-impl PartialOrd for Retry {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Retry {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.at.cmp(&other.at)
-    }
-}
-
 /// Publishes one resync request; returns it with the outcome, to be tried again if refused.
 async fn send(
     link: Arc<dyn WorkerLink>,
@@ -356,12 +330,12 @@ pub async fn run(
     // Each timeout is the same for every entry: deadlines come due in the order queued.
     let mut rooms_due: VecDeque<(Instant, String, u64)> = VecDeque::new();
     let mut replies_due: VecDeque<(Instant, Vec<Waiting>)> = VecDeque::new();
-    let mut retries: BinaryHeap<Reverse<Retry>> = BinaryHeap::new();
+    // Refused requests waiting to be sent again, with their first attempt and next pause.
+    let mut retries: DelayQueue<(ResyncRequest, Instant, Duration)> = DelayQueue::new();
     loop {
         let next = [
             rooms_due.front().map(|d| d.0),
             replies_due.front().map(|d| d.0),
-            retries.peek().map(|r| r.0.at),
         ]
         .into_iter()
         .flatten()
@@ -383,23 +357,22 @@ pub async fn run(
                     }
                     if refusal.code == ErrorCode::Unavailable && now + pause < first + TIMEOUT {
                         let next_pause = (pause * 2).min(RETRY_PAUSE_MAX);
-                        retries.push(Reverse(Retry { at: now + pause, first, pause: next_pause, request }));
+                        retries.insert((request, first, next_pause), pause);
                     } else {
                         tracing::warn!(room = %room, cause = %refusal.message, "resync refused; closing the room's members");
                         fanout.abandon_resync(room, req, "refused");
                     }
                 }
             },
+            Some(due) = retries.next(), if !retries.is_empty() => {
+                let (request, first, pause) = due.into_inner();
+                sending.push(send(link.clone(), gateway, request, first, pause));
+            }
             _ = async { if let Some(at) = next { tokio::time::sleep_until(at).await } }, if next.is_some() => {
                 let now = Instant::now();
                 while let Some((_, room, req)) = pop_due(&mut rooms_due, now, |d| d.0) {
                     if fanout.abandon_resync(&room, req, "timed_out") {
                         tracing::warn!(room = %room, "no replay in time; closing the room's members");
-                    }
-                }
-                while retries.peek().is_some_and(|r| r.0.at <= now) {
-                    if let Some(Reverse(r)) = retries.pop() {
-                        sending.push(send(link.clone(), gateway, r.request, r.first, r.pause));
                     }
                 }
                 while let Some((_, waiting)) = pop_due(&mut replies_due, now, |d| d.0) {
