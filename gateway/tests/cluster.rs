@@ -750,10 +750,17 @@ async fn a_paused_worker_past_its_lease_cannot_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_worker_does_not_answer_in_time_is_answered_unavailable() {
-    let env = vec![(
-        "LOCKSTEP_GATEWAY__REPLY_TIMEOUT_MS".to_owned(),
-        "400".to_owned(),
-    )];
+    // Leases long enough that the pause does not move the room (on a loaded machine too).
+    let env = vec![
+        (
+            "LOCKSTEP_GATEWAY__REPLY_TIMEOUT_MS".to_owned(),
+            "400".to_owned(),
+        ),
+        (
+            "LOCKSTEP_CLUSTER__LEASE_TTL_MS".to_owned(),
+            "4000".to_owned(),
+        ),
+    ];
     let cluster = Cluster::start_with(1, 1, env).await;
     let g0 = cluster.gateway(0);
     let (ta, _) = guest_at(g0, "A").await;
@@ -769,7 +776,7 @@ async fn a_command_whose_worker_does_not_answer_in_time_is_answered_unavailable(
     a.send_raw(&chat.to_string()).await;
     let answer = a.reply("slow").await;
     let waited = sent.elapsed();
-    // Woken well within its 3 s lease: it still owns the room.
+    // Woken well within its 4 s lease: it still owns the room.
     owner.signal("-CONT");
     assert_eq!(answer["type"], "error", "{answer}");
     assert_eq!(answer["code"], "unavailable", "{answer}");
