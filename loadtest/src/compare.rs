@@ -61,6 +61,7 @@ const FIGURES: &[Figure] = &[
     fig("delivered ratio", &["delivered_ratio"], Better::Higher),
     count("lost", &["lost"]),
     count("lost, acknowledged", &["lost_acked"]),
+    count("clients not rejoined", &["clients_not_rejoined"]),
     count("duplicates", &["duplicates"]),
     count("reordered", &["reordered"]),
     count("errors", &["errors"]),

@@ -110,6 +110,7 @@ pub fn merge(inputs: Vec<(String, Report)>) -> anyhow::Result<(Report, Vec<Strin
     m.rate_limited = sum(|r| r.rate_limited);
     m.rejected = sum(|r| r.rejected);
     m.lost_acked = sum(|r| r.lost_acked);
+    m.clients_not_rejoined = sum(|r| r.clients_not_rejoined);
     m.send_failures = sum(|r| r.send_failures);
     m.reconnects = sum(|r| r.reconnects);
     m.recovered = sum(|r| r.recovered);

@@ -78,6 +78,11 @@ pub struct Report {
     /// invariants 3 and 4). `lost` also counts messages in flight when a node died, which
     /// were never acknowledged.
     pub lost_acked: u64,
+    /// Clients the server closed that had not rejoined when the run ended: each acknowledged
+    /// message after their close counts in `lost_acked`, so with clients here a nonzero
+    /// `lost_acked` may be a client not back rather than a message the server lost.
+    #[serde(default)]
+    pub clients_not_rejoined: u64,
     pub send_failures: u64,
     /// Sockets the server closed during the run, by close code.
     pub closed_by_code: BTreeMap<u16, u64>,
@@ -261,6 +266,7 @@ impl Report {
             rate_limited,
             rejected: rejected.iter().sum(),
             lost_acked: lost_acked(&members, results, delivered),
+            clients_not_rejoined: not_rejoined(results),
             send_failures: published.send_failures,
             closed_by_code,
             server_rss_mib: None,
@@ -441,10 +447,15 @@ impl Report {
             a.p50, a.p99, a.max
         );
         println!("send lag ms         p99 {:.2}", self.send_lag_ms.p99);
+        let not_back = match self.clients_not_rejoined {
+            0 => String::new(),
+            n => format!("; {n} clients closed and not rejoined at the end"),
+        };
         println!(
-            "lost {} (of acknowledged: {})  duplicates {}  reordered {}  errors {}  rate_limited {}  rejected {}  send failures {}",
+            "lost {} (of acknowledged: {}{})  duplicates {}  reordered {}  errors {}  rate_limited {}  rejected {}  send failures {}",
             self.lost,
             self.lost_acked,
+            not_back,
             self.duplicates,
             self.reordered,
             self.errors,
@@ -533,6 +544,15 @@ fn lost_acked(members: &[u64], results: &[ClientResult], delivered: &DeliveryCou
                 .sum::<u64>()
         })
         .sum()
+}
+
+/// Clients whose last socket the server closed and that did not come back (each rejoin
+/// follows one close).
+fn not_rejoined(results: &[ClientResult]) -> u64 {
+    results
+        .iter()
+        .filter(|r| r.closes.len() as u64 > r.reconnects)
+        .count() as u64
 }
 
 /// Resident set size of every process in `pids` together, KiB; `None` when there are none
@@ -696,6 +716,22 @@ mod tests {
         );
         delivered.record(0, key(0, 2));
         assert_eq!(lost_acked(&[3], &results, &delivered), 0);
+    }
+
+    #[test]
+    fn a_client_closed_and_not_back_is_counted_apart() {
+        let back = ClientResult {
+            closes: vec![1012, 1012],
+            reconnects: 2,
+            ..ClientResult::default()
+        };
+        let gone = ClientResult {
+            closes: vec![1012, 1012],
+            reconnects: 1,
+            ..ClientResult::default()
+        };
+        let never_closed = ClientResult::default();
+        assert_eq!(not_rejoined(&[back, gone, never_closed]), 1);
     }
 
     #[test]
