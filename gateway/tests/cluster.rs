@@ -50,6 +50,37 @@ impl Node {
             .unwrap()
             .success();
         assert!(ok, "kill {sig} {}", self.name);
+        if sig == "-STOP" {
+            self.wait_stopped();
+        }
+    }
+
+    /// Waits until every thread of the process is stopped: `kill` returns once the signal is
+    /// sent, and a thread running on the other core may still handle a message meanwhile (a
+    /// test would then see the "stopped" node answer).
+    fn wait_stopped(&self) {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let states: Vec<String> = std::fs::read_dir(&tasks)
+                .map(|dir| {
+                    dir.flatten()
+                        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // The state follows the parenthesised command name: `pid (comm) S ...`.
+            let stopped = !states.is_empty()
+                && states.iter().all(|st| {
+                    st.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+                });
+            if stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not stop", self.name);
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
@@ -282,6 +313,19 @@ impl Cluster {
         redis.stop();
         tokio::time::sleep(outage).await;
         redis.restart();
+    }
+
+    /// The last lines of each node's log, for an assertion's message.
+    fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in self.gateways.iter().chain(&self.workers) {
+            let log = std::fs::read_to_string(self.logs.0.join(format!("{}.log", node.name)))
+                .unwrap_or_default();
+            let all: Vec<&str> = log.lines().collect();
+            out += &format!("\n--- {} (last {lines} lines)\n", node.name);
+            out += &all[all.len().saturating_sub(lines)..].join("\n");
+        }
+        out
     }
 
     fn worker(&self, name: &str) -> &Node {
@@ -725,7 +769,12 @@ async fn a_paused_worker_past_its_lease_cannot_write() {
     )
     .await;
     let new_owner = cluster.owner_of(&room);
-    assert_ne!(new_owner, owner);
+    assert_ne!(
+        new_owner,
+        owner,
+        "the room is still leased to the stopped worker, yet \"during\" was acked:{}",
+        cluster.log_tails(40)
+    );
     // Wake the stale worker: whatever it still tries to write is fenced by the store.
     stale.signal("-CONT");
     tokio::time::sleep(Duration::from_secs(2)).await;
