@@ -800,16 +800,10 @@ async fn a_paused_worker_past_its_lease_cannot_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_worker_does_not_answer_in_time_is_answered_unavailable() {
     // Leases long enough that the pause does not move the room (on a loaded machine too).
-    let env = vec![
-        (
-            "LOCKSTEP_GATEWAY__REPLY_TIMEOUT_MS".to_owned(),
-            "400".to_owned(),
-        ),
-        (
-            "LOCKSTEP_CLUSTER__LEASE_TTL_MS".to_owned(),
-            "4000".to_owned(),
-        ),
-    ];
+    let env = env(&[
+        ("LOCKSTEP_GATEWAY__REPLY_TIMEOUT_MS", "400"),
+        ("LOCKSTEP_CLUSTER__LEASE_TTL_MS", "4000"),
+    ]);
     let cluster = Cluster::start_with(1, 1, env).await;
     let g0 = cluster.gateway(0);
     let (ta, _) = guest_at(g0, "A").await;
@@ -1271,10 +1265,7 @@ async fn a_gateway_cut_off_from_redis_for_a_moment_keeps_its_sockets_and_misses_
     let redis = Redis::start();
     let relay = relay_to(&redis).await;
     let mut cluster = Cluster::start_on(Bus::Single(redis), 1, 1, Vec::new()).await;
-    let relayed = [(
-        "LOCKSTEP_CLUSTER__REDIS_URL".to_owned(),
-        format!("redis://{}", relay.addr),
-    )];
+    let relayed = through(&relay);
     cluster.add_gateway_with("g-relayed", &relayed);
     let (steady, cut_off) = (cluster.gateway(0), cluster.gateway(1));
     wait_ready(cut_off, "g-relayed").await;
@@ -1353,21 +1344,12 @@ async fn worker_blips(redis: Redis) {
     // The ready gate gives way 300 ms after an entry is added: an event the worker publishes
     // on its own, with no command to retry and no later event to show it missing.
     // Leases long enough that the blip does not move the room (which would close the socket).
-    let env = vec![
-        (
-            "LOCKSTEP_ROOM__READY_TIMEOUT_MS".to_owned(),
-            "300".to_owned(),
-        ),
-        (
-            "LOCKSTEP_CLUSTER__LEASE_TTL_MS".to_owned(),
-            "4000".to_owned(),
-        ),
-    ];
+    let env = env(&[
+        ("LOCKSTEP_ROOM__READY_TIMEOUT_MS", "300"),
+        ("LOCKSTEP_CLUSTER__LEASE_TTL_MS", "4000"),
+    ]);
     let mut cluster = Cluster::start_on(Bus::Single(redis), 1, 0, env).await;
-    let relayed = [(
-        "LOCKSTEP_CLUSTER__REDIS_URL".to_owned(),
-        format!("redis://{}", relay.addr),
-    )];
+    let relayed = through(&relay);
     cluster.add_worker_with("w-relayed", &relayed);
     wait_ready(port_addr(cluster.workers[0].port), "w-relayed").await;
     let g0 = cluster.gateway(0);
@@ -1405,6 +1387,22 @@ async fn worker_blips(redis: Redis) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(answer["type"], "ack", "{answer}");
+}
+
+/// Node environment from `(name, value)` pairs.
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The environment that points a node's Redis connections through `relay`.
+fn through(relay: &Relay) -> Vec<(String, String)> {
+    env(&[(
+        "LOCKSTEP_CLUSTER__REDIS_URL",
+        &format!("redis://{}", relay.addr),
+    )])
 }
 
 /// A relay in front of `redis`, for cutting one node's connections to it.
@@ -1920,17 +1918,11 @@ async fn a_failed_over_room_resumes_its_sources_on_the_new_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_twitch_join_limit_holds_across_workers() {
     let tw = FakeTwitch::start().await;
-    let env = vec![
-        ("LOCKSTEP_INGEST__TWITCH__URL".to_owned(), tw.url()),
-        (
-            "LOCKSTEP_INGEST__TWITCH__JOIN_LIMIT".to_owned(),
-            "2".to_owned(),
-        ),
-        (
-            "LOCKSTEP_INGEST__TWITCH__JOIN_WINDOW_MS".to_owned(),
-            "1000".to_owned(),
-        ),
-    ];
+    let env = env(&[
+        ("LOCKSTEP_INGEST__TWITCH__URL", &tw.url()),
+        ("LOCKSTEP_INGEST__TWITCH__JOIN_LIMIT", "2"),
+        ("LOCKSTEP_INGEST__TWITCH__JOIN_WINDOW_MS", "1000"),
+    ]);
     let cluster = Cluster::start_with(1, 2, env).await;
     let g0 = cluster.gateway(0);
     let (ta, _) = guest_at(g0, "A").await;
