@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::connected_subscriber;
-use lockstep_shared::config::ClusterConfig;
-use lockstep_testkit::{Redis, RedisCluster};
+use common::{connected_subscriber, private_redis, private_redis_cluster};
 use lockstep_worker::cluster::publisher::Publisher;
 use lockstep_worker::cluster::redis_conn::RedisTarget;
 
@@ -21,24 +19,14 @@ const MESSAGES: u32 = 4_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_redis_keeps_each_channels_order() {
-    let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
-    let cc = ClusterConfig {
-        redis_url: redis.url().to_owned(),
-        ..ClusterConfig::default()
-    };
-    keeps_order(RedisTarget::from_config(&cc).unwrap()).await;
+    let (_redis, target) = private_redis().await;
+    keeps_order(target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_keeps_each_channels_order() {
-    let nodes = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    let cc = ClusterConfig {
-        redis_cluster_nodes: nodes.seeds(),
-        ..ClusterConfig::default()
-    };
-    keeps_order(RedisTarget::from_config(&cc).unwrap()).await;
+    let (_nodes, target) = private_redis_cluster().await;
+    keeps_order(target).await;
 }
 
 /// Publishes numbered messages round-robin over the channels as fast as the queue takes them

@@ -114,11 +114,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 match ev {
                     LeaseEvent::Acquired(shard, epoch) => {
                         tracing::info!(shard, epoch, "shard acquired");
-                        // Confirmed at once, or only after Redis is back: not in this loop's way.
-                        let (subs, serving, leases) =
-                            (subs.clone(), serving.clone(), leases.clone());
+                        // Queued here, so a loss handled after this unsubscribes after it (a
+                        // subscription queued from elsewhere could land after the unsubscribe
+                        // and outlive the lease, answering the new owner's commands with
+                        // refusals). Confirmed at once, or only after Redis is back: that wait
+                        // is not in this loop's way.
+                        let confirmed = subs.subscribe(shard_channel(shard)).await;
+                        let (serving, leases) = (serving.clone(), leases.clone());
                         tokio::spawn(async move {
-                            if subs.subscribe(shard_channel(shard)).await
+                            let Some(confirmed) = confirmed else { return };
+                            if confirmed.await.is_ok()
                                 && leases.owned().iter().any(|(s, _)| *s == shard)
                             {
                                 if let Ok(mut s) = serving.lock() {

@@ -46,21 +46,20 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Subscribes and waits until Redis confirmed it, which may be only after a reconnection;
-    /// false if the subscriber is gone.
-    pub async fn subscribe(&self, channel: String) -> bool {
+    /// Queues a subscription behind every change asked for before it (an unsubscribe asked
+    /// for after this returns wins) and returns what hears Redis confirm it, which may be only
+    /// after a reconnection; `None` if the subscriber is gone. Waiting for the confirmation is
+    /// the caller's choice, apart from the queueing, so changes keep the order they were made.
+    pub async fn subscribe(&self, channel: String) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self
-            .tx
+        self.tx
             .send(Cmd::Subscribe(channel, Some(tx)))
             .await
-            .is_err()
-        {
-            return false;
-        }
-        rx.await.is_ok()
+            .ok()
+            .map(|()| rx)
     }
 
+    /// Queues an unsubscribe behind every change asked for before it.
     pub async fn unsubscribe(&self, channel: String) {
         let _ = self.tx.send(Cmd::Unsubscribe(channel)).await;
     }
@@ -300,28 +299,12 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                     None => cmds_closed = true,
                     Some(Cmd::Subscribe(ch, done)) => {
                         wanted.insert(ch.clone());
-                        let mut conn = conn.clone();
-                        calls.push(Box::pin(async move {
-                            let result = conn.ssubscribe(&ch).await;
-                            let carrier = match result {
-                                Ok(()) => carriers_of(&conn, vec![ch.clone()]).await.remove(&ch).flatten(),
-                                Err(_) => None,
-                            };
-                            Done::Subscribed { ch, result, carrier, done }
-                        }));
+                        calls.push(subscribe_call(&conn, ch, done));
                     }
                     Some(Cmd::Unsubscribe(ch)) => {
                         wanted.remove(&ch);
                         carriers.remove(&ch);
-                        // Failing is harmless: messages for a channel nobody wants are ignored
-                        // by the owner, and a resync does not bring it back.
-                        let mut conn = conn.clone();
-                        calls.push(Box::pin(async move {
-                            if let Err(e) = conn.sunsubscribe(&ch).await {
-                                tracing::debug!(cause = %e, "redis cluster unsubscribe failed");
-                            }
-                            Done::Unsubscribed
-                        }));
+                        calls.push(unsubscribe_call(&conn, ch));
                     }
                 }
             }
@@ -339,6 +322,12 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                 }));
             }
             Some(done) = calls.next(), if !calls.is_empty() => match done {
+                // The calls run concurrently, so a subscribe and an unsubscribe of one channel
+                // may reach Redis in either order: whichever finishes last puts the channel
+                // back the way `wanted` says now (a change made meanwhile queued its own call).
+                Done::Subscribed { ch, result: Ok(()), .. } if !wanted.contains(&ch) => {
+                    calls.push(unsubscribe_call(&conn, ch));
+                }
                 Done::Subscribed { ch, result: Ok(()), carrier, done } => {
                     carriers.insert(ch, carrier);
                     if let Some(done) = done {
@@ -353,7 +342,10 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                     waiting.extend(done.map(|done| (ch, done)));
                     resync.get_or_insert_with(|| tokio::time::Instant::now() + resync_backoff);
                 }
-                Done::Unsubscribed => {}
+                Done::Unsubscribed { ch } if wanted.contains(&ch) => {
+                    calls.push(subscribe_call(&conn, ch, None));
+                }
+                Done::Unsubscribed { .. } => {}
                 Done::Resynced { result: Ok(()), carriers: now } => {
                     resyncing = false;
                     resync_backoff = RESYNC_FIRST;
@@ -362,8 +354,10 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
                     metrics::counter!(names::BUS_RESUBSCRIBES, "cause" => resync_cause).increment(1);
                     // Only callers whose channel this resync covered (it may have started
                     // before theirs was asked for; a later one covers the rest).
-                    let (covered, rest) = waiting.drain(..).partition(|(ch, _)| now.contains_key(ch));
-                    waiting = rest;
+                    let (covered, rest): (Vec<_>, Vec<_>) =
+                        waiting.drain(..).partition(|(ch, _)| now.contains_key(ch));
+                    // A caller whose channel was given up meanwhile hears it never will be.
+                    waiting = rest.into_iter().filter(|(ch, _)| wanted.contains(ch)).collect();
                     for (_, done) in covered {
                         let _ = done.send(());
                     }
@@ -432,6 +426,46 @@ async fn run_sharded<M: Fn(String, Vec<u8>), R: Fn()>(
     }
 }
 
+/// Subscribes `ch` on the cluster and learns which node connection carries it.
+fn subscribe_call(
+    conn: &redis::cluster_async::ClusterConnection,
+    ch: String,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+) -> BoxFuture<'static, Done> {
+    let mut conn = conn.clone();
+    Box::pin(async move {
+        let result = conn.ssubscribe(&ch).await;
+        let carrier = match result {
+            Ok(()) => carriers_of(&conn, vec![ch.clone()])
+                .await
+                .remove(&ch)
+                .flatten(),
+            Err(_) => None,
+        };
+        Done::Subscribed {
+            ch,
+            result,
+            carrier,
+            done,
+        }
+    })
+}
+
+/// Unsubscribes `ch` on the cluster. Failing is harmless: messages for a channel nobody
+/// wants are ignored by the owner, and a resync does not bring it back.
+fn unsubscribe_call(
+    conn: &redis::cluster_async::ClusterConnection,
+    ch: String,
+) -> BoxFuture<'static, Done> {
+    let mut conn = conn.clone();
+    Box::pin(async move {
+        if let Err(e) = conn.sunsubscribe(&ch).await {
+            tracing::debug!(cause = %e, "redis cluster unsubscribe failed");
+        }
+        Done::Unsubscribed { ch }
+    })
+}
+
 /// A Redis call of the sharded subscriber, finished.
 enum Done {
     Subscribed {
@@ -440,7 +474,9 @@ enum Done {
         carrier: Option<String>,
         done: Option<tokio::sync::oneshot::Sender<()>>,
     },
-    Unsubscribed,
+    Unsubscribed {
+        ch: String,
+    },
     Resynced {
         result: redis::RedisResult<()>,
         carriers: HashMap<String, Option<String>>,

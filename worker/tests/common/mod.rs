@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lockstep_shared::config::ClusterConfig;
+use lockstep_testkit::{Redis, RedisCluster};
 use lockstep_worker::cluster::redis_conn::RedisTarget;
 use lockstep_worker::cluster::subscriber::{self, Subscriptions};
 use tokio_util::sync::CancellationToken;
@@ -32,4 +34,28 @@ pub async fn connected_subscriber(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (subs, cancel)
+}
+
+/// A private Redis and the target that reaches it; keep the server while the target is used.
+pub async fn private_redis() -> (Redis, RedisTarget) {
+    let redis = tokio::task::spawn_blocking(Redis::start).await.unwrap();
+    let cc = ClusterConfig {
+        redis_url: redis.url().to_owned(),
+        ..ClusterConfig::default()
+    };
+    let target = RedisTarget::from_config(&cc).unwrap();
+    (redis, target)
+}
+
+/// A private three-node Redis Cluster and the target that reaches it.
+pub async fn private_redis_cluster() -> (RedisCluster, RedisTarget) {
+    let nodes = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let cc = ClusterConfig {
+        redis_cluster_nodes: nodes.seeds(),
+        ..ClusterConfig::default()
+    };
+    let target = RedisTarget::from_config(&cc).unwrap();
+    (nodes, target)
 }
