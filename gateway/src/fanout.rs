@@ -400,6 +400,7 @@ impl GatewaySink for Fanout {
                 frame,
                 ..
             } => self.deliver_event(&room, seq, created_ms, frame),
+            ToGateway::RoomHead { room, seq, .. } => self.room_head(&room, seq),
             ToGateway::Direct { conns, frame } => {
                 for conn in conns {
                     if let Some(entry) = self.local(conn) {

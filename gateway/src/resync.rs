@@ -210,6 +210,29 @@ impl Fanout {
         }
     }
 
+    /// The room's owner says the room got to `seq` (`ToGateway::RoomHead`, sent once the room
+    /// is quiet): behind it, this gateway lost the room's last events on the bus.
+    pub(crate) fn room_head(&self, code: &str, seq: u64) {
+        let Ok(map) = self.rooms.read() else {
+            return;
+        };
+        let Some(room) = map.get(code) else {
+            return;
+        };
+        let last = room.last_seq.load(Ordering::SeqCst);
+        if room.resync.load(Ordering::SeqCst) != 0 || seq <= last {
+            return;
+        }
+        metrics::counter!(names::GATEWAY_ROOM_HEADS_BEHIND).increment(1);
+        tracing::warn!(
+            room = code,
+            head = seq,
+            last,
+            "room's last events were lost on the bus; resyncing"
+        );
+        self.start_resync(code, room);
+    }
+
     /// A member's join was answered at `seq` in a room already here.
     pub(crate) fn joined_known_room(&self, code: &str, room: &LocalRoom, seq: u64) {
         match room.resync.load(Ordering::SeqCst) {

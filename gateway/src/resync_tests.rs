@@ -131,6 +131,50 @@ fn a_gap_holds_the_room_back_until_the_replay_fills_it() {
     assert!(next_room(&mut asked).is_none(), "one request for one gap");
 }
 
+fn head(seq: u64) -> ToGateway {
+    ToGateway::RoomHead {
+        room: Arc::from("r"),
+        seq,
+        gateways: Arc::from(vec![GW]),
+    }
+}
+
+#[test]
+fn a_head_past_the_last_event_delivered_fills_the_trailing_gap() {
+    let (fanout, mut asked) = with_resyncer();
+    let a = Conn::new(&fanout, 1);
+    a.joined(&fanout, "r", 5);
+    fanout.deliver(event(6));
+    fanout.deliver(head(6));
+    assert!(
+        next_room(&mut asked).is_none(),
+        "level with the head: nothing lost"
+    );
+    assert_eq!(a.received(), vec![6]);
+    // 7 and 8 were the room's last events and were lost: no later event shows the gap.
+    fanout.deliver(head(8));
+    let request = next_room(&mut asked).expect("the head shows the room is behind");
+    assert_eq!((request.room.as_str(), request.since_seq), ("r", 6));
+    fanout.deliver(head(8));
+    assert!(
+        next_room(&mut asked).is_none(),
+        "one request while one is under way"
+    );
+    fanout.deliver(replay(request.req, 7, 8));
+    assert_eq!(a.received(), vec![7, 8]);
+    fanout.deliver(head(8));
+    assert!(next_room(&mut asked).is_none(), "made whole");
+    assert_eq!(a.closed_with(), 0);
+    // A head for a room with no members here concerns nobody.
+    let other = ToGateway::RoomHead {
+        room: Arc::from("elsewhere"),
+        seq: 99,
+        gateways: Arc::from(vec![GW]),
+    };
+    fanout.deliver(other);
+    assert!(next_room(&mut asked).is_none());
+}
+
 #[test]
 fn a_replay_that_no_longer_reaches_back_closes_only_those_who_missed_events() {
     let (fanout, mut asked) = with_resyncer();

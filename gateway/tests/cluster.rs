@@ -1362,14 +1362,10 @@ async fn worker_blips(redis: Redis) {
     // Only the worker's connections drop; the gateway's subscription stays up.
     relay.cut(Duration::from_millis(800));
     let cut = std::time::Instant::now();
-    let mut events = Vec::new();
-    // `recv` fails the test if it does not come within its wait.
-    while !events
-        .iter()
-        .any(|v: &Value| v["type"] == "player.state" && v["state"] == "playing")
-    {
-        events.push(a.recv().await);
-    }
+    let events = frames_until(&mut a, |v| {
+        v["type"] == "player.state" && v["state"] == "playing"
+    })
+    .await;
     eprintln!(
         "the ready gate's start arrived {:?} after the cut",
         cut.elapsed()
@@ -1387,6 +1383,116 @@ async fn worker_blips(redis: Redis) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(answer["type"], "ack", "{answer}");
+}
+
+/// A room's last event lost on the bus (here: Redis refusing the worker's publishes, which
+/// are not retried) showed no gap to the gateway, since no later event came to show it: the
+/// members stayed behind until the room's next event. The owner now announces a quiet room's
+/// latest seq, and the gateway fetches what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_last_event_lost_on_the_bus_still_reaches_its_members() {
+    let redis = Redis::start();
+    // The worker gets a Redis user of its own, so its publishes alone can be refused.
+    let worker_url = redis
+        .url()
+        .replacen("redis://", "redis://worker:worker-secret@", 1);
+    let timeout = env(&[("LOCKSTEP_GATEWAY__REPLY_TIMEOUT_MS", "1000")]);
+    let mut cluster = Cluster::start_on(Bus::Single(redis), 1, 0, timeout).await;
+    let acl = |cluster: &Cluster, rules: &[&str]| {
+        let mut args = vec!["ACL", "SETUSER", "worker"];
+        args.extend_from_slice(rules);
+        let out = cluster.redis_cli(&args).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "OK",
+            "{args:?}"
+        );
+    };
+    acl(&cluster, &["on", ">worker-secret", "~*", "&*", "+@all"]);
+    cluster.add_worker_with(
+        "w-own-user",
+        &env(&[("LOCKSTEP_CLUSTER__REDIS_URL", &worker_url)]),
+    );
+    let worker = port_addr(cluster.workers[0].port);
+    wait_ready(worker, "w-own-user").await;
+    let g0 = cluster.gateway(0);
+    let (ta, _) = guest_at(g0, "A").await;
+    let (tb, _) = guest_at(g0, "B").await;
+    let room = create_room_at(g0, &ta).await;
+    let mut a = Client::connect(g0, &ta).await;
+    a.join(&room, None).await;
+    let mut b = Client::connect(g0, &tb).await;
+    b.join(&room, None).await;
+    a.ok(json!({"type": "chat.send", "room": room, "text": "before"}))
+        .await;
+
+    acl(&cluster, &["-publish", "-spublish"]);
+    let dropped = metric(worker, "lockstep_bus_dropped_total")
+        .await
+        .unwrap_or(0.0);
+    let chat = json!({"id": "last", "type": "chat.send", "room": room, "text": "last"});
+    a.send_raw(&chat.to_string()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(worker, "lockstep_bus_dropped_total")
+        .await
+        .unwrap_or(0.0)
+        <= dropped
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never tried to publish the chat"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acl(&cluster, &["+publish", "+spublish"]);
+    let restored = std::time::Instant::now();
+
+    let events = frames_until(&mut b, |v| {
+        v["type"] == "chat.message" && v["text"] == "last"
+    })
+    .await;
+    eprintln!(
+        "the lost last event reached the other member {:?} after Redis took publishes again",
+        restored.elapsed()
+    );
+    assert_gapless(&events, "the other member");
+    let behind = metric(g0, "lockstep_gateway_room_heads_behind_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(behind >= 1.0, "the room's head showed the gateway behind");
+    // The sender's reply was lost with it: the gateway answered `unavailable`, and the retry
+    // with the same id gets the ack of the one message.
+    let answer = a.reply("last").await;
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    a.send_raw(&chat.to_string()).await;
+    let answer = a.reply("last").await;
+    assert_eq!(answer["type"], "ack", "{answer}");
+    b.ok(json!({"type": "chat.send", "room": room, "text": "next"}))
+        .await;
+    let after = frames_until(&mut b, |v| {
+        v["type"] == "chat.message" && v["text"] == "next"
+    })
+    .await;
+    let lasts = events
+        .iter()
+        .chain(after.iter())
+        .filter(|v| v["type"] == "chat.message" && v["text"] == "last")
+        .count();
+    assert_eq!(lasts, 1, "the retry had no second effect");
+}
+
+/// The frames a client receives up to and including the first that `done` accepts; fails the
+/// test if one does not come within `recv`'s wait.
+async fn frames_until(c: &mut Client, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let v = c.recv().await;
+        let last = done(&v);
+        frames.push(v);
+        if last {
+            return frames;
+        }
+    }
 }
 
 /// Node environment from `(name, value)` pairs.

@@ -114,6 +114,17 @@ pub enum ToGateway {
         /// event is published to these only (invariant 5).
         gateways: Arc<[u64]>,
     },
+    /// The room's latest seq, sent by its owner once the room has been quiet for a while
+    /// (and once more later): a gap shows only when a later event arrives, so without it a
+    /// gateway that lost a room's last events on the bus (its owner's publish queue full, the
+    /// owner's Redis connection down past its retries) would keep its members behind until the
+    /// room's next event. A gateway behind the head resyncs the room.
+    RoomHead {
+        room: Arc<str>,
+        seq: u64,
+        /// Gateways holding members of the room when the head was made.
+        gateways: Arc<[u64]>,
+    },
     /// An unsequenced frame for some connections only (`signal`).
     Direct { conns: Vec<ConnId>, frame: Arc<str> },
     /// The room closed these connections' membership without a command (room reloaded, or

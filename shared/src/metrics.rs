@@ -31,6 +31,9 @@ pub const GATEWAY_HTTP_REQUESTS: &str = "lockstep_gateway_http_requests_total";
 pub const GATEWAY_ROOM_RESYNCS: &str = "lockstep_gateway_room_resyncs_total";
 /// Room events a resync gave this gateway's members after the bus lost them (once per room).
 pub const GATEWAY_RESYNC_RECOVERED: &str = "lockstep_gateway_resync_recovered_events_total";
+/// Room heads (a quiet room's latest seq, from its owner) that showed this gateway had lost
+/// the room's last events on the bus; each starts a resync.
+pub const GATEWAY_ROOM_HEADS_BEHIND: &str = "lockstep_gateway_room_heads_behind_total";
 /// Commands answered `unavailable` by the gateway because no reply came in time, label `type`.
 pub const GATEWAY_REPLY_TIMEOUTS: &str = "lockstep_gateway_reply_timeouts_total";
 
@@ -125,6 +128,7 @@ pub const ALL: &[&str] = &[
     GATEWAY_HTTP_REQUESTS,
     GATEWAY_ROOM_RESYNCS,
     GATEWAY_RESYNC_RECOVERED,
+    GATEWAY_ROOM_HEADS_BEHIND,
     GATEWAY_REPLY_TIMEOUTS,
     WORKER_ROOMS_ACTIVE,
     WORKER_EVENTS,

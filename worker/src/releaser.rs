@@ -42,11 +42,14 @@ pub async fn run(
         };
         match committed {
             Ok(()) => {
-                // A replay made after an earlier commit failed may carry that commit's events
-                // (they are in memory): it is held back, and the reload evicts the members.
+                // A replay or a head made after an earlier commit failed may carry or count
+                // that commit's events (they are in memory): it is held back, and the reload
+                // evicts the members.
                 let failed_before = poisoned.load(Ordering::SeqCst);
                 for d in p.deliveries {
-                    if failed_before && matches!(d, ToGateway::Replay { .. }) {
+                    if failed_before
+                        && matches!(d, ToGateway::Replay { .. } | ToGateway::RoomHead { .. })
+                    {
                         continue;
                     }
                     sink.deliver(d);

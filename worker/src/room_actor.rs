@@ -158,7 +158,11 @@ impl Actor {
         let mut idle_since = Instant::now();
         loop {
             let deadline = match &self.state {
-                State::Loaded(room) => room.next_deadline(),
+                State::Loaded(room) => room
+                    .next_deadline()
+                    .into_iter()
+                    .chain(room.next_head())
+                    .min(),
                 _ => None,
             };
             let wake = deadline

@@ -1,5 +1,6 @@
 //! The worker's [`GatewaySink`] in a cluster: each message goes to the channel of the
-//! gateway it concerns; a room event only to the gateways holding members (invariant 5).
+//! gateway it concerns; a room event (or head) only to the gateways holding members
+//! (invariant 5).
 
 use std::collections::BTreeMap;
 
@@ -39,7 +40,7 @@ impl GatewaySink for RedisSink {
         match &msg {
             ToGateway::Reply { conn, .. } => self.send(gateway_channel(conn.gateway), &msg),
             ToGateway::Replay { gateway, .. } => self.send(gateway_channel(*gateway), &msg),
-            ToGateway::RoomEvent { gateways, .. } => {
+            ToGateway::RoomEvent { gateways, .. } | ToGateway::RoomHead { gateways, .. } => {
                 if gateways.is_empty() {
                     return;
                 }
@@ -49,7 +50,7 @@ impl GatewaySink for RedisSink {
                             self.publisher.publish(gateway_channel(*g), payload.clone());
                         }
                     }
-                    Err(e) => tracing::error!(cause = %e, "cannot encode a room event"),
+                    Err(e) => tracing::error!(cause = %e, "cannot encode a room event or head"),
                 }
             }
             ToGateway::Direct { conns, frame } => {

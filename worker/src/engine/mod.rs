@@ -9,12 +9,14 @@
 //! - `presence.rs`: join/leave, ready flags, roles, settings, sources.
 //! - `chat.rs`: chat and signal relay.
 //! - `snapshot.rs`: the join snapshot, serialized from borrowed state.
+//! - `head.rs`: when a quiet room announces its latest seq.
 //! - `history.rs`, `idempotency.rs`, `bucket.rs`, `youtube.rs`, `durable.rs`: helpers.
 
 mod bucket;
 mod chat;
 mod conns;
 mod durable;
+mod head;
 mod history;
 mod idempotency;
 mod ingest;
@@ -126,6 +128,7 @@ pub struct Room {
     /// Gateways holding members; `None` after membership changed.
     gateway_cache: Option<Arc<[u64]>>,
     ingest: ingest::IngestState,
+    heads: head::HeadSchedule,
 }
 
 impl Room {
@@ -209,6 +212,7 @@ impl Room {
             seq_at_step_start: seq,
             gateway_cache: None,
             ingest: Default::default(),
+            heads: Default::default(),
         }
     }
 
@@ -261,6 +265,15 @@ impl Room {
         }
     }
 
+    /// When `tick` next announces the room's latest seq to the gateways holding members (see
+    /// `head.rs`); apart from [`Room::next_deadline`] because it changes no state.
+    pub fn next_head(&self) -> Option<u64> {
+        if self.members.is_empty() {
+            return None;
+        }
+        self.heads.due()
+    }
+
     /// Handles one message from a gateway.
     pub fn handle(&mut self, now: u64, msg: ToWorker) -> Output {
         match msg {
@@ -287,6 +300,14 @@ impl Room {
         let (rate, burst) = (self.cfg.chat_rate, self.cfg.chat_burst);
         self.chat_buckets
             .retain(|_, b| !b.is_full(rate, burst, now));
+        if self.heads.take(now) && !self.members.is_empty() {
+            let gateways = self.gateways();
+            self.out.deliveries.push(ToGateway::RoomHead {
+                room: self.code.clone(),
+                seq: self.seq,
+                gateways,
+            });
+        }
         self.finish()
     }
 
@@ -503,6 +524,7 @@ impl Room {
             self.cfg.history_max,
             self.cfg.history_ttl_ms,
         );
+        self.heads.event(now);
         let gateways = self.gateways();
         self.out.deliveries.push(ToGateway::RoomEvent {
             room: self.code.clone(),

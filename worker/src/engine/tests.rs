@@ -421,6 +421,50 @@ fn ready_gate_times_out() {
     assert_eq!(h.room.next_deadline(), None);
 }
 
+/// The heads (`RoomHead`) in an output, as (seq, gateways).
+fn heads(out: &Output) -> Vec<(u64, Vec<u64>)> {
+    out.deliveries
+        .iter()
+        .filter_map(|d| match d {
+            ToGateway::RoomHead { seq, gateways, .. } => Some((*seq, gateways.to_vec())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_quiet_room_announces_its_latest_seq_twice_then_stays_silent() {
+    let mut h = Harness::new();
+    let chat = |text: &str| ClientCommand::ChatSend {
+        room: ROOM.into(),
+        text: text.into(),
+    };
+    h.run("owner", 1, chat("one"));
+    let seq = h.room.seq();
+    assert_eq!(h.room.next_head(), Some(h.now + 1_000));
+    assert!(heads(&h.tick(999)).is_empty());
+    assert_eq!(heads(&h.tick(1)), vec![(seq, vec![1])]);
+    assert!(heads(&h.tick(1)).is_empty(), "one head per delay");
+    // Another event starts the announcements over.
+    h.run("owner", 1, chat("two"));
+    assert_eq!(h.room.next_head(), Some(h.now + 1_000));
+    assert_eq!(heads(&h.tick(1_000)), vec![(seq + 1, vec![1])]);
+    assert_eq!(h.room.next_head(), Some(h.now + 9_000));
+    assert_eq!(heads(&h.tick(9_000)), vec![(seq + 1, vec![1])]);
+    assert_eq!(h.room.next_head(), None);
+    assert!(heads(&h.tick(60_000)).is_empty());
+    // Heads change nothing: no write, and the room's own timers are unaffected.
+    h.run("owner", 1, chat("three"));
+    let out = h.tick(1_000);
+    assert_eq!(heads(&out).len(), 1);
+    assert!(out.mutations.is_empty(), "a head is not stored");
+    assert_eq!(h.room.next_deadline(), None);
+    // The last member leaving leaves nobody to tell.
+    h.run("owner", 1, ClientCommand::RoomLeave { room: ROOM.into() });
+    assert_eq!(h.room.next_head(), None);
+    assert!(heads(&h.tick(20_000)).is_empty());
+}
+
 #[test]
 fn new_entry_resets_ready_flags() {
     let mut h = Harness::new();
@@ -1261,9 +1305,14 @@ proptest! {
             now += dt;
             let t = room.tick(now);
             for d in &t.deliveries {
-                if let ToGateway::RoomEvent { seq, .. } = d {
-                    prop_assert_eq!(*seq, last_seq + 1);
-                    last_seq = *seq;
+                match d {
+                    ToGateway::RoomEvent { seq, .. } => {
+                        prop_assert_eq!(*seq, last_seq + 1);
+                        last_seq = *seq;
+                    }
+                    // A head is the seq of the last event made, never ahead of it.
+                    ToGateway::RoomHead { seq, .. } => prop_assert_eq!(*seq, last_seq),
+                    _ => {}
                 }
             }
             let before = room.durable().clone();
