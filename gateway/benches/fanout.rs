@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lockstep_gateway::fanout::{ConnEntry, Fanout};
+use lockstep_gateway::fanout::{ConnEntry, Fanout, QueueBound};
 use lockstep_shared::bus::{ConnId, GatewaySink, Membership, ToGateway};
 
 /// N connections in room "bench"; with `sockets`, each gets a real loopback socket whose
@@ -18,7 +18,7 @@ fn setup(n: u64, sockets: Option<&tokio::runtime::Runtime>) -> (Fanout, Vec<Arc<
     let mut receivers = Vec::new();
     for local in 0..n {
         let direct = sockets.map(|rt| rt.block_on(drained_socket()));
-        let entry = Arc::new(ConnEntry::new(1024, direct));
+        let entry = Arc::new(ConnEntry::new(QueueBound::frames(1024), direct));
         fanout.register(local, entry.clone());
         fanout.deliver(ToGateway::Reply {
             conn: ConnId { gateway: 7, local },

@@ -23,7 +23,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 use tracing::Instrument;
 
 use crate::auth::Claims;
-use crate::fanout::{close, ConnEntry, OutFrame};
+use crate::fanout::{close, ConnEntry, OutFrame, QueueBound};
 use crate::frame::{self, FrameError, Progress};
 use crate::outbox::writer_metrics;
 use crate::session::Session;
@@ -67,7 +67,10 @@ pub fn serve(
     // shared with the fan-out so it can write without waking the task; TLS stays with the
     // task.
     let upgraded = ws.into_inner().into_inner();
-    let queue = state.cfg.gateway.outbound_queue;
+    let queue = QueueBound {
+        frames: state.cfg.gateway.outbound_queue,
+        bytes: state.cfg.gateway.outbound_queue_bytes,
+    };
     let served: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {

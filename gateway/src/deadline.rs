@@ -102,6 +102,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::fanout::QueueBound;
 
     fn frames(entry: &ConnEntry) -> Vec<Value> {
         let taken = entry.outbox.take(usize::MAX);
@@ -135,7 +136,7 @@ mod tests {
     #[test]
     fn a_command_without_a_reply_in_time_is_answered_unavailable_once() {
         let fanout = Fanout::new(7);
-        let entry = Arc::new(ConnEntry::new(64, None));
+        let entry = Arc::new(ConnEntry::new(QueueBound::frames(64), None));
         fanout.register(1, entry.clone());
         let base = Instant::now();
         let timeout = Duration::from_secs(10);

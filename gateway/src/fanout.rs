@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::outbox::QueueBound;
 use crate::outbox::{Outbox, Pushed};
 use crate::resync::Job;
 
@@ -54,6 +55,16 @@ pub enum OutFrame {
     Batch(Vec<Arc<str>>),
 }
 
+impl OutFrame {
+    /// Text bytes, for the queue's byte bound.
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            OutFrame::Event { text, .. } | OutFrame::Direct(text) => text.len(),
+            OutFrame::Batch(texts) => texts.iter().map(|t| t.len()).sum(),
+        }
+    }
+}
+
 /// Asks a connection to close with a code; the first code wins.
 #[derive(Default)]
 pub struct Closer {
@@ -89,11 +100,11 @@ pub struct ConnEntry {
 }
 
 impl ConnEntry {
-    /// An entry whose queue holds at most `capacity` frames (`gateway.outbound_queue`);
-    /// `direct` is the socket when the fan-out may write to it itself (plain TCP).
-    pub fn new(capacity: usize, direct: Option<Arc<TcpStream>>) -> ConnEntry {
+    /// An entry whose queue holds at most `bound`; `direct` is the socket when the fan-out
+    /// may write to it itself (plain TCP).
+    pub fn new(bound: QueueBound, direct: Option<Arc<TcpStream>>) -> ConnEntry {
         ConnEntry {
-            outbox: Outbox::new(capacity, direct),
+            outbox: Outbox::new(bound, direct),
             closer: Closer::default(),
             rooms: Mutex::new(HashSet::new()),
             inflight: Mutex::new(HashMap::new()),
@@ -460,7 +471,7 @@ mod tests {
     #[test]
     fn a_join_acked_while_a_connection_closes_does_not_leave_it_in_the_room() {
         let f = Fanout::new(7);
-        let entry = Arc::new(ConnEntry::new(8, None));
+        let entry = Arc::new(ConnEntry::new(QueueBound::frames(8), None));
         f.register(1, entry.clone());
         if let Ok(mut rooms) = entry.rooms.lock() {
             rooms.insert("r".into());

@@ -59,9 +59,32 @@ pub fn writer_metrics() -> &'static WriterMetrics {
     })
 }
 
+/// How much a connection's queue may hold before the client counts as too slow (4008).
+/// Bytes as well as frames: frames range from a 100-byte chat to a whole-queue `queue.update`
+/// or a join snapshot of hundreds of KB, and a queued frame keeps its text alive.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueBound {
+    /// `gateway.outbound_queue`.
+    pub frames: usize,
+    /// `gateway.outbound_queue_bytes`; one frame always fits an empty queue, however large.
+    pub bytes: usize,
+}
+
+impl QueueBound {
+    /// A bound by frame count only.
+    pub fn frames(frames: usize) -> QueueBound {
+        QueueBound {
+            frames,
+            bytes: usize::MAX,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<OutFrame>,
+    /// Text bytes in `queue`.
+    bytes: usize,
     /// The unwritten tail of a frame the fan-out began writing.
     spill: Vec<u8>,
     /// The socket task has work or is writing: the fan-out must queue.
@@ -71,7 +94,7 @@ struct State {
 /// One connection's outbound frames.
 pub struct Outbox {
     state: Mutex<State>,
-    capacity: usize,
+    bound: QueueBound,
     wake: Notify,
     /// The socket, when it is plain TCP (TLS records must be written by the task).
     direct: Option<Arc<TcpStream>>,
@@ -87,11 +110,14 @@ pub struct Taken {
 }
 
 impl Outbox {
-    /// A queue of at most `capacity` frames (`gateway.outbound_queue`).
-    pub fn new(capacity: usize, direct: Option<Arc<TcpStream>>) -> Outbox {
+    /// A queue holding at most `bound`.
+    pub fn new(bound: QueueBound, direct: Option<Arc<TcpStream>>) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
-            capacity: capacity.max(1),
+            bound: QueueBound {
+                frames: bound.frames.max(1),
+                bytes: bound.bytes,
+            },
             wake: Notify::new(),
             direct,
         }
@@ -131,9 +157,12 @@ impl Outbox {
                 }
             }
         }
-        if s.queue.len() >= self.capacity {
+        let size = item.text_bytes();
+        let over_bytes = s.bytes.saturating_add(size) > self.bound.bytes;
+        if s.queue.len() >= self.bound.frames || (over_bytes && !s.queue.is_empty()) {
             return Pushed::Full;
         }
+        s.bytes += size;
         s.queue.push_back(item);
         s.busy = true;
         drop(s);
@@ -160,10 +189,14 @@ impl Outbox {
         };
         s.busy = true;
         let depth = s.queue.len();
-        let frames = if depth <= max {
+        let frames: VecDeque<OutFrame> = if depth <= max {
+            s.bytes = 0;
             std::mem::take(&mut s.queue)
         } else {
-            s.queue.drain(..max).collect()
+            let taken: VecDeque<OutFrame> = s.queue.drain(..max).collect();
+            let size: usize = taken.iter().map(OutFrame::text_bytes).sum();
+            s.bytes = s.bytes.saturating_sub(size);
+            taken
         };
         Taken {
             spill: std::mem::take(&mut s.spill),

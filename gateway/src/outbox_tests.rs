@@ -95,7 +95,7 @@ fn tcp_clone(tcp: &TcpStream) -> TcpStream {
 #[tokio::test]
 async fn an_idle_socket_is_written_by_the_pusher_itself() {
     let (tcp, mut client) = pair(None).await;
-    let outbox = Outbox::new(8, Some(tcp.clone()));
+    let outbox = Outbox::new(QueueBound::frames(8), Some(tcp.clone()));
     assert_eq!(outbox.push(event("one"), true), Pushed::Written);
     assert_eq!(outbox.push(event("two"), true), Pushed::Written);
     assert_eq!(read_texts(&mut client, 2).await, vec!["one", "two"]);
@@ -112,7 +112,7 @@ async fn an_idle_socket_is_written_by_the_pusher_itself() {
 #[tokio::test]
 async fn while_the_task_holds_the_socket_frames_queue_up_to_the_bound() {
     let (tcp, mut client) = pair(None).await;
-    let outbox = Outbox::new(2, Some(tcp.clone()));
+    let outbox = Outbox::new(QueueBound::frames(2), Some(tcp.clone()));
     let taken = outbox.take(usize::MAX);
     assert!(taken.frames.is_empty());
     assert_eq!(outbox.push(event("a"), true), Pushed::Queued);
@@ -129,7 +129,7 @@ async fn while_the_task_holds_the_socket_frames_queue_up_to_the_bound() {
 
 #[tokio::test]
 async fn a_tls_socket_always_goes_through_the_task() {
-    let outbox = Outbox::new(4, None);
+    let outbox = Outbox::new(QueueBound::frames(4), None);
     assert_eq!(outbox.push(event("x"), true), Pushed::Queued);
     let taken = outbox.take(usize::MAX);
     assert_eq!(taken.frames.len(), 1);
@@ -138,10 +138,36 @@ async fn a_tls_socket_always_goes_through_the_task() {
 }
 
 #[tokio::test]
+async fn the_queue_is_bounded_by_bytes_too_and_one_big_frame_always_fits() {
+    let bound = QueueBound {
+        frames: 1_000,
+        bytes: 10_000,
+    };
+    let outbox = Outbox::new(bound, None);
+    let big = |n: usize| OutFrame::Direct(Arc::from("x".repeat(n)));
+    // Larger than the whole bound, into an empty queue: it goes (a join snapshot, a replay).
+    assert_eq!(outbox.push(big(25_000), true), Pushed::Queued);
+    assert_eq!(outbox.push(big(10), true), Pushed::Full);
+    let taken = outbox.take(usize::MAX);
+    assert_eq!(taken.frames.len(), 1);
+    assert!(outbox.release());
+    // Three 3 KB frames fit in 10 KB; a fourth is a client too slow to keep up.
+    for _ in 0..3 {
+        assert_eq!(outbox.push(big(3_000), true), Pushed::Queued);
+    }
+    assert_eq!(outbox.push(big(3_000), true), Pushed::Full);
+    // Taking part of the queue frees its bytes.
+    assert_eq!(outbox.take(2).frames.len(), 2);
+    assert_eq!(outbox.push(big(3_000), true), Pushed::Queued);
+    assert_eq!(outbox.push(big(3_000), true), Pushed::Queued);
+    assert_eq!(outbox.push(big(3_000), true), Pushed::Full);
+}
+
+#[tokio::test]
 async fn a_partly_written_frame_is_finished_first_and_nothing_interleaves() {
     // Small buffers and a client that does not read yet: direct writes soon fill the socket.
     let (tcp, mut client) = pair(Some(4096)).await;
-    let outbox = Outbox::new(10_000, Some(tcp.clone()));
+    let outbox = Outbox::new(QueueBound::frames(10_000), Some(tcp.clone()));
     let texts: Vec<String> = (0..400)
         .map(|i| format!("{i:04} {}", "z".repeat(300 + i % 7)))
         .collect();
@@ -170,7 +196,7 @@ async fn a_partly_written_frame_is_finished_first_and_nothing_interleaves() {
 async fn a_broken_socket_is_reported() {
     let (tcp, client) = pair(None).await;
     drop(client);
-    let outbox = Outbox::new(4, Some(tcp.clone()));
+    let outbox = Outbox::new(QueueBound::frames(4), Some(tcp.clone()));
     // The first write may still be taken by the kernel; a reset peer fails the next ones.
     let mut outcome = Pushed::Written;
     for _ in 0..50 {

@@ -8,7 +8,7 @@ use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::ErrorCode;
 
 use super::*;
-use crate::fanout::{ConnEntry, Fanout, OutFrame};
+use crate::fanout::{ConnEntry, Fanout, OutFrame, QueueBound};
 
 const GW: u64 = 7;
 
@@ -19,7 +19,7 @@ struct Conn {
 
 impl Conn {
     fn new(fanout: &Fanout, local: u64) -> Conn {
-        let entry = Arc::new(ConnEntry::new(64, None));
+        let entry = Arc::new(ConnEntry::new(QueueBound::frames(64), None));
         fanout.register(local, entry.clone());
         Conn { entry, local }
     }

@@ -82,20 +82,7 @@ async fn slow_client_is_closed_with_4008_while_others_keep_receiving() {
 
     // The slow client: a tiny receive buffer, and it does not read for a while.
     let (slow_token, slow_id) = node.guest("Slow").await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(node.addr).await.unwrap();
-    let mut req = format!("ws://{}/v1/ws", node.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {slow_token}").parse().unwrap(),
-    );
-    let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
-    let mut slow = Client::from_stream(ws);
+    let mut slow = slow_client(&node, &slow_token).await;
     let slow_ack = slow.join(&room, None).await;
     let slow_seen = slow_ack["seq"].as_u64().unwrap();
 
@@ -155,6 +142,71 @@ async fn slow_client_is_closed_with_4008_while_others_keep_receiving() {
         .as_str()
         .unwrap()
         .contains("lockstep_gateway_outbound_overflow_total"));
+    node.stop().await;
+}
+
+/// A client with a 4 KiB receive buffer, to be left unread.
+async fn slow_client(node: &Node, token: &str) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let mut req = format!("ws://{}/v1/ws", node.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
+    Client::from_stream(ws)
+}
+
+/// Large frames fill a slow client's queue long before its frame count does: the byte bound
+/// closes it (4008) instead of letting it pin megabytes of `queue.update`s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_closed_by_the_bytes_it_holds_not_only_the_frames() {
+    let dir = TempDir::new("slow-bytes");
+    let mut node = start(&dir.0, |f| {
+        f.merge(Serialized::default(
+            "gateway.outbound_queue_bytes",
+            64 * 1024,
+        ))
+        .merge(Serialized::default("gateway.socket_send_buffer", 8192))
+    })
+    .await;
+    let (mut owner, _token, room) = node.owner("Owner").await;
+    let (mut fast, _, _) = node.member("Fast", &room).await;
+    let (slow_token, _) = node.guest("Slow").await;
+    let mut slow = slow_client(&node, &slow_token).await;
+    slow.join(&room, None).await;
+    // 50 entries with 200-character titles: each `queue.update` is ≈ 15 KB. About 90 frames
+    // in all, far under the 1,024-frame bound, but over 1 MB.
+    const ADDS: u64 = 50;
+    const MOVES: u64 = 40;
+    // A member reading as it comes keeps every one (the first entry starts playing: no
+    // `queue.update` for it).
+    let reader = tokio::spawn(async move {
+        let mut updates = 0;
+        while updates < ADDS - 1 + MOVES {
+            if fast.recv().await["type"] == "queue.update" {
+                updates += 1;
+            }
+        }
+    });
+    for i in 0..ADDS {
+        let url = format!("https://youtu.be/{i:0>11}");
+        let add = json!({"type": "queue.add", "room": room, "title": "t".repeat(200), "url": url});
+        owner.ok(add).await;
+        owner.drain_backlog();
+    }
+    for i in 0..MOVES {
+        let entry_id = 5 + i;
+        let mv = json!({"type": "queue.move", "room": room, "entry_id": entry_id, "index": 0});
+        owner.ok(mv).await;
+        owner.drain_backlog();
+    }
+    reader.await.unwrap();
+    assert_eq!(slow.closed().await, Ended::Close(4008));
     node.stop().await;
 }
 

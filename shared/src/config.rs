@@ -39,6 +39,9 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Frames buffered per connection before it is closed with 4008 (slow consumer).
     pub outbound_queue: usize,
+    /// Bytes of those frames, the same way: frames differ in size by a thousandfold (a chat,
+    /// a whole-queue `queue.update`, a join snapshot). One frame always fits an empty queue.
+    pub outbound_queue_bytes: usize,
     /// How often the server pings each socket.
     pub ping_interval_ms: u64,
     /// New connections (HTTP or WebSocket) per second allowed from one IP, refilled steadily.
@@ -72,6 +75,7 @@ impl Default for GatewayConfig {
             allowed_origins: Vec::new(),
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
+            outbound_queue_bytes: 8 * 1024 * 1024,
             ping_interval_ms: 10_000,
             connect_rate_per_ip: 20.0,
             connect_burst_per_ip: 100.0,
@@ -131,6 +135,9 @@ pub struct RoomConfig {
     pub queue_max: usize,
     /// Events kept for `since_seq` recovery (count bound).
     pub history_max: usize,
+    /// Events kept for `since_seq` recovery (bytes of their frames; the newest is always
+    /// kept): a `queue.update` carries the whole queue, so a count alone bounds little.
+    pub history_max_bytes: usize,
     /// Events kept for `since_seq` recovery (age bound).
     pub history_ttl_ms: u64,
     /// How long a new entry waits for every member to be ready.
@@ -174,6 +181,7 @@ impl Default for RoomConfig {
         RoomConfig {
             queue_max: 500,
             history_max: 1_000,
+            history_max_bytes: 4 * 1024 * 1024,
             history_ttl_ms: 5 * 60 * 1000,
             ready_timeout_ms: 8_000,
             start_lead_ms: 250,
@@ -379,6 +387,9 @@ impl Config {
         if !(1..=1_000_000).contains(&g.outbound_queue) {
             errs.push("gateway.outbound_queue must be between 1 and 1000000".into());
         }
+        if g.outbound_queue_bytes < 64 * 1024 {
+            errs.push("gateway.outbound_queue_bytes must be at least 65536".into());
+        }
         if g.ping_interval_ms < 100 {
             errs.push("gateway.ping_interval_ms must be at least 100".into());
         }
@@ -408,6 +419,7 @@ impl Config {
             ("gateway.max_connections", g.max_connections),
             ("room.queue_max", self.room.queue_max),
             ("room.history_max", self.room.history_max),
+            ("room.history_max_bytes", self.room.history_max_bytes),
             ("room.chat_max_chars", self.room.chat_max_chars),
             ("room.idempotency_max", self.room.idempotency_max),
             ("room.members_max", self.room.members_max),

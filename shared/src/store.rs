@@ -65,6 +65,10 @@ pub struct LoadLimits {
     pub commands_since_ms: u64,
     /// Events for the recovery history.
     pub events: usize,
+    /// Bytes of those events' frames, newest first; the newest event is read whatever its
+    /// size. Keeps a room whose history is full of large `queue.update`s from reading
+    /// hundreds of MB to load.
+    pub events_bytes: usize,
     /// Events newer than this (Unix ms).
     pub events_since_ms: u64,
 }

@@ -118,6 +118,7 @@ impl Actor {
             chat: self.host.cfg.chat_snapshot,
             commands_since_ms: now.saturating_sub(self.host.cfg.idempotency_ttl_ms),
             events: self.host.cfg.history_max,
+            events_bytes: self.host.cfg.history_max_bytes,
             events_since_ms: now.saturating_sub(self.host.cfg.history_ttl_ms),
         };
         match self

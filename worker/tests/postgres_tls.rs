@@ -65,6 +65,7 @@ async fn postgres_over_tls_verifies_the_server() {
         chat: 10,
         commands_since_ms: 0,
         events: 10,
+        events_bytes: usize::MAX,
         events_since_ms: 0,
     };
     let loaded = store.load_room("TLS1", limits, 1).await.unwrap().unwrap();

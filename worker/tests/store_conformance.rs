@@ -34,6 +34,7 @@ fn limits(chat: usize, commands_since_ms: u64) -> LoadLimits {
         chat,
         commands_since_ms,
         events: 3,
+        events_bytes: usize::MAX,
         events_since_ms: 0,
     }
 }
@@ -116,6 +117,16 @@ async fn conformance(store: Arc<dyn Store>) {
         vec![2, 3, 4]
     );
     assert_eq!(loaded.events[2].frame, "{\"seq\":4}");
+    // And within `events_bytes` (each frame here is 9 bytes), the newest always.
+    for (bytes, newest) in [(27, vec![2, 3, 4]), (26, vec![3, 4]), (5, vec![4])] {
+        let bounded = LoadLimits {
+            events_bytes: bytes,
+            ..limits(0, 0)
+        };
+        let loaded = store.load_room("r", bounded, 0).await.unwrap().unwrap();
+        let seqs: Vec<u64> = loaded.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, newest, "within {bytes} bytes");
+    }
     assert!(store
         .load_room("r", limits(5, 11), 0)
         .await
@@ -492,6 +503,7 @@ async fn postgres_trims_history_within_a_group() {
             chat: 0,
             commands_since_ms: 0,
             events: 1_000,
+            events_bytes: usize::MAX,
             events_since_ms: 0,
         };
         let loaded = store.load_room(code, all, 0).await.unwrap().unwrap();

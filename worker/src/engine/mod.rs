@@ -173,13 +173,11 @@ impl Room {
         let consecutive = loaded.events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
         if consecutive && loaded.events.last().map(|e| e.seq) == Some(room.seq) {
             for e in loaded.events {
-                room.history.push(
-                    e.seq,
-                    e.ts,
-                    Arc::from(e.frame),
-                    room.cfg.history_max,
-                    u64::MAX,
-                );
+                let bounds = history::Bounds {
+                    ttl_ms: u64::MAX,
+                    ..history::Bounds::of(&room.cfg)
+                };
+                room.history.push(e.seq, e.ts, Arc::from(e.frame), bounds);
             }
         }
         for cmd in loaded.commands {
@@ -517,13 +515,8 @@ impl Room {
             },
         });
         let frame: Arc<str> = Arc::from(text);
-        self.history.push(
-            self.seq,
-            now,
-            frame.clone(),
-            self.cfg.history_max,
-            self.cfg.history_ttl_ms,
-        );
+        let bounds = history::Bounds::of(&self.cfg);
+        self.history.push(self.seq, now, frame.clone(), bounds);
         self.heads.event(now);
         let gateways = self.gateways();
         self.out.deliveries.push(ToGateway::RoomEvent {

@@ -421,6 +421,65 @@ fn ready_gate_times_out() {
     assert_eq!(h.room.next_deadline(), None);
 }
 
+#[test]
+fn a_history_of_large_queue_updates_is_bounded_by_bytes() {
+    let mut h = Harness::with(RoomConfig {
+        history_max_bytes: 64 * 1024,
+        ..cfg()
+    });
+    // 100 entries with 200-character titles: each `queue.update` is ≈ 30 KB.
+    for i in 0..100 {
+        h.run(
+            "owner",
+            1,
+            ClientCommand::QueueAdd {
+                room: ROOM.into(),
+                url: format!("https://youtu.be/{i:0>11}"),
+                title: Some("t".repeat(200)),
+            },
+        );
+    }
+    let before_moves = h.room.seq();
+    for i in 0..20 {
+        h.run(
+            "owner",
+            1,
+            ClientCommand::QueueMove {
+                room: ROOM.into(),
+                entry_id: 10 + i,
+                index: 0,
+            },
+        );
+    }
+    let update = h.last_event("queue.update").to_string();
+    assert!(
+        update.len() > 25_000,
+        "a queue.update is {} bytes",
+        update.len()
+    );
+    let rejoin = |h: &mut Harness, since: u64| {
+        h.send_as(
+            &caller("bob", 9),
+            Some("j"),
+            ClientCommand::RoomJoin {
+                room: ROOM.into(),
+                since_seq: Some(since),
+            },
+        )
+        .0
+    };
+    // Twenty of them would be ≈ 600 KB: only the newest two fit in 64 KB.
+    let far = rejoin(&mut h, before_moves);
+    assert!(
+        far["result"]["snapshot"].is_object(),
+        "a gap past the bytes gets a snapshot"
+    );
+    h.run("bob", 9, ClientCommand::RoomLeave { room: ROOM.into() });
+    let last_but_one = h.room.seq() - 1;
+    let near = rejoin(&mut h, last_but_one);
+    assert_eq!(near["result"]["recovered"], true);
+}
+
 /// The heads (`RoomHead`) in an output, as (seq, gateways).
 fn heads(out: &Output) -> Vec<(u64, Vec<u64>)> {
     out.deliveries

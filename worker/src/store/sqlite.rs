@@ -231,12 +231,21 @@ fn load_room(
         .map_err(unavailable)?;
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, ts, frame FROM events WHERE room = ?1 AND ts >= ?2 ORDER BY seq DESC LIMIT ?3",
+            "SELECT seq, ts, frame FROM (
+                SELECT seq, ts, frame, length(CAST(frame AS BLOB)) AS size,
+                       sum(length(CAST(frame AS BLOB))) OVER (ORDER BY seq DESC) AS upto
+                FROM events WHERE room = ?1 AND ts >= ?2 ORDER BY seq DESC LIMIT ?3
+             ) WHERE upto <= ?4 OR upto = size ORDER BY seq DESC",
         )
         .map_err(unavailable)?;
     let mut events = stmt
         .query_map(
-            params![code, limits.events_since_ms as i64, limits.events as i64],
+            params![
+                code,
+                limits.events_since_ms as i64,
+                limits.events as i64,
+                i64::try_from(limits.events_bytes).unwrap_or(i64::MAX)
+            ],
             |r| {
                 Ok(EventRecord {
                     seq: r.get::<_, i64>(0)? as u64,

@@ -267,8 +267,17 @@ impl Store for PostgresStore {
                 .collect();
             let rows = client
                 .query(
-                    "SELECT seq, ts, frame FROM events WHERE room = $1 AND ts >= $2 ORDER BY seq DESC LIMIT $3",
-                    &[&code, &(limits.events_since_ms as i64), &(limits.events as i64)],
+                    "SELECT seq, ts, frame FROM (
+                        SELECT seq, ts, frame, octet_length(frame) AS size,
+                               sum(octet_length(frame)) OVER (ORDER BY seq DESC) AS upto
+                        FROM events WHERE room = $1 AND ts >= $2 ORDER BY seq DESC LIMIT $3
+                     ) newest WHERE upto <= $4 OR upto = size ORDER BY seq DESC",
+                    &[
+                        &code,
+                        &(limits.events_since_ms as i64),
+                        &(limits.events as i64),
+                        &i64::try_from(limits.events_bytes).unwrap_or(i64::MAX),
+                    ],
                 )
                 .await
                 .map_err(unavailable)?;
