@@ -12,6 +12,8 @@
 //! one id's ack twice.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -28,8 +30,12 @@ use lockstep_shared::metrics as names;
 use super::redis_conn::{RedisConn, RedisTarget};
 
 /// Messages waiting to be published; beyond it they are dropped and counted (clients
-/// recover by retrying ids and rejoining by seq).
+/// recover by retrying ids, gateways by resyncing rooms whose events went missing).
 pub const QUEUE: usize = 65_536;
+/// Payload bytes waiting to be published, the same way: a join's snapshot in a big room is
+/// hundreds of KB, so a join storm while Redis is slow would otherwise queue gigabytes. One
+/// message always fits an empty queue.
+pub const QUEUE_BYTES: usize = 256 << 20;
 /// Most PUBLISH commands in one pipeline.
 const PIPELINE: usize = 512;
 /// Messages waiting behind one slot's pipeline in flight at most (a slot whose master is
@@ -52,47 +58,76 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct Publisher {
     tx: mpsc::Sender<(String, Vec<u8>)>,
+    /// Payload bytes in the queue.
+    queued: Arc<AtomicUsize>,
+    budget: usize,
 }
 
 impl Publisher {
     /// Starts the publishing task on `conn`.
     pub fn spawn(target: RedisTarget, conn: RedisConn) -> Publisher {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (publisher, queue) = Publisher::new(QUEUE_BYTES);
         match conn {
-            RedisConn::Cluster(conn) => tokio::spawn(run_by_slot(target, conn, rx)),
-            conn => tokio::spawn(run(target, conn, rx)),
+            RedisConn::Cluster(conn) => tokio::spawn(run_by_slot(target, conn, queue)),
+            conn => tokio::spawn(run(target, conn, queue)),
         };
-        Publisher { tx }
+        publisher
+    }
+
+    fn new(budget: usize) -> (Publisher, Queue) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = Queue {
+            rx,
+            queued: queued.clone(),
+        };
+        let publisher = Publisher { tx, queued, budget };
+        (publisher, queue)
     }
 
     /// Queues without waiting; never blocks a room.
     pub fn publish(&self, channel: String, payload: Vec<u8>) {
-        if self.tx.try_send((channel, payload)).is_err() {
+        let n = payload.len();
+        let before = self.queued.fetch_add(n, Ordering::SeqCst);
+        let over = before > 0 && before.saturating_add(n) > self.budget;
+        if over || self.tx.try_send((channel, payload)).is_err() {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
             metrics::counter!(names::BUS_DROPPED).increment(1);
         }
     }
 }
 
-/// The first message and whatever else is queued, up to one pipeline's worth.
-fn next_batch(
-    rx: &mut mpsc::Receiver<(String, Vec<u8>)>,
-    first: (String, Vec<u8>),
-) -> Vec<(String, Vec<u8>)> {
-    let mut batch = Vec::with_capacity(PIPELINE);
-    batch.push(first);
-    while batch.len() < PIPELINE {
-        match rx.try_recv() {
-            Ok(m) => batch.push(m),
-            Err(_) => break,
+/// The publishing task's end of the queue.
+struct Queue {
+    rx: mpsc::Receiver<(String, Vec<u8>)>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// The next message and whatever else is queued, up to one pipeline's worth; `None` once
+    /// every publisher is gone. Cancel-safe: nothing is taken before the first message is.
+    async fn next_batch(&mut self) -> Option<Vec<(String, Vec<u8>)>> {
+        let first = self.rx.recv().await?;
+        let mut bytes = first.1.len();
+        let mut batch = Vec::with_capacity(PIPELINE);
+        batch.push(first);
+        while batch.len() < PIPELINE {
+            match self.rx.try_recv() {
+                Ok(m) => {
+                    bytes += m.1.len();
+                    batch.push(m);
+                }
+                Err(_) => break,
+            }
         }
+        self.queued.fetch_sub(bytes, Ordering::SeqCst);
+        Some(batch)
     }
-    batch
 }
 
 /// One Redis server: one pipeline per batch, in order.
-async fn run(target: RedisTarget, mut conn: RedisConn, mut rx: mpsc::Receiver<(String, Vec<u8>)>) {
-    while let Some(first) = rx.recv().await {
-        let batch = next_batch(&mut rx, first);
+async fn run(target: RedisTarget, mut conn: RedisConn, mut queue: Queue) {
+    while let Some(batch) = queue.next_batch().await {
         let n = batch.len() as u64;
         let mut pipe = redis::pipe();
         for (ch, payload) in batch {
@@ -137,11 +172,7 @@ struct Lane {
 
 /// A Redis Cluster: one lane per slot (see the module docs). While a slot's pipeline is in
 /// flight its messages gather, and go as the next pipeline (up to [`PIPELINE`]) when it returns.
-async fn run_by_slot(
-    target: RedisTarget,
-    conn: ClusterConnection,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
-) {
+async fn run_by_slot(target: RedisTarget, conn: ClusterConnection, mut queue: Queue) {
     let mut lanes: HashMap<Slot, Lane> = HashMap::new();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, (Slot, u64, RedisResult<()>)>> =
         FuturesUnordered::new();
@@ -169,13 +200,13 @@ async fn run_by_slot(
     let mut closed = false;
     loop {
         tokio::select! {
-            first = rx.recv(), if !closed => {
-                let Some(first) = first else {
+            batch = queue.next_batch(), if !closed => {
+                let Some(batch) = batch else {
                     closed = true;
                     continue;
                 };
                 let mut touched = Vec::new();
-                for (ch, payload) in next_batch(&mut rx, first) {
+                for (ch, payload) in batch {
                     let slot = Slot::for_key(ch.as_bytes());
                     let lane = lanes.entry(slot).or_default();
                     // One message always fits, however large (frames are bounded upstream).
@@ -215,5 +246,33 @@ fn counted(n: u64, result: RedisResult<()>) {
             metrics::counter!(names::BUS_DROPPED).increment(n);
             tracing::warn!(cause = %e, messages = n, "publish failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(n: usize) -> Vec<u8> {
+        vec![b'x'; n]
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_bytes_and_one_message_always_fits() {
+        let (publisher, mut queue) = Publisher::new(10_000);
+        // Larger than the whole budget, into an empty queue: it goes (a big join snapshot).
+        publisher.publish("g".into(), payload(25_000));
+        publisher.publish("g".into(), payload(10));
+        let batch = queue.next_batch().await.unwrap_or_default();
+        assert_eq!(batch.len(), 1, "the second did not fit behind the first");
+        assert_eq!(publisher.queued.load(Ordering::SeqCst), 0);
+        // Three 3 KB messages fit in 10 KB; the fourth is dropped; taking them frees room.
+        for _ in 0..4 {
+            publisher.publish("g".into(), payload(3_000));
+        }
+        assert_eq!(queue.next_batch().await.map(|b| b.len()), Some(3));
+        publisher.publish("g".into(), payload(3_000));
+        assert_eq!(queue.next_batch().await.map(|b| b.len()), Some(1));
+        assert_eq!(publisher.queued.load(Ordering::SeqCst), 0);
     }
 }
