@@ -101,6 +101,13 @@ pub enum Mutation {
         room: String,
         event: EventRecord,
     },
+    /// The room's history no longer holds events below `below_seq` (its byte or age bound
+    /// dropped them): the store may drop them too, so a room of large events does not keep
+    /// `events_keep` of them on disk.
+    TrimEvents {
+        room: String,
+        below_seq: u64,
+    },
 }
 
 /// Why the store could not do what was asked. Always safe to retry from the client's view.

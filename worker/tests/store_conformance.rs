@@ -117,6 +117,25 @@ async fn conformance(store: Arc<dyn Store>) {
         vec![2, 3, 4]
     );
     assert_eq!(loaded.events[2].frame, "{\"seq\":4}");
+    // The room's history dropped events below 3 by bytes or age: the store drops them too.
+    let trim = Mutation::TrimEvents {
+        room: "t".into(),
+        below_seq: 3,
+    };
+    let mut events = vec![room("t", 4, 0)];
+    events.extend((1..=4).map(|seq| event("t", seq)));
+    assert_eq!(store.submit(events).await.unwrap(), Ok(()));
+    assert_eq!(
+        store.submit(vec![room("t", 4, 0), trim]).await.unwrap(),
+        Ok(())
+    );
+    let trimmed = LoadLimits {
+        events: 10,
+        ..limits(0, 0)
+    };
+    let loaded = store.load_room("t", trimmed, 0).await.unwrap().unwrap();
+    let seqs: Vec<u64> = loaded.events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![3, 4], "events below the trim are gone");
     // And within `events_bytes` (each frame here is 9 bytes), the newest always.
     for (bytes, newest) in [(27, vec![2, 3, 4]), (26, vec![3, 4]), (5, vec![4])] {
         let bounded = LoadLimits {

@@ -54,6 +54,11 @@ impl History {
         }
     }
 
+    /// The oldest seq still held, if any.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.events.front().map(|(seq, _, _)| *seq)
+    }
+
     /// Drops events older than `ttl_ms`.
     pub fn expire(&mut self, now_ms: u64, ttl_ms: u64) {
         while let Some((_, ts, _)) = self.events.front() {

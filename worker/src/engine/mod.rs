@@ -129,7 +129,13 @@ pub struct Room {
     gateway_cache: Option<Arc<[u64]>>,
     ingest: ingest::IngestState,
     heads: head::HeadSchedule,
+    /// The store was last told to drop events below this seq (`Mutation::TrimEvents`).
+    trimmed_below: u64,
 }
+
+/// Events the history's byte or age bound drops before the store is told to drop them too
+/// (its own count bound trims the rest).
+const TRIM_EVERY: u64 = 10;
 
 impl Room {
     /// A new room owned by `owner`, with the default settings (control mode `operators`,
@@ -211,6 +217,7 @@ impl Room {
             gateway_cache: None,
             ingest: Default::default(),
             heads: Default::default(),
+            trimmed_below: 0,
         }
     }
 
@@ -517,6 +524,7 @@ impl Room {
         let frame: Arc<str> = Arc::from(text);
         let bounds = history::Bounds::of(&self.cfg);
         self.history.push(self.seq, now, frame.clone(), bounds);
+        self.trim_store();
         self.heads.event(now);
         let gateways = self.gateways();
         self.out.deliveries.push(ToGateway::RoomEvent {
@@ -527,6 +535,23 @@ impl Room {
             gateways,
         });
         self.seq
+    }
+
+    /// Tells the store to drop what the history's byte or age bound dropped, every
+    /// [`TRIM_EVERY`] such events; a history bound only by its count is left to the store's
+    /// own trimming.
+    fn trim_store(&mut self) {
+        let Some(first) = self.history.first_seq() else {
+            return;
+        };
+        let count_bound = self.seq.saturating_sub(self.cfg.history_max as u64) + 1;
+        if first > count_bound && first >= self.trimmed_below + TRIM_EVERY {
+            self.trimmed_below = first;
+            self.out.mutations.push(Mutation::TrimEvents {
+                room: self.code.to_string(),
+                below_seq: first,
+            });
+        }
     }
 
     fn emit_player(&mut self, now: u64) {

@@ -440,17 +440,27 @@ fn a_history_of_large_queue_updates_is_bounded_by_bytes() {
         );
     }
     let before_moves = h.room.seq();
+    let mut trims = Vec::new();
     for i in 0..20 {
-        h.run(
-            "owner",
-            1,
-            ClientCommand::QueueMove {
-                room: ROOM.into(),
-                entry_id: 10 + i,
-                index: 0,
-            },
-        );
+        let mv = ClientCommand::QueueMove {
+            room: ROOM.into(),
+            entry_id: 10 + i,
+            index: 0,
+        };
+        let (_, out) = h.send_as(&caller("owner", 1), Some(&format!("m{i}")), mv);
+        trims.extend(out.mutations.iter().filter_map(|m| match m {
+            Mutation::TrimEvents { below_seq, .. } => Some(*below_seq),
+            _ => None,
+        }));
     }
+    // The store is told to drop what the byte bound dropped, every ten events or so (far
+    // fewer than `history_max` here, which the store's own trimming would wait for).
+    assert!(!trims.is_empty(), "the store hears of the dropped events");
+    assert!(trims.windows(2).all(|w| w[1] >= w[0] + 10), "{trims:?}");
+    assert!(
+        trims.iter().all(|&t| t <= h.room.seq()),
+        "never the newest event"
+    );
     let update = h.last_event("queue.update").to_string();
     assert!(
         update.len() > 25_000,

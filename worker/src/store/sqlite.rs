@@ -368,6 +368,11 @@ impl Writer {
                     })
                     .map_err(unavailable)?;
                 }
+                Mutation::TrimEvents { room, below_seq } => {
+                    tx.prepare_cached("DELETE FROM events WHERE room = ?1 AND seq < ?2")
+                        .and_then(|mut s| s.execute(params![room, *below_seq as i64]))
+                        .map_err(unavailable)?;
+                }
                 Mutation::Event { room, event } => {
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO events (room, seq, ts, frame) VALUES (?1, ?2, ?3, ?4)",

@@ -493,6 +493,11 @@ async fn write_rows(
                     *t = (*t).max(upto);
                 }
             }
+            Mutation::TrimEvents { room, below_seq } => {
+                let upto = below_seq.saturating_sub(1) as i64;
+                let t = trims.entry(room).or_insert(upto);
+                *t = (*t).max(upto);
+            }
             Mutation::Command { room, record } => {
                 let row = CommandRow {
                     room,

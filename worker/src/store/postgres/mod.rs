@@ -57,7 +57,8 @@ fn batch_room(batch: &[Mutation]) -> &str {
             Mutation::Chat { room, .. }
             | Mutation::Audit { room, .. }
             | Mutation::Command { room, .. }
-            | Mutation::Event { room, .. },
+            | Mutation::Event { room, .. }
+            | Mutation::TrimEvents { room, .. },
         ) => room,
         None => "",
     }
