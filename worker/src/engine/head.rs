@@ -29,8 +29,8 @@ impl HeadSchedule {
             .map(|after| last.saturating_add(*after))
     }
 
-    /// Whether an announcement is due at `now`; if so it counts as made. A late call makes
-    /// one announcement for every delay it passed.
+    /// Whether an announcement is due at `now`; if so it counts as made. A late call that
+    /// passed several delays makes one announcement for all of them.
     pub fn take(&mut self, now: u64) -> bool {
         let mut due = false;
         while self.due().is_some_and(|d| now >= d) {
