@@ -57,7 +57,7 @@ impl Auth {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
-        if c.sub.is_empty() || c.sub.len() > 64 || c.sub.chars().any(char::is_control) {
+        if !lockstep_shared::protocol::bounds::is_valid_user_id(&c.sub) {
             return Err(AuthError::Invalid(
                 "`sub` must be 1-64 bytes without control characters".into(),
             ));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use lockstep_shared::bus::{Caller, CommandEnvelope, ToWorker};
 use lockstep_shared::metrics as names;
+use lockstep_shared::protocol::bounds;
 use lockstep_shared::protocol::{
     ack_frame, decode_client_frame, error_frame, ClientCommand, ClientFrame, ErrorCode,
 };
@@ -74,6 +75,11 @@ impl Session {
                 "too many commands; slow down",
             );
             return Err(ErrorCode::RateLimited);
+        }
+        // Checked here, not only by the room: what goes to the bus stays a few KiB.
+        if let Err(refusal) = bounds::check(&cmd, self.state.cfg.room.chat_max_chars) {
+            self.reply_error(id.as_deref(), refusal.code, &refusal.message);
+            return Err(refusal.code);
         }
         if let ClientCommand::TimeSync { t0 } = cmd {
             let ack = ack_frame(id.as_deref(), &json!({"t0": t0, "server_ts": now}));

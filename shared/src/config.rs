@@ -162,6 +162,9 @@ pub struct RoomConfig {
     pub members_max: usize,
     /// External chat sources per room.
     pub sources_max: usize,
+    /// Operators per room: roles are kept with the room (present or not), so they need
+    /// a bound of their own.
+    pub operators_max: usize,
     /// Upstream (Twitch/YouTube) messages per second one room accepts; the rest are shed
     /// and counted.
     pub ingest_rate: f64,
@@ -194,6 +197,7 @@ impl Default for RoomConfig {
             idempotency_ttl_ms: 5 * 60 * 1000,
             members_max: 10_000,
             sources_max: 8,
+            operators_max: 200,
             ingest_rate: 50.0,
             ingest_burst: 200.0,
             mailbox: 1_024,
@@ -423,6 +427,7 @@ impl Config {
             ("room.chat_max_chars", self.room.chat_max_chars),
             ("room.idempotency_max", self.room.idempotency_max),
             ("room.members_max", self.room.members_max),
+            ("room.operators_max", self.room.operators_max),
             ("room.mailbox", self.room.mailbox),
             ("room.max_loaded", self.room.max_loaded),
             ("store.batch_max", self.store.batch_max),

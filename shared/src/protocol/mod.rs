@@ -1,5 +1,6 @@
 //! Wire protocol v1: every frame that crosses the WebSocket, with its decoder.
 
+pub mod bounds;
 pub mod client;
 pub mod error;
 pub mod ext;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use lockstep_shared::bus::{Caller, ToGateway};
+use lockstep_shared::protocol::bounds;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::server::signal_frame;
 use lockstep_shared::protocol::{ChatMessage, ChatSource, ChatUser, ErrorCode, EventBody};
@@ -13,16 +14,7 @@ use super::{Ack, Handled, Room, TokenBucket};
 
 impl Room {
     pub(super) fn chat(&mut self, now: u64, caller: &Caller, text: String) -> Handled {
-        if text.trim().is_empty() {
-            return Err(Refusal::new(ErrorCode::BadRequest, "chat text is empty"));
-        }
-        let max = self.cfg.chat_max_chars;
-        if text.chars().count() > max {
-            return Err(Refusal::new(
-                ErrorCode::BadRequest,
-                format!("chat text is longer than {max} characters"),
-            ));
-        }
+        bounds::chat_text(&text, self.cfg.chat_max_chars)?;
         let (rate, burst) = (self.cfg.chat_rate, self.cfg.chat_burst);
         let bucket = self
             .chat_buckets
@@ -64,6 +56,7 @@ impl Room {
 
     /// Relays `payload` to the target's connections in this room only: no seq, no history.
     pub(super) fn signal(&mut self, caller: &Caller, to: &str, payload: &Value) -> Handled {
+        bounds::signal_target(to)?;
         let Some(target) = self.members.get(to) else {
             return Err(Refusal::new(
                 ErrorCode::NotFound,

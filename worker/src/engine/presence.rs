@@ -1,16 +1,14 @@
 //! Presence (per user, across connections), ready flags, roles, settings and sources.
 
 use lockstep_shared::bus::{Caller, ConnId, Membership, ToGateway};
+use lockstep_shared::protocol::bounds;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{
-    AdPolicy, ControlMode, ErrorCode, EventBody, Role, Source, SourceSpec, TwitchAuth,
+    AdPolicy, ControlMode, ErrorCode, EventBody, Role, Source, SourceSpec,
 };
 use serde_json::json;
 
 use super::{Ack, AckResult, Handled, Member, Room};
-
-/// Longest room name, in characters.
-pub const MAX_ROOM_NAME_CHARS: usize = 100;
 
 impl Room {
     /// Joining is itself the `presence.join` event; a second connection of a present user
@@ -166,6 +164,7 @@ impl Room {
         role: Role,
     ) -> Handled {
         self.require_owner(caller)?;
+        bounds::role_target(target)?;
         if target == self.d.owner {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
@@ -179,7 +178,16 @@ impl Room {
                     "role must be `operator` or `participant`",
                 ))
             }
-            Role::Operator => self.d.operators.insert(target.to_owned()),
+            Role::Operator if self.d.operators.contains(target) => false,
+            Role::Operator => {
+                if self.d.operators.len() >= self.cfg.operators_max {
+                    return Err(Refusal::new(
+                        ErrorCode::Conflict,
+                        format!("at most {} operators per room", self.cfg.operators_max),
+                    ));
+                }
+                self.d.operators.insert(target.to_owned())
+            }
             Role::Participant => self.d.operators.remove(target),
         };
         if changed {
@@ -208,15 +216,8 @@ impl Room {
         self.require_owner(caller)?;
         let mut next = self.d.settings.clone();
         if let Some(name) = name {
-            let name = name.trim().to_owned();
-            let chars = name.chars().count();
-            if chars == 0 || chars > MAX_ROOM_NAME_CHARS {
-                return Err(Refusal::new(
-                    ErrorCode::BadRequest,
-                    format!("name must be 1-{MAX_ROOM_NAME_CHARS} characters"),
-                ));
-            }
-            next.name = name;
+            bounds::room_name(&name)?;
+            next.name = name.trim().to_owned();
         }
         if let Some(mode) = control_mode {
             next.control_mode = mode;
@@ -259,7 +260,7 @@ impl Room {
         }
         match (add, remove) {
             (Some(spec), None) => {
-                let spec = normalize_source(spec)?;
+                let spec = spec.normalized()?;
                 if self
                     .d
                     .sources
@@ -309,7 +310,7 @@ impl Room {
                     .sources
                     .iter()
                     .position(|s| s.source_id == source_id)
-                    .ok_or_else(|| Refusal::new(ErrorCode::NotFound, "no such source"))?;
+                    .ok_or_else(bounds::no_such_source)?;
                 let source = self.d.sources.remove(index);
                 self.ingest.states.remove(&source.source_id);
                 self.dirty = true;
@@ -346,68 +347,5 @@ impl Room {
                 "only the room owner may do this",
             ))
         }
-    }
-}
-
-/// Twitch logins are case-insensitive: stored lowercase, so one channel is one source.
-fn normalize_source(spec: SourceSpec) -> Result<SourceSpec, Refusal> {
-    let spec = match spec {
-        SourceSpec::Twitch { channel, auth } => SourceSpec::Twitch {
-            channel: channel.trim_start_matches('#').to_ascii_lowercase(),
-            auth: auth.map(|a| TwitchAuth {
-                login: a.login.to_ascii_lowercase(),
-                token: a.token,
-            }),
-        },
-        other => other,
-    };
-    validate_source(&spec)?;
-    Ok(spec)
-}
-
-fn twitch_login_ok(login: &str) -> bool {
-    (1..=25).contains(&login.len())
-        && login
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-fn validate_source(spec: &SourceSpec) -> Result<(), Refusal> {
-    let ok = match spec {
-        SourceSpec::Twitch { channel, auth } => {
-            twitch_login_ok(channel)
-                && auth.as_ref().is_none_or(|a| {
-                    // The token goes into an IRC line: no spaces or control characters.
-                    twitch_login_ok(&a.login)
-                        && (1..=200).contains(&a.token.len())
-                        && a.token.bytes().all(|b| b.is_ascii_graphic())
-                })
-        }
-        SourceSpec::Youtube {
-            video_id: Some(v),
-            channel_id: None,
-        } => {
-            v.len() == 11
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        }
-        SourceSpec::Youtube {
-            video_id: None,
-            channel_id: Some(c),
-        } => {
-            c.len() == 24
-                && c.starts_with("UC")
-                && c.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        }
-        SourceSpec::Youtube { .. } => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Refusal::new(
-            ErrorCode::BadRequest,
-            "source must be a Twitch login, an 11-character YouTube video id, or a UC… channel id",
-        ))
     }
 }

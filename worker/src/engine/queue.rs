@@ -1,15 +1,13 @@
 //! Queue commands: add (YouTube links only), remove, move.
 
 use lockstep_shared::bus::Caller;
+use lockstep_shared::protocol::bounds;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{Entry, ErrorCode};
 use serde_json::json;
 
 use super::youtube::{canonical_url, parse_video_id};
 use super::{Ack, Handled, Room};
-
-/// Longest entry title, in characters.
-pub const MAX_TITLE_CHARS: usize = 200;
 
 impl Room {
     pub(super) fn queue_add(
@@ -19,16 +17,11 @@ impl Room {
         url: &str,
         title: Option<String>,
     ) -> Handled {
-        let video_id = parse_video_id(url).ok_or_else(|| {
-            Refusal::new(ErrorCode::BadRequest, "url is not a YouTube video link")
-        })?;
+        let video_id = parse_video_id(url).ok_or_else(bounds::not_a_video_link)?;
+        if let Some(t) = &title {
+            bounds::entry_title(t)?;
+        }
         let title = match title.map(|t| t.trim().to_owned()) {
-            Some(t) if t.chars().count() > MAX_TITLE_CHARS => {
-                return Err(Refusal::new(
-                    ErrorCode::BadRequest,
-                    format!("title is longer than {MAX_TITLE_CHARS} characters"),
-                ))
-            }
             Some(t) if !t.is_empty() => t,
             _ => video_id.clone(),
         };

@@ -674,6 +674,38 @@ fn control_modes_are_enforced() {
 }
 
 #[test]
+fn roles_are_kept_only_for_user_ids_and_only_up_to_the_bound() {
+    let mut h = Harness::with(RoomConfig {
+        operators_max: 2,
+        ..cfg()
+    });
+    let role = |user_id: &str, role| ClientCommand::RoomRole {
+        room: ROOM.into(),
+        user_id: user_id.into(),
+        role,
+    };
+    // Roles are kept for absent users too: a long or control-character id is refused.
+    let long = h.run("owner", 1, role(&"u".repeat(65), Role::Operator));
+    assert_eq!(code(&long), "bad_request", "{long}");
+    assert_eq!(
+        code(&h.run("owner", 1, role("a\nb", Role::Operator))),
+        "bad_request"
+    );
+    assert_eq!(code(&h.run("owner", 1, role("op1", Role::Operator))), "ack");
+    assert_eq!(code(&h.run("owner", 1, role("op2", Role::Operator))), "ack");
+    let third = h.run("owner", 1, role("op3", Role::Operator));
+    assert_eq!(code(&third), "conflict", "{third}");
+    assert_eq!(third["message"], "at most 2 operators per room");
+    // Naming an operator again is no change, not a refusal; demoting one makes room.
+    assert_eq!(code(&h.run("owner", 1, role("op2", Role::Operator))), "ack");
+    assert_eq!(
+        code(&h.run("owner", 1, role("op1", Role::Participant))),
+        "ack"
+    );
+    assert_eq!(code(&h.run("owner", 1, role("op3", Role::Operator))), "ack");
+}
+
+#[test]
 fn queue_remove_move_and_limits() {
     let mut c = cfg();
     c.queue_max = 3;

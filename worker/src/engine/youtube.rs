@@ -1,5 +1,6 @@
 //! YouTube URL → 11-character video id, for every link form people paste.
 
+use lockstep_shared::protocol::bounds::MAX_URL_BYTES;
 use url::Url;
 
 /// Hosts that serve YouTube watch pages or players.
@@ -15,13 +16,10 @@ const HOSTS: &[&str] = &[
 /// Path prefixes whose next segment is the video id.
 const ID_PATHS: &[&str] = &["shorts", "embed", "live", "v", "e"];
 
-/// Longest URL we try to parse; anything longer is not a link a person pasted.
-pub const MAX_URL_LEN: usize = 2048;
-
 /// The video id in `input`, or `None` if it is not a YouTube video link.
 pub fn parse_video_id(input: &str) -> Option<String> {
     let input = input.trim();
-    if input.is_empty() || input.len() > MAX_URL_LEN {
+    if input.is_empty() || input.len() > MAX_URL_BYTES {
         return None;
     }
     let url = if input.contains("://") {
