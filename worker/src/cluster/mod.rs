@@ -3,6 +3,7 @@
 
 pub mod clock_offset;
 pub mod health;
+pub mod inbox;
 pub mod leases;
 pub mod liveness;
 pub mod node;
