@@ -446,6 +446,14 @@ impl GatewaySink for Fanout {
                     }
                 }
             }
+            ToGateway::Remove { room, conns, frame } => {
+                for conn in conns {
+                    if let Some(entry) = self.local(conn) {
+                        self.set_membership(conn.local, &entry, Membership::Leave(room.clone()), 0);
+                        entry.push(OutFrame::Direct(frame.clone()));
+                    }
+                }
+            }
             ToGateway::Replay {
                 room,
                 req,

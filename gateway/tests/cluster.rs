@@ -676,12 +676,12 @@ async fn over_tls_to_a_redis_cluster_clients_on_two_gateways_see_one_seq_stream(
 async fn one_seq_stream(cluster: &Cluster) {
     let (g0, g1) = (cluster.gateway(0), cluster.gateway(1));
     let (ta, _) = guest_at(g0, "A").await;
-    let (tb, _) = guest_at(g1, "B").await;
+    let (tb, b_id) = guest_at(g1, "B").await;
     let (status, body) = http(g0, "POST", "/v1/rooms", Some(&ta), None).await;
     assert_eq!(status, 201, "{body}");
     let room = body["code"].as_str().unwrap().to_owned();
     let mut a = Resilient::new(vec![g0], ta.clone(), room.clone()).await;
-    let mut b = Resilient::new(vec![g1], tb, room.clone()).await;
+    let mut b = Resilient::new(vec![g1], tb.clone(), room.clone()).await;
     for i in 0..20 {
         let who = if i % 2 == 0 { &mut a } else { &mut b };
         who.call(
@@ -717,6 +717,21 @@ async fn one_seq_stream(cluster: &Cluster) {
             .unwrap_or_else(|| panic!("{addr}: no clock offset in /metrics"));
         assert!(offset.abs() < 0.05, "{addr}: offset {offset} s on one host");
     }
+    // A ban made through one gateway reaches the banned user's socket on the other (the
+    // worker routes `Remove` by gateway), which then may not rejoin.
+    let mut b2 = Client::connect(g1, &tb).await;
+    b2.join(&room, None).await;
+    let ack = a
+        .call(
+            json!({"type": "room.ban", "room": room, "user_id": b_id}),
+            "ban",
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let removed = b2.event("room.removed").await;
+    assert_eq!(removed["reason"], "banned", "{removed}");
+    let rejoin = b2.call(json!({"type": "room.join", "room": room})).await;
+    assert_eq!(rejoin["code"], "forbidden", "{rejoin}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

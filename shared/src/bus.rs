@@ -130,6 +130,14 @@ pub enum ToGateway {
     /// The room closed these connections' membership without a command (room reloaded, or
     /// their gateway missed its heartbeats): the gateway closes them with 1012.
     Evict { room: String, conns: Vec<ConnId> },
+    /// The room took these connections out of its members on purpose (a ban): the gateway
+    /// ends their membership and sends them `frame` (`room.removed`); the sockets stay open
+    /// for their other rooms.
+    Remove {
+        room: String,
+        conns: Vec<ConnId>,
+        frame: Arc<str>,
+    },
     /// A worker (re)loaded the room after an owner change: every local member's socket is
     /// closed with 1012 so its client rejoins with `since_seq`.
     RoomReset { room: String },

@@ -165,6 +165,8 @@ pub struct RoomConfig {
     /// Operators per room: roles are kept with the room (present or not), so they need
     /// a bound of their own.
     pub operators_max: usize,
+    /// Users banned from one room at once (expired bans do not count).
+    pub bans_max: usize,
     /// Upstream (Twitch/YouTube) messages per second one room accepts; the rest are shed
     /// and counted.
     pub ingest_rate: f64,
@@ -198,6 +200,7 @@ impl Default for RoomConfig {
             members_max: 10_000,
             sources_max: 8,
             operators_max: 200,
+            bans_max: 1_000,
             ingest_rate: 50.0,
             ingest_burst: 200.0,
             mailbox: 1_024,
@@ -428,6 +431,7 @@ impl Config {
             ("room.idempotency_max", self.room.idempotency_max),
             ("room.members_max", self.room.members_max),
             ("room.operators_max", self.room.operators_max),
+            ("room.bans_max", self.room.bans_max),
             ("room.mailbox", self.room.mailbox),
             ("room.max_loaded", self.room.max_loaded),
             ("store.batch_max", self.store.batch_max),

@@ -185,6 +185,21 @@ pub async fn chat_texts(addr: SocketAddr, token: &str, room: &str) -> Vec<String
 }
 
 /// A port that was free a moment ago.
+/// The actions in a room's audit log, newest first (asserts the read is allowed).
+pub async fn audit_actions(addr: SocketAddr, token: &str, room: &str) -> Vec<String> {
+    let path = format!("/v1/rooms/{room}/audit");
+    let (status, audit) = http(addr, "GET", &path, Some(token), None).await;
+    assert_eq!(status, 200, "{audit}");
+    audit["entries"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|x| x["action"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -95,6 +95,16 @@ pub enum ClientCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         remove: Option<String>,
     },
+    /// Removes a user from the room and refuses their joins, for `duration_ms` or for good.
+    #[serde(rename = "room.ban")]
+    RoomBan {
+        room: String,
+        user_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
+    #[serde(rename = "room.unban")]
+    RoomUnban { room: String, user_id: String },
     #[serde(rename = "signal.send")]
     SignalSend {
         room: String,
@@ -126,6 +136,8 @@ impl ClientCommand {
             | RoomSettings { room, .. }
             | RoomRole { room, .. }
             | RoomSources { room, .. }
+            | RoomBan { room, .. }
+            | RoomUnban { room, .. }
             | SignalSend { room, .. } => Some(room),
         }
     }
@@ -152,6 +164,8 @@ impl ClientCommand {
             RoomSettings { .. } => "room.settings",
             RoomRole { .. } => "room.role",
             RoomSources { .. } => "room.sources",
+            RoomBan { .. } => "room.ban",
+            RoomUnban { .. } => "room.unban",
             SignalSend { .. } => "signal.send",
         }
     }
@@ -263,6 +277,9 @@ mod tests {
             r#"{"type":"room.role","room":"abc","user_id":"u1","role":"operator"}"#,
             r#"{"type":"room.sources","room":"abc","add":{"platform":"twitch","channel":"x"}}"#,
             r#"{"type":"signal.send","room":"abc","to":"u2","payload":{"sdp":"..."}}"#,
+            r#"{"type":"room.ban","room":"abc","user_id":"u2","duration_ms":60000}"#,
+            r#"{"type":"room.ban","room":"abc","user_id":"u2"}"#,
+            r#"{"type":"room.unban","room":"abc","user_id":"u2"}"#,
         ];
         for text in frames {
             let frame = decode(text);

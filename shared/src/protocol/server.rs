@@ -110,6 +110,14 @@ pub fn signal_frame(room: &str, from: &str, payload: &Value) -> String {
         .to_string()
 }
 
+/// The unsequenced direct `room.removed` event: the room took these connections out of its
+/// members (`reason` `banned`: by `by`, until `until` server ms, or for good when null), so
+/// the client knows not to rejoin as it would after a dropped socket.
+pub fn removed_frame(room: &str, reason: &str, by: &str, until: Option<u64>) -> String {
+    serde_json::json!({"type": "room.removed", "room": room, "reason": reason, "by": by, "until": until})
+        .to_string()
+}
+
 /// Sent to every connection when the node starts draining for shutdown.
 pub fn draining_frame(grace_ms: u64) -> String {
     serde_json::json!({"type": "server.draining", "grace_ms": grace_ms}).to_string()

@@ -71,6 +71,16 @@ impl GatewaySink for RedisSink {
                     self.send(gateway_channel(g), &part);
                 }
             }
+            ToGateway::Remove { room, conns, frame } => {
+                for (g, conns) in by_gateway(conns) {
+                    let part = ToGateway::Remove {
+                        room: room.clone(),
+                        conns,
+                        frame: frame.clone(),
+                    };
+                    self.send(gateway_channel(g), &part);
+                }
+            }
             ToGateway::RoomReset { .. } => self.send(ALL_GATEWAYS_CHANNEL.to_owned(), &msg),
         }
     }

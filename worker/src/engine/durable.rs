@@ -1,6 +1,6 @@
 //! The part of a room that survives restarts and owner changes, stored as one JSON value.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use lockstep_shared::protocol::{Clock, Entry, Settings, Source};
 use serde::{Deserialize, Serialize};
@@ -19,4 +19,7 @@ pub struct Durable {
     pub sources: Vec<Source>,
     pub next_source_id: u64,
     pub created_ms: u64,
+    /// Banned user → until (server ms), `None` for good. Absent in rooms stored before bans.
+    #[serde(default)]
+    pub bans: BTreeMap<String, Option<u64>>,
 }

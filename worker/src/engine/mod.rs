@@ -20,6 +20,7 @@ mod head;
 mod history;
 mod idempotency;
 mod ingest;
+mod moderation;
 mod player;
 mod presence;
 mod queue;
@@ -28,6 +29,8 @@ pub mod youtube;
 
 #[cfg(test)]
 mod ingest_tests;
+#[cfg(test)]
+mod moderation_tests;
 #[cfg(test)]
 mod tests;
 
@@ -156,6 +159,7 @@ impl Room {
             sources: Vec::new(),
             next_source_id: 1,
             created_ms: now,
+            bans: Default::default(),
         };
         let mut room = Room::from_parts(cfg, code, d, 0);
         room.dirty = true;
@@ -439,6 +443,12 @@ impl Room {
             RoomRole { user_id, role, .. } => self.set_role(now, caller, &user_id, role),
             RoomSources { add, remove, .. } => self.sources(now, caller, add, remove),
             SignalSend { to, payload, .. } => self.signal(caller, &to, &payload),
+            RoomBan {
+                user_id,
+                duration_ms,
+                ..
+            } => self.ban(now, caller, &user_id, duration_ms),
+            RoomUnban { user_id, .. } => self.unban(now, caller, &user_id),
         }
     }
 

@@ -14,6 +14,9 @@ impl Room {
     /// Joining is itself the `presence.join` event; a second connection of a present user
     /// joins silently. With `since_seq` covered by history, the missed events are replayed.
     pub(super) fn join(&mut self, now: u64, caller: &Caller, since_seq: Option<u64>) -> Handled {
+        if let Some(refusal) = self.ban_refusal(&caller.user_id, now) {
+            return Err(refusal);
+        }
         let code = self.code.to_string();
         self.gateway_cache = None;
         match self.members.get_mut(&caller.user_id) {

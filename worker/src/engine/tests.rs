@@ -11,9 +11,9 @@ use serde_json::Value;
 
 use super::{Output, Room};
 
-const ROOM: &str = "r1";
+pub(super) const ROOM: &str = "r1";
 
-fn caller(user: &str, conn: u64) -> Caller {
+pub(super) fn caller(user: &str, conn: u64) -> Caller {
     Caller {
         user_id: user.into(),
         name: format!("name-{user}"),
@@ -24,15 +24,15 @@ fn caller(user: &str, conn: u64) -> Caller {
     }
 }
 
-fn cfg() -> RoomConfig {
+pub(super) fn cfg() -> RoomConfig {
     RoomConfig::default()
 }
 
-struct Harness {
-    room: Room,
-    now: u64,
+pub(super) struct Harness {
+    pub(super) room: Room,
+    pub(super) now: u64,
     /// Every event frame seen, in order.
-    events: Vec<Value>,
+    pub(super) events: Vec<Value>,
     next_id: u64,
 }
 
@@ -41,7 +41,7 @@ impl Harness {
         Self::with(cfg())
     }
 
-    fn with(cfg: RoomConfig) -> Self {
+    pub(super) fn with(cfg: RoomConfig) -> Self {
         let (room, out) = Room::create(cfg, ROOM, "owner", 1_000);
         assert!(out
             .mutations
@@ -57,7 +57,12 @@ impl Harness {
         h
     }
 
-    fn send_as(&mut self, c: &Caller, id: Option<&str>, cmd: ClientCommand) -> (Value, Output) {
+    pub(super) fn send_as(
+        &mut self,
+        c: &Caller,
+        id: Option<&str>,
+        cmd: ClientCommand,
+    ) -> (Value, Output) {
         let out = self.room.handle(
             self.now,
             ToWorker::Command(CommandEnvelope {
@@ -88,13 +93,13 @@ impl Harness {
     }
 
     /// Sends with a fresh id so idempotency never short-circuits.
-    fn run(&mut self, user: &str, conn: u64, cmd: ClientCommand) -> Value {
+    pub(super) fn run(&mut self, user: &str, conn: u64, cmd: ClientCommand) -> Value {
         self.next_id += 1;
         let id = format!("c{}", self.next_id);
         self.send_as(&caller(user, conn), Some(&id), cmd).0
     }
 
-    fn join(&mut self, user: &str, conn: u64) -> Value {
+    pub(super) fn join(&mut self, user: &str, conn: u64) -> Value {
         self.cmd(
             user,
             conn,
@@ -105,7 +110,7 @@ impl Harness {
         )
     }
 
-    fn tick(&mut self, ms: u64) -> Output {
+    pub(super) fn tick(&mut self, ms: u64) -> Output {
         self.now += ms;
         let out = self.room.tick(self.now);
         for d in &out.deliveries {
@@ -117,7 +122,7 @@ impl Harness {
         out
     }
 
-    fn last_event(&self, kind: &str) -> Value {
+    pub(super) fn last_event(&self, kind: &str) -> Value {
         self.events
             .iter()
             .rev()
@@ -139,7 +144,7 @@ impl Harness {
     }
 }
 
-fn code(reply: &Value) -> &str {
+pub(super) fn code(reply: &Value) -> &str {
     reply["code"].as_str().unwrap_or("ack")
 }
 
@@ -1376,6 +1381,17 @@ fn arb_cmd() -> impl Strategy<Value = (u8, ClientCommand)> {
                 lockstep_shared::protocol::Role::Participant
             }
         }),
+        (room(), 0u8..4, proptest::option::of(1u64..5_000)).prop_map(|(room, u, duration_ms)| {
+            ClientCommand::RoomBan {
+                room,
+                user_id: format!("u{u}"),
+                duration_ms,
+            }
+        }),
+        (room(), 0u8..4).prop_map(|(room, u)| ClientCommand::RoomUnban {
+            room,
+            user_id: format!("u{u}"),
+        }),
     ];
     (0u8..4, c)
 }
@@ -1449,6 +1465,13 @@ proptest! {
                 prop_assert_eq!(kept, after_kept);
             }
             prop_assert!(after.queue.len() <= cfg().queue_max);
+            // Nobody banned (and not yet due back) is present ("u0" is no caller's id).
+            for (user, until) in &after.bans {
+                let n: u8 = user.trim_start_matches('u').parse().unwrap_or(0);
+                if n > 0 && until.is_none_or(|t| t > now) {
+                    prop_assert!(!room.member_conns().contains(&user_of(n).conn), "{} present", user);
+                }
+            }
             // The played entry is never also queued.
             if let Some(cur) = &after.current {
                 prop_assert!(!after_ids.contains(&cur.entry_id));

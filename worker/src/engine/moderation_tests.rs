@@ -1,0 +1,161 @@
+//! Bans: who may ban whom, what a ban does to presence and to the banned connections, how
+//! long it lasts, its bound, and that it is kept with the room.
+
+use lockstep_shared::bus::{ConnId, ToGateway};
+use lockstep_shared::config::RoomConfig;
+use lockstep_shared::protocol::{ClientCommand, Role};
+use serde_json::Value;
+
+use super::durable::Durable;
+use super::tests::{caller, cfg, code, Harness, ROOM};
+
+fn ban(user_id: &str, duration_ms: Option<u64>) -> ClientCommand {
+    ClientCommand::RoomBan {
+        room: ROOM.into(),
+        user_id: user_id.into(),
+        duration_ms,
+    }
+}
+
+fn unban(user_id: &str) -> ClientCommand {
+    ClientCommand::RoomUnban {
+        room: ROOM.into(),
+        user_id: user_id.into(),
+    }
+}
+
+fn make_operator(h: &mut Harness, user_id: &str) {
+    let r = h.run(
+        "owner",
+        1,
+        ClientCommand::RoomRole {
+            room: ROOM.into(),
+            user_id: user_id.into(),
+            role: Role::Operator,
+        },
+    );
+    assert_eq!(code(&r), "ack", "{r}");
+}
+
+#[test]
+fn a_ban_takes_every_connection_of_the_user_out_and_keeps_them_out() {
+    let mut h = Harness::with(cfg());
+    h.join("troll", 2);
+    h.join("troll", 3);
+    h.join("amy", 4);
+    let (reply, out) = h.send_as(&caller("owner", 1), Some("b1"), ban("troll", None));
+    assert_eq!(code(&reply), "ack", "{reply}");
+    assert_eq!(reply["result"]["until"], Value::Null);
+    // Both connections are told, and only they: the gateway ends their membership.
+    let removed: Vec<(Vec<ConnId>, Value)> = out
+        .deliveries
+        .iter()
+        .filter_map(|d| match d {
+            ToGateway::Remove { room, conns, frame } if room == ROOM => Some((
+                conns.clone(),
+                serde_json::from_str(frame).unwrap_or(Value::Null),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed.len(), 1, "{:?}", out.deliveries);
+    let (mut conns, frame) = removed[0].clone();
+    conns.sort_by_key(|c| c.local);
+    assert_eq!(
+        conns,
+        vec![caller("troll", 2).conn, caller("troll", 3).conn]
+    );
+    assert_eq!(frame["type"], "room.removed");
+    assert_eq!(frame["reason"], "banned");
+    assert_eq!(frame["by"], "owner");
+    // The others see the user leave; the user's commands and joins are refused.
+    assert_eq!(h.last_event("presence.leave")["user_id"], "troll");
+    let chat = h.run(
+        "troll",
+        2,
+        ClientCommand::ChatSend {
+            room: ROOM.into(),
+            text: "still here?".into(),
+        },
+    );
+    assert_eq!(code(&chat), "forbidden");
+    let rejoin = h.join("troll", 5);
+    assert_eq!(code(&rejoin), "forbidden", "{rejoin}");
+    assert_eq!(rejoin["message"], "you are banned from this room");
+    // Unbanned, they may come back; a second unban finds nothing.
+    assert_eq!(code(&h.run("owner", 1, unban("troll"))), "ack");
+    assert_eq!(code(&h.run("owner", 1, unban("troll"))), "not_found");
+    assert_eq!(code(&h.join("troll", 5)), "ack");
+}
+
+#[test]
+fn a_timed_ban_ends_by_itself() {
+    let mut h = Harness::with(cfg());
+    let r = h.run("owner", 1, ban("absent", Some(60_000)));
+    assert_eq!(r["result"]["until"].as_u64(), Some(h.now + 60_000));
+    // Banning someone not present needs no removal; the ban waits for their join.
+    h.tick(30_000);
+    let early = h.join("absent", 2);
+    assert_eq!(
+        early["message"],
+        "you are banned from this room for another 30 s"
+    );
+    h.tick(30_000);
+    assert_eq!(code(&h.join("absent", 2)), "ack");
+    let zero = h.run("owner", 1, ban("x", Some(0)));
+    assert_eq!(code(&zero), "bad_request");
+}
+
+#[test]
+fn only_the_owner_bans_operators_and_nobody_bans_the_owner() {
+    let mut h = Harness::with(cfg());
+    h.join("op", 2);
+    h.join("op2", 3);
+    h.join("pat", 4);
+    make_operator(&mut h, "op");
+    make_operator(&mut h, "op2");
+    assert_eq!(code(&h.run("pat", 4, ban("op", None))), "forbidden");
+    assert_eq!(code(&h.run("op", 2, ban("owner", None))), "forbidden");
+    assert_eq!(code(&h.run("op", 2, ban("op2", None))), "forbidden");
+    assert_eq!(code(&h.run("op", 2, ban("op", None))), "bad_request");
+    assert_eq!(code(&h.run("op", 2, ban("pat", Some(1_000)))), "ack");
+    // The owner bans an operator, who loses the role with it.
+    assert_eq!(code(&h.run("owner", 1, ban("op2", None))), "ack");
+    assert!(!h.room.durable().operators.contains("op2"));
+    let long = h.run("owner", 1, ban(&"u".repeat(65), None));
+    assert_eq!(code(&long), "bad_request");
+}
+
+#[test]
+fn bans_are_bounded_and_expired_ones_make_room() {
+    let mut h = Harness::with(RoomConfig {
+        bans_max: 2,
+        ..cfg()
+    });
+    assert_eq!(code(&h.run("owner", 1, ban("a", Some(1_000)))), "ack");
+    assert_eq!(code(&h.run("owner", 1, ban("b", None))), "ack");
+    let full = h.run("owner", 1, ban("c", None));
+    assert_eq!(code(&full), "conflict");
+    assert_eq!(full["message"], "at most 2 bans per room");
+    // Banning a banned user again changes the ban, not the count.
+    assert_eq!(code(&h.run("owner", 1, ban("b", Some(5_000)))), "ack");
+    h.tick(1_000);
+    assert_eq!(code(&h.run("owner", 1, ban("c", None))), "ack");
+    assert_eq!(h.room.durable().bans.len(), 2);
+}
+
+#[test]
+fn bans_are_kept_with_the_room_and_old_rooms_load_without_them() {
+    let mut h = Harness::with(cfg());
+    h.run("owner", 1, ban("troll", None));
+    let stored = serde_json::to_value(h.room.durable()).unwrap_or(Value::Null);
+    let back: Result<Durable, _> = serde_json::from_value(stored.clone());
+    assert_eq!(back.as_ref().ok(), Some(h.room.durable()));
+    // A room stored before bans existed has no `bans` field.
+    let mut old = stored;
+    if let Some(o) = old.as_object_mut() {
+        o.remove("bans");
+    }
+    let loaded: Result<Durable, _> = serde_json::from_value(old);
+    assert_eq!(loaded.map(|d| d.bans.len()).ok(), Some(0));
+}
