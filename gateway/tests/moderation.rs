@@ -76,3 +76,39 @@ async fn participants_cannot_ban() {
     assert_eq!(r["code"], "forbidden", "{r}");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_message_leaves_every_view_but_keeps_its_place_in_history() {
+    let (_d, mut node) = node("chat-delete").await;
+    let (mut owner, owner_token, room) = node.owner("Owner").await;
+    let (mut a, _a_id, _) = node.member("A", &room).await;
+    let spam = a
+        .ok(json!({"type": "chat.send", "room": room, "text": "buy cheap followers"}))
+        .await["id"]
+        .as_u64()
+        .expect("chat ack has the message id");
+    a.ok(json!({"type": "chat.send", "room": room, "text": "sorry"}))
+        .await;
+    owner
+        .ok(json!({"type": "chat.delete", "room": room, "message_id": spam}))
+        .await;
+    for c in [&mut owner, &mut a] {
+        let deleted = c.event("chat.delete").await;
+        assert_eq!(deleted["ids"], json!([spam]));
+    }
+    // A joiner's snapshot no longer has it; the history keeps its place without its text.
+    let (_late, _, ack) = node.member("Late", &room).await;
+    let texts: Vec<&str> = ack["snapshot"]["chat"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|m| m["text"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(texts, vec!["sorry"]);
+    let row = chat_history(node.addr, &owner_token, &room)
+        .await
+        .into_iter()
+        .find(|m| m["id"].as_u64() == Some(spam))
+        .unwrap_or_default();
+    assert_eq!(row["text"], "", "{row}");
+    assert_eq!(row["ext"]["deleted"], true, "{row}");
+    node.stop().await;
+}

@@ -167,6 +167,15 @@ pub async fn room_body(addr: SocketAddr, token: &str, room: &str) -> (u16, Value
 
 /// A room's chat texts through the REST API, newest first (up to 200).
 pub async fn chat_texts(addr: SocketAddr, token: &str, room: &str) -> Vec<String> {
+    chat_history(addr, token, room)
+        .await
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A room's chat messages through the REST API, newest first (up to 200).
+pub async fn chat_history(addr: SocketAddr, token: &str, room: &str) -> Vec<Value> {
     let (status, page) = http(
         addr,
         "GET",
@@ -176,15 +185,9 @@ pub async fn chat_texts(addr: SocketAddr, token: &str, room: &str) -> Vec<String
     )
     .await;
     assert_eq!(status, 200, "{page}");
-    page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect()
+    page["messages"].as_array().cloned().unwrap_or_default()
 }
 
-/// A port that was free a moment ago.
 /// The actions in a room's audit log, newest first (asserts the read is allowed).
 pub async fn audit_actions(addr: SocketAddr, token: &str, room: &str) -> Vec<String> {
     let path = format!("/v1/rooms/{room}/audit");
@@ -200,6 +203,7 @@ pub async fn audit_actions(addr: SocketAddr, token: &str, room: &str) -> Vec<Str
         .unwrap_or_default()
 }
 
+/// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

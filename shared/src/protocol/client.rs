@@ -71,6 +71,9 @@ pub enum ClientCommand {
     },
     #[serde(rename = "chat.send")]
     ChatSend { room: String, text: String },
+    /// Deletes a chat message from view: its author, the owner or an operator.
+    #[serde(rename = "chat.delete")]
+    ChatDelete { room: String, message_id: u64 },
     #[serde(rename = "room.settings")]
     RoomSettings {
         room: String,
@@ -133,6 +136,7 @@ impl ClientCommand {
             | QueueRemove { room, .. }
             | QueueMove { room, .. }
             | ChatSend { room, .. }
+            | ChatDelete { room, .. }
             | RoomSettings { room, .. }
             | RoomRole { room, .. }
             | RoomSources { room, .. }
@@ -161,6 +165,7 @@ impl ClientCommand {
             QueueRemove { .. } => "queue.remove",
             QueueMove { .. } => "queue.move",
             ChatSend { .. } => "chat.send",
+            ChatDelete { .. } => "chat.delete",
             RoomSettings { .. } => "room.settings",
             RoomRole { .. } => "room.role",
             RoomSources { .. } => "room.sources",
@@ -280,6 +285,7 @@ mod tests {
             r#"{"type":"room.ban","room":"abc","user_id":"u2","duration_ms":60000}"#,
             r#"{"type":"room.ban","room":"abc","user_id":"u2"}"#,
             r#"{"type":"room.unban","room":"abc","user_id":"u2"}"#,
+            r#"{"id":"d1","type":"chat.delete","room":"abc","message_id":42}"#,
         ];
         for text in frames {
             let frame = decode(text);

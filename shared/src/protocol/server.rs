@@ -47,6 +47,9 @@ pub enum EventBody {
     QueueUpdate { entries: Vec<Entry> },
     #[serde(rename = "chat.message")]
     ChatMessage(ChatBody),
+    /// Chat messages (room chat ids) taken out of view by `by` (`chat.delete`).
+    #[serde(rename = "chat.delete")]
+    ChatDelete { ids: Vec<u64>, by: String },
     #[serde(rename = "room.settings")]
     RoomSettings { settings: Settings },
     #[serde(rename = "source.status")]
@@ -69,6 +72,7 @@ impl EventBody {
             EventBody::PlayerState(_) => "player.state",
             EventBody::QueueUpdate { .. } => "queue.update",
             EventBody::ChatMessage(_) => "chat.message",
+            EventBody::ChatDelete { .. } => "chat.delete",
             EventBody::RoomSettings { .. } => "room.settings",
             EventBody::SourceStatus { .. } => "source.status",
         }

@@ -6,11 +6,11 @@ use lockstep_shared::bus::{Caller, ToGateway};
 use lockstep_shared::protocol::bounds;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::server::signal_frame;
-use lockstep_shared::protocol::{ChatMessage, ChatSource, ChatUser, ErrorCode, EventBody};
+use lockstep_shared::protocol::{ChatMessage, ChatSource, ChatUser, ErrorCode, EventBody, Role};
 use lockstep_shared::store::Mutation;
 use serde_json::{json, Value};
 
-use super::{Ack, Handled, Room, TokenBucket};
+use super::{chat_index, Ack, Handled, Room, TokenBucket};
 
 impl Room {
     pub(super) fn chat(&mut self, now: u64, caller: &Caller, text: String) -> Handled {
@@ -42,8 +42,53 @@ impl Room {
             room: self.code.to_string(),
             msg: msg.clone(),
         });
+        self.chat_index.push_room(&msg);
         self.remember_chat(msg);
         Ok(Ack::with(json!({"id": id})))
+    }
+
+    /// Takes a message out of view: out of the join snapshot's chat, its stored row without
+    /// text (`ext.deleted`), and a `chat.delete` event so clients drop it too. Its author
+    /// may delete their own room message; the owner and operators any message.
+    pub(super) fn delete_chat(&mut self, now: u64, caller: &Caller, message_id: u64) -> Handled {
+        let Some(msg) = self.chat_index.get(message_id) else {
+            return Err(Refusal::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no message {message_id} among the room's last {} chat messages",
+                    chat_index::INDEX_MAX
+                ),
+            ));
+        };
+        let own = msg.source == ChatSource::Room && msg.user.user_id == caller.user_id;
+        let author = msg.user.user_id.clone();
+        if !own && !matches!(self.role_of(&caller.user_id), Role::Owner | Role::Operator) {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only the owner and operators delete others' messages",
+            ));
+        }
+        for msg in self.chat_index.take_where(|e| e.msg.id == message_id) {
+            self.out.mutations.push(Mutation::Chat {
+                room: self.code.to_string(),
+                msg: chat_index::deleted(msg),
+            });
+        }
+        self.chat_recent.retain(|m| m.id != message_id);
+        self.emit(
+            now,
+            EventBody::ChatDelete {
+                ids: vec![message_id],
+                by: caller.user_id.clone(),
+            },
+        );
+        self.audit(
+            now,
+            &caller.user_id,
+            "chat.delete",
+            json!({"message_id": message_id, "author": author}),
+        );
+        Ok(Ack::empty())
     }
 
     /// Keeps the last messages for join snapshots.

@@ -3,17 +3,13 @@
 //! from view (snapshot and stored history), a per-room cap sheds floods, and status changes
 //! become `source.status` events. The runners do the I/O; this is the pure part.
 
-use std::collections::VecDeque;
-
 use lockstep_shared::protocol::ext::{ChatExt, ExtKind};
 use lockstep_shared::protocol::{ChatMessage, ChatSource, ChatUser, EventBody, SourceSpec};
 use lockstep_shared::store::Mutation;
 use serde_json::Value;
 
+use super::chat_index::{self, Indexed};
 use super::{Room, TokenBucket};
-
-/// Upstream messages remembered per room so moderation can find them.
-pub const INDEX_MAX: usize = 2_000;
 
 /// One normalized upstream item.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,20 +49,10 @@ impl SourceReport {
     }
 }
 
-/// A delivered upstream message, for moderation lookups.
-#[derive(Debug, Clone)]
-pub(super) struct Indexed {
-    source_id: String,
-    upstream_id: Option<String>,
-    author_id: Option<String>,
-    msg: ChatMessage,
-}
-
 /// Ingestion state that lives with the room but is not durable.
 #[derive(Debug, Default)]
 pub(super) struct IngestState {
     pub states: std::collections::BTreeMap<String, (&'static str, Option<String>)>,
-    index: VecDeque<Indexed>,
     bucket: Option<TokenBucket>,
 }
 
@@ -203,15 +189,12 @@ impl Room {
             .ingested
             .push((source_label(source), kind.as_str()));
         if !kind.is_moderation() {
-            self.ingest.index.push_back(Indexed {
+            self.chat_index.push(Indexed {
                 source_id: source_id.to_owned(),
                 upstream_id,
                 author_id,
                 msg: msg.clone(),
             });
-            while self.ingest.index.len() > INDEX_MAX {
-                self.ingest.index.pop_front();
-            }
             self.remember_chat(msg);
         }
     }
@@ -235,27 +218,13 @@ impl Room {
                     _ => true,
                 }
         };
-        let mut removed = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.ingest.index.len());
-        for e in std::mem::take(&mut self.ingest.index) {
-            if hit(&e) {
-                removed.push(e.msg);
-            } else {
-                kept.push_back(e);
-            }
-        }
-        self.ingest.index = kept;
+        let removed = self.chat_index.take_where(hit);
         let ids: Vec<u64> = removed.iter().map(|m| m.id).collect();
         self.chat_recent.retain(|m| !ids.contains(&m.id));
-        for mut msg in removed {
-            msg.text.clear();
-            if let Some(Value::Object(map)) = msg.ext.as_mut() {
-                map.insert("deleted".into(), Value::Bool(true));
-                map.remove("emotes");
-            }
+        for msg in removed {
             self.out.mutations.push(Mutation::Chat {
                 room: self.code.to_string(),
-                msg,
+                msg: chat_index::deleted(msg),
             });
         }
         ids

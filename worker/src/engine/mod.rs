@@ -14,6 +14,7 @@
 
 mod bucket;
 mod chat;
+mod chat_index;
 mod conns;
 mod durable;
 mod head;
@@ -122,6 +123,8 @@ pub struct Room {
     idem: idempotency::Idempotency,
     chat_recent: VecDeque<ChatMessage>,
     chat_buckets: HashMap<String, TokenBucket>,
+    /// Recent chat (room and upstream) that moderation can delete.
+    chat_index: chat_index::ChatIndex,
     ready_deadline: Option<u64>,
     /// Set while the room is paused by the `pause_all` ad policy: when it resumes anyway.
     ad_resume_at: Option<u64>,
@@ -177,6 +180,9 @@ impl Room {
             room.ready_deadline = Some(now + room.cfg.ready_timeout_ms);
         }
         for msg in loaded.chat {
+            if msg.source == lockstep_shared::protocol::ChatSource::Room {
+                room.chat_index.push_room(&msg);
+            }
             room.remember_chat(msg);
         }
         // The stored history only counts if it is consecutive and ends at the room's seq.
@@ -213,6 +219,7 @@ impl Room {
             idem: Default::default(),
             chat_recent: VecDeque::new(),
             chat_buckets: HashMap::new(),
+            chat_index: Default::default(),
             ready_deadline: None,
             ad_resume_at: None,
             out: Output::default(),
@@ -434,6 +441,7 @@ impl Room {
                 entry_id, index, ..
             } => self.with_control(caller, |r| r.queue_move(now, caller, entry_id, index)),
             ChatSend { text, .. } => self.chat(now, caller, text),
+            ChatDelete { message_id, .. } => self.delete_chat(now, caller, message_id),
             RoomSettings {
                 control_mode,
                 ad_policy,

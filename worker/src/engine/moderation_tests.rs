@@ -159,3 +159,105 @@ fn bans_are_kept_with_the_room_and_old_rooms_load_without_them() {
     let loaded: Result<Durable, _> = serde_json::from_value(old);
     assert_eq!(loaded.map(|d| d.bans.len()).ok(), Some(0));
 }
+
+fn send_chat(h: &mut Harness, user: &str, conn: u64, text: &str) -> u64 {
+    let r = h.run(
+        user,
+        conn,
+        ClientCommand::ChatSend {
+            room: ROOM.into(),
+            text: text.into(),
+        },
+    );
+    r["result"]["id"].as_u64().unwrap_or_default()
+}
+
+fn delete(message_id: u64) -> ClientCommand {
+    ClientCommand::ChatDelete {
+        room: ROOM.into(),
+        message_id,
+    }
+}
+
+#[test]
+fn authors_delete_their_messages_and_moderators_anyone_s() {
+    let mut h = Harness::with(cfg());
+    h.join("amy", 2);
+    h.join("bob", 3);
+    h.join("op", 4);
+    make_operator(&mut h, "op");
+    let a1 = send_chat(&mut h, "amy", 2, "oops");
+    let a2 = send_chat(&mut h, "amy", 2, "spam");
+    let b1 = send_chat(&mut h, "bob", 3, "hello");
+    // Bob may not delete Amy's message; Amy may delete her own, the operator anyone's.
+    assert_eq!(code(&h.run("bob", 3, delete(a1))), "forbidden");
+    let (reply, out) = h.send_as(&caller("amy", 2), Some("d1"), delete(a1));
+    assert_eq!(code(&reply), "ack", "{reply}");
+    let event = h.last_event("chat.delete");
+    assert_eq!(event["ids"], serde_json::json!([a1]));
+    assert_eq!(event["by"], "amy");
+    // The stored row keeps the message's place without its text.
+    let rows: Vec<_> = out
+        .mutations
+        .iter()
+        .filter_map(|m| match m {
+            lockstep_shared::store::Mutation::Chat { msg, .. } => Some(msg.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].id, rows[0].text.as_str()), (a1, ""));
+    assert_eq!(
+        rows[0].ext.as_ref().map(|e| e["deleted"].clone()),
+        Some(Value::Bool(true))
+    );
+    assert_eq!(code(&h.run("op", 4, delete(a2))), "ack");
+    // Gone from the snapshot a joiner gets; deleting again finds nothing.
+    let snap = h.join("zed", 5);
+    let ids: Vec<u64> = snap["result"]["snapshot"]["chat"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|m| m["id"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, vec![b1]);
+    assert_eq!(code(&h.run("op", 4, delete(a1))), "not_found");
+    assert_eq!(code(&h.run("op", 4, delete(9_999))), "not_found");
+}
+
+#[test]
+fn a_reloaded_room_can_still_delete_the_chat_it_loaded() {
+    let mut h = Harness::with(cfg());
+    h.join("amy", 2);
+    let (_, out) = h.send_as(
+        &caller("amy", 2),
+        Some("m1"),
+        ClientCommand::ChatSend {
+            room: ROOM.into(),
+            text: "before the reload".into(),
+        },
+    );
+    let chat: Vec<_> = out
+        .mutations
+        .into_iter()
+        .filter_map(|m| match m {
+            lockstep_shared::store::Mutation::Chat { msg, .. } => Some(msg),
+            _ => None,
+        })
+        .collect();
+    let id = chat.first().map(|m| m.id).unwrap_or_default();
+    let loaded = lockstep_shared::store::LoadedRoom {
+        record: lockstep_shared::store::RoomRecord {
+            code: ROOM.into(),
+            seq: h.room.seq(),
+            state: serde_json::to_value(h.room.durable()).unwrap_or(Value::Null),
+        },
+        chat,
+        commands: Vec::new(),
+        events: Vec::new(),
+    };
+    let Ok(room) = super::Room::restore(cfg(), loaded, h.now + 1) else {
+        panic!("restore failed")
+    };
+    h.room = room;
+    h.join("owner", 1);
+    assert_eq!(code(&h.run("owner", 1, delete(id))), "ack");
+}

@@ -1388,6 +1388,8 @@ fn arb_cmd() -> impl Strategy<Value = (u8, ClientCommand)> {
                 duration_ms,
             }
         }),
+        (room(), 0u64..40)
+            .prop_map(|(room, message_id)| ClientCommand::ChatDelete { room, message_id }),
         (room(), 0u8..4).prop_map(|(room, u)| ClientCommand::RoomUnban {
             room,
             user_id: format!("u{u}"),
