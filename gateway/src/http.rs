@@ -66,6 +66,7 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (_, ["v1", "rooms", _]) => "/v1/rooms/{code}",
         (_, ["v1", "rooms", _, "chat"]) => "/v1/rooms/{code}/chat",
         (_, ["v1", "rooms", _, "audit"]) => "/v1/rooms/{code}/audit",
+        (_, ["v1", "rooms", _, "bans"]) => "/v1/rooms/{code}/bans",
         _ => "other",
     }
 }
@@ -128,6 +129,20 @@ async fn dispatch(
             };
             let entries = state.link.query(&code, q).await?;
             Ok(json_response(StatusCode::OK, &entries))
+        }
+        (Method::GET, ["v1", "rooms", code, "bans"]) => {
+            let claims = authenticate(&req, state)?;
+            let code = room_code(code)?;
+            let bans = state
+                .link
+                .query(
+                    &code,
+                    Query::Bans {
+                        user_id: claims.sub,
+                    },
+                )
+                .await?;
+            Ok(json_response(StatusCode::OK, &bans))
         }
         (_, ["healthz" | "readyz" | "metrics"])
         | (_, ["v1", "ws"])

@@ -51,6 +51,27 @@ async fn a_banned_user_leaves_the_room_keeps_the_socket_and_cannot_rejoin() {
         "{rejoin}"
     );
 
+    // Moderators list the bans in force (participants may not).
+    let (status, bans) = http(
+        node.addr,
+        "GET",
+        &format!("/v1/rooms/{room}/bans"),
+        Some(&owner_token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{bans}");
+    assert_eq!(bans, json!({"bans": [{"user_id": troll, "until": until}]}));
+    let (status, _) = http(
+        node.addr,
+        "GET",
+        &format!("/v1/rooms/{other_room}/bans"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
     // Unbanned, the user comes back; the ban and unban are in the audit log.
     owner
         .ok(json!({"type": "room.unban", "room": room, "user_id": troll}))

@@ -164,6 +164,8 @@ pub enum Query {
     Chat { before: Option<u64>, limit: usize },
     /// Audit entries, newest first; owner and operators only.
     Audit { user_id: String, limit: usize },
+    /// The bans in force; owner and operators only.
+    Bans { user_id: String },
 }
 
 /// How a gateway reaches the workers.

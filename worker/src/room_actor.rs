@@ -307,7 +307,7 @@ impl Actor {
                 self.release(out, None).await;
             }
             (State::Loaded(room), RoomMsg::Query(q, reply)) => {
-                let answer = answer_query(room.as_ref(), q);
+                let answer = answer_query(room.as_ref(), q, now);
                 match answer {
                     QueryAnswer::Now(result) => {
                         self.release(Output::default(), Some((reply, result))).await
@@ -440,7 +440,7 @@ impl Actor {
     }
 }
 
-fn answer_query(room: &Room, q: Query) -> QueryAnswer {
+fn answer_query(room: &Room, q: Query, now: u64) -> QueryAnswer {
     match q {
         Query::Create { .. } => QueryAnswer::Now(Err(Refusal::new(
             ErrorCode::Conflict,
@@ -462,6 +462,14 @@ fn answer_query(room: &Room, q: Query) -> QueryAnswer {
                 )))
             }
         }
+        Query::Bans { user_id } => QueryAnswer::Now(if room.may_read_audit(&user_id) {
+            Ok(room.bans_view(now))
+        } else {
+            Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only the owner and operators may list bans",
+            ))
+        }),
     }
 }
 

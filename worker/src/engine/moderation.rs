@@ -8,11 +8,24 @@ use lockstep_shared::bus::{Caller, ToGateway};
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::server::removed_frame;
 use lockstep_shared::protocol::{bounds, ErrorCode, EventBody, Role};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{Ack, Handled, Room};
 
 impl Room {
+    /// `{"bans": [{"user_id", "until"}]}` in force at `now`, by user id, for moderators
+    /// (`GET /v1/rooms/{code}/bans`): the id an unban needs.
+    pub fn bans_view(&self, now: u64) -> Value {
+        let bans: Vec<Value> = self
+            .d
+            .bans
+            .iter()
+            .filter(|(_, until)| until.is_none_or(|t| t > now))
+            .map(|(user_id, until)| json!({"user_id": user_id, "until": until}))
+            .collect();
+        json!({ "bans": bans })
+    }
+
     /// Whether `user_id` may not join at `now`; the refusal says until when.
     pub(super) fn ban_refusal(&self, user_id: &str, now: u64) -> Option<Refusal> {
         let until = *self.d.bans.get(user_id)?;

@@ -100,7 +100,13 @@ fn a_timed_ban_ends_by_itself() {
         early["message"],
         "you are banned from this room for another 30 s"
     );
+    let until = h.now + 30_000;
+    assert_eq!(
+        h.room.bans_view(h.now),
+        serde_json::json!({"bans": [{"user_id": "absent", "until": until}]})
+    );
     h.tick(30_000);
+    assert_eq!(h.room.bans_view(h.now), serde_json::json!({"bans": []}));
     assert_eq!(code(&h.join("absent", 2)), "ack");
     let zero = h.run("owner", 1, ban("x", Some(0)));
     assert_eq!(code(&zero), "bad_request");
