@@ -81,7 +81,19 @@ async fn guest(addr: SocketAddr, tls: Option<&Tls>, name: &str) -> anyhow::Resul
     body["token"]
         .as_str()
         .map(str::to_owned)
-        .with_context(|| format!("guest sign-in failed: {body}"))
+        .with_context(|| format!("guest sign-in failed: {body}{}", limits_hint(&body)))
+}
+
+/// What to do about a server that refuses the load by its own limits: a load test needs
+/// them raised (README, "Measuring").
+fn limits_hint(body: &Value) -> &'static str {
+    if body["error"]["code"] == "rate_limited" {
+        "\n  the server's per-address limits refuse the load: start it with \
+         LOCKSTEP_GATEWAY__CONNECT_RATE_PER_IP / __CONNECT_BURST_PER_IP (and COMMAND_*, \
+         ROOM__CHAT_*) raised (README, \"Measuring\")"
+    } else {
+        ""
+    }
 }
 
 async fn create_room(addr: SocketAddr, tls: Option<&Tls>, token: &str) -> anyhow::Result<String> {
@@ -89,7 +101,7 @@ async fn create_room(addr: SocketAddr, tls: Option<&Tls>, token: &str) -> anyhow
     body["code"]
         .as_str()
         .map(str::to_owned)
-        .with_context(|| format!("room creation failed: {body}"))
+        .with_context(|| format!("room creation failed: {body}{}", limits_hint(&body)))
 }
 
 /// One HTTP/1.1 POST on its own connection (TLS for `https://` gateways); the JSON body of
@@ -140,5 +152,18 @@ where
         Ok(_) => Ok(raw),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_by_the_servers_limits_says_which_to_raise() {
+        let limited = json!({"error": {"code": "rate_limited", "message": "too many"}});
+        assert!(limits_hint(&limited).contains("LOCKSTEP_GATEWAY__CONNECT_RATE_PER_IP"));
+        let other = json!({"error": {"code": "unauthorized", "message": "no"}});
+        assert_eq!(limits_hint(&other), "");
     }
 }
