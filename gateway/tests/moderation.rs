@@ -61,7 +61,10 @@ async fn a_banned_user_leaves_the_room_keeps_the_socket_and_cannot_rejoin() {
     )
     .await;
     assert_eq!(status, 200, "{bans}");
-    assert_eq!(bans, json!({"bans": [{"user_id": troll, "until": until}]}));
+    assert_eq!(
+        bans,
+        json!({"bans": [{"user_id": troll, "until": until}], "mutes": []})
+    );
     let (status, _) = http(
         node.addr,
         "GET",
@@ -131,5 +134,35 @@ async fn a_deleted_message_leaves_every_view_but_keeps_its_place_in_history() {
         .unwrap_or_default();
     assert_eq!(row["text"], "", "{row}");
     assert_eq!(row["ext"]["deleted"], true, "{row}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_muted_user_watches_but_cannot_chat_until_unmuted() {
+    let (_d, mut node) = node("mute").await;
+    let (mut owner, _token, room) = node.owner("Owner").await;
+    let (mut a, a_id, _) = node.member("A", &room).await;
+    let ack = owner
+        .ok(json!({"type": "room.mute", "room": room, "user_id": a_id}))
+        .await;
+    assert_eq!(ack["until"], serde_json::Value::Null);
+    let refused = a
+        .call(json!({"type": "chat.send", "room": room, "text": "hi"}))
+        .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["message"], "you are muted in this room");
+    // Still a member: the room's events reach them, and they may ready up.
+    owner
+        .ok(json!({"type": "chat.send", "room": room, "text": "welcome"}))
+        .await;
+    let msg = a.event("chat.message").await;
+    assert_eq!(msg["text"], "welcome");
+    a.ok(json!({"type": "user.ready", "room": room, "ready": true}))
+        .await;
+    owner
+        .ok(json!({"type": "room.unmute", "room": room, "user_id": a_id}))
+        .await;
+    a.ok(json!({"type": "chat.send", "room": room, "text": "thanks"}))
+        .await;
     node.stop().await;
 }

@@ -165,7 +165,8 @@ pub struct RoomConfig {
     /// Operators per room: roles are kept with the room (present or not), so they need
     /// a bound of their own.
     pub operators_max: usize,
-    /// Users banned from one room at once (expired bans do not count).
+    /// Users banned from one room at once, and separately users muted (expired ones do not
+    /// count).
     pub bans_max: usize,
     /// Upstream (Twitch/YouTube) messages per second one room accepts; the rest are shed
     /// and counted.

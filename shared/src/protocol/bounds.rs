@@ -38,9 +38,11 @@ pub fn check(cmd: &ClientCommand, chat_max_chars: usize) -> Result<(), Refusal> 
             title.as_deref().map_or(Ok(()), entry_title)
         }
         RoomSettings { name: Some(n), .. } => room_name(n),
-        RoomRole { user_id, .. } | RoomBan { user_id, .. } | RoomUnban { user_id, .. } => {
-            role_target(user_id)
-        }
+        RoomRole { user_id, .. }
+        | RoomBan { user_id, .. }
+        | RoomUnban { user_id, .. }
+        | RoomMute { user_id, .. }
+        | RoomUnmute { user_id, .. } => role_target(user_id),
         RoomSources { add, remove, .. } => {
             if let Some(spec) = add {
                 spec.clone().normalized()?;

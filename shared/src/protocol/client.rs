@@ -108,6 +108,16 @@ pub enum ClientCommand {
     },
     #[serde(rename = "room.unban")]
     RoomUnban { room: String, user_id: String },
+    /// Keeps a user from chatting, for `duration_ms` or for good; they stay in the room.
+    #[serde(rename = "room.mute")]
+    RoomMute {
+        room: String,
+        user_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
+    #[serde(rename = "room.unmute")]
+    RoomUnmute { room: String, user_id: String },
     #[serde(rename = "signal.send")]
     SignalSend {
         room: String,
@@ -142,6 +152,8 @@ impl ClientCommand {
             | RoomSources { room, .. }
             | RoomBan { room, .. }
             | RoomUnban { room, .. }
+            | RoomMute { room, .. }
+            | RoomUnmute { room, .. }
             | SignalSend { room, .. } => Some(room),
         }
     }
@@ -171,6 +183,8 @@ impl ClientCommand {
             RoomSources { .. } => "room.sources",
             RoomBan { .. } => "room.ban",
             RoomUnban { .. } => "room.unban",
+            RoomMute { .. } => "room.mute",
+            RoomUnmute { .. } => "room.unmute",
             SignalSend { .. } => "signal.send",
         }
     }
@@ -285,6 +299,8 @@ mod tests {
             r#"{"type":"room.ban","room":"abc","user_id":"u2","duration_ms":60000}"#,
             r#"{"type":"room.ban","room":"abc","user_id":"u2"}"#,
             r#"{"type":"room.unban","room":"abc","user_id":"u2"}"#,
+            r#"{"type":"room.mute","room":"abc","user_id":"u2","duration_ms":60000}"#,
+            r#"{"type":"room.unmute","room":"abc","user_id":"u2"}"#,
             r#"{"id":"d1","type":"chat.delete","room":"abc","message_id":42}"#,
         ];
         for text in frames {

@@ -10,11 +10,15 @@ use lockstep_shared::protocol::{ChatMessage, ChatSource, ChatUser, ErrorCode, Ev
 use lockstep_shared::store::Mutation;
 use serde_json::{json, Value};
 
+use super::moderation::Sanction;
 use super::{chat_index, Ack, Handled, Room, TokenBucket};
 
 impl Room {
     pub(super) fn chat(&mut self, now: u64, caller: &Caller, text: String) -> Handled {
         bounds::chat_text(&text, self.cfg.chat_max_chars)?;
+        if let Some(refusal) = self.sanction_refusal(Sanction::Mute, &caller.user_id, now) {
+            return Err(refusal);
+        }
         let (rate, burst) = (self.cfg.chat_rate, self.cfg.chat_burst);
         let bucket = self
             .chat_buckets

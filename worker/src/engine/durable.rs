@@ -22,4 +22,7 @@ pub struct Durable {
     /// Banned user → until (server ms), `None` for good. Absent in rooms stored before bans.
     #[serde(default)]
     pub bans: BTreeMap<String, Option<u64>>,
+    /// Muted user → until, like `bans`.
+    #[serde(default)]
+    pub mutes: BTreeMap<String, Option<u64>>,
 }

@@ -49,6 +49,8 @@ use lockstep_shared::protocol::{
 use lockstep_shared::store::{AuditEntry, CommandRecord, EventRecord, LoadedRoom, Mutation};
 use serde_json::{json, Value};
 
+use moderation::Sanction;
+
 pub use bucket::TokenBucket;
 pub use durable::Durable;
 pub use ingest::{IngestItem, SourceReport};
@@ -163,6 +165,7 @@ impl Room {
             next_source_id: 1,
             created_ms: now,
             bans: Default::default(),
+            mutes: Default::default(),
         };
         let mut room = Room::from_parts(cfg, code, d, 0);
         room.dirty = true;
@@ -455,8 +458,14 @@ impl Room {
                 user_id,
                 duration_ms,
                 ..
-            } => self.ban(now, caller, &user_id, duration_ms),
-            RoomUnban { user_id, .. } => self.unban(now, caller, &user_id),
+            } => self.sanction(now, caller, &user_id, duration_ms, Sanction::Ban),
+            RoomUnban { user_id, .. } => self.lift(now, caller, &user_id, Sanction::Ban),
+            RoomMute {
+                user_id,
+                duration_ms,
+                ..
+            } => self.sanction(now, caller, &user_id, duration_ms, Sanction::Mute),
+            RoomUnmute { user_id, .. } => self.lift(now, caller, &user_id, Sanction::Mute),
         }
     }
 

@@ -103,10 +103,13 @@ fn a_timed_ban_ends_by_itself() {
     let until = h.now + 30_000;
     assert_eq!(
         h.room.bans_view(h.now),
-        serde_json::json!({"bans": [{"user_id": "absent", "until": until}]})
+        serde_json::json!({"bans": [{"user_id": "absent", "until": until}], "mutes": []})
     );
     h.tick(30_000);
-    assert_eq!(h.room.bans_view(h.now), serde_json::json!({"bans": []}));
+    assert_eq!(
+        h.room.bans_view(h.now),
+        serde_json::json!({"bans": [], "mutes": []})
+    );
     assert_eq!(code(&h.join("absent", 2)), "ack");
     let zero = h.run("owner", 1, ban("x", Some(0)));
     assert_eq!(code(&zero), "bad_request");
@@ -266,4 +269,58 @@ fn a_reloaded_room_can_still_delete_the_chat_it_loaded() {
     h.room = room;
     h.join("owner", 1);
     assert_eq!(code(&h.run("owner", 1, delete(id))), "ack");
+}
+
+#[test]
+fn a_mute_stops_chat_only_and_ends_by_itself() {
+    let mut h = Harness::with(cfg());
+    h.join("amy", 2);
+    h.join("op", 3);
+    make_operator(&mut h, "op");
+    let mute = |user_id: &str, duration_ms| ClientCommand::RoomMute {
+        room: ROOM.into(),
+        user_id: user_id.into(),
+        duration_ms,
+    };
+    assert_eq!(code(&h.run("amy", 2, mute("op", None))), "forbidden");
+    assert_eq!(code(&h.run("op", 3, mute("owner", None))), "forbidden");
+    let r = h.run("op", 3, mute("amy", Some(10_000)));
+    assert_eq!(code(&r), "ack", "{r}");
+    let chat = |h: &mut Harness| {
+        h.run(
+            "amy",
+            2,
+            ClientCommand::ChatSend {
+                room: ROOM.into(),
+                text: "hello".into(),
+            },
+        )
+    };
+    let refused = chat(&mut h);
+    assert_eq!(code(&refused), "forbidden");
+    assert_eq!(
+        refused["message"],
+        "you are muted in this room for another 10 s"
+    );
+    // Still present and able to do everything but chat.
+    assert!(h.room.member_conns().contains(&caller("amy", 2).conn));
+    let ready = h.run(
+        "amy",
+        2,
+        ClientCommand::UserReady {
+            room: ROOM.into(),
+            ready: true,
+        },
+    );
+    assert_eq!(code(&ready), "ack");
+    let view = h.room.bans_view(h.now);
+    assert_eq!(view["mutes"][0]["user_id"], "amy");
+    h.tick(10_000);
+    assert_eq!(code(&chat(&mut h)), "ack");
+    let unmute = ClientCommand::RoomUnmute {
+        room: ROOM.into(),
+        user_id: "amy".into(),
+    };
+    let r = h.run("owner", 1, unmute);
+    assert_eq!(r["message"], "that user is not muted");
 }

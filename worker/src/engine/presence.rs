@@ -8,13 +8,14 @@ use lockstep_shared::protocol::{
 };
 use serde_json::json;
 
+use super::moderation::Sanction;
 use super::{Ack, AckResult, Handled, Member, Room};
 
 impl Room {
     /// Joining is itself the `presence.join` event; a second connection of a present user
     /// joins silently. With `since_seq` covered by history, the missed events are replayed.
     pub(super) fn join(&mut self, now: u64, caller: &Caller, since_seq: Option<u64>) -> Handled {
-        if let Some(refusal) = self.ban_refusal(&caller.user_id, now) {
+        if let Some(refusal) = self.sanction_refusal(Sanction::Ban, &caller.user_id, now) {
             return Err(refusal);
         }
         let code = self.code.to_string();

@@ -1390,6 +1390,13 @@ fn arb_cmd() -> impl Strategy<Value = (u8, ClientCommand)> {
         }),
         (room(), 0u64..40)
             .prop_map(|(room, message_id)| ClientCommand::ChatDelete { room, message_id }),
+        (room(), 0u8..4, proptest::option::of(1u64..5_000)).prop_map(|(room, u, duration_ms)| {
+            ClientCommand::RoomMute {
+                room,
+                user_id: format!("u{u}"),
+                duration_ms,
+            }
+        }),
         (room(), 0u8..4).prop_map(|(room, u)| ClientCommand::RoomUnban {
             room,
             user_id: format!("u{u}"),
@@ -1440,6 +1447,8 @@ proptest! {
             let role = if c.user_id == "owner" { lockstep_shared::protocol::Role::Owner } else if before.operators.contains(&c.user_id) { lockstep_shared::protocol::Role::Operator } else { lockstep_shared::protocol::Role::Participant };
             let is_control = matches!(cmd, ClientCommand::PlayerPlay{..} | ClientCommand::PlayerPause{..} | ClientCommand::PlayerSeek{..} | ClientCommand::PlayerRestart{..} | ClientCommand::PlayerSkip{..} | ClientCommand::QueueAdd{..} | ClientCommand::QueueRemove{..} | ClientCommand::QueueMove{..});
             let is_pause = matches!(cmd, ClientCommand::PlayerPause{..});
+            let muted_chat = matches!(cmd, ClientCommand::ChatSend{..})
+                && before.mutes.get(&c.user_id).is_some_and(|u| u.is_none_or(|t| t > now));
             let was_member = room.member_conns().contains(&c.conn);
             let out = room.handle(now, ToWorker::Command(CommandEnvelope { caller: c.clone(), id: None, cmd }));
             for d in &out.deliveries {
@@ -1449,6 +1458,11 @@ proptest! {
                 }
             }
             prop_assert_eq!(room.seq(), last_seq);
+            // A muted user's chat never reaches the room.
+            if muted_chat {
+                let stored = out.mutations.iter().any(|m| matches!(m, Mutation::Chat { .. }));
+                prop_assert!(!stored, "a muted user's chat was stored");
+            }
             let after = room.durable();
             if is_control && (!was_member || !before.settings.control_mode.allows(role)) {
                 prop_assert_eq!(&before.queue, &after.queue);
