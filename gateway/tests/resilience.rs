@@ -219,7 +219,7 @@ async fn state_survives_a_restart() {
     let room = node.create_room(&token).await;
     let mut owner = node.connect(&token).await;
     owner.join(&room, None).await;
-    owner.ok(json!({"type": "room.settings", "room": room, "name": "Persisted", "control_mode": "anyone", "ad_policy": "pause_all"})).await;
+    owner.ok(json!({"type": "room.settings", "room": room, "name": "Persisted", "control_mode": "anyone", "ad_policy": "pause_all", "vote_skip_percent": 40})).await;
     owner
         .ok(json!({"type": "room.role", "room": room, "user_id": op_id, "role": "operator"}))
         .await;
@@ -242,7 +242,7 @@ async fn state_survives_a_restart() {
     let (_, after) = room_body(node.addr, &token, &room).await;
     assert_eq!(
         after["settings"],
-        json!({"name": "Persisted", "control_mode": "anyone", "ad_policy": "pause_all"})
+        json!({"name": "Persisted", "control_mode": "anyone", "ad_policy": "pause_all", "vote_skip_percent": 40})
     );
     assert_eq!(after["queue"], before["queue"]);
     assert_eq!(after["player"], before["player"]);

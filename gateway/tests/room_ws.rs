@@ -20,7 +20,7 @@ async fn join_ack_snapshot_shape_and_presence() {
     assert_eq!(snap["room"], room.as_str());
     assert_eq!(
         snap["settings"],
-        json!({"name": room, "control_mode": "operators", "ad_policy": "ignore"})
+        json!({"name": room, "control_mode": "operators", "ad_policy": "ignore", "vote_skip_percent": 0})
     );
     assert_eq!(
         snap["members"],
@@ -459,5 +459,41 @@ async fn missed_pongs_drop_a_member_from_presence() {
     let leave = a.event("presence.leave").await;
     assert_eq!(leave["user_id"], silent_id.as_str());
     drop(silent);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn participants_vote_an_entry_away_once_the_owner_allows_it() {
+    let (_d, mut node) = node("voteskip").await;
+    let (mut owner, _token, room) = node.owner("Owner").await;
+    let (mut a, _, _) = node.member("A", &room).await;
+    let (mut b, _, _) = node.member("B", &room).await;
+    for v in ["dQw4w9WgXcQ", "9bZkp7q19f0"] {
+        owner
+            .ok(json!({"type": "queue.add", "room": room, "url": format!("https://youtu.be/{v}")}))
+            .await;
+    }
+    let off = a
+        .call(json!({"type": "player.vote_skip", "room": room}))
+        .await;
+    assert_eq!(off["code"], "conflict", "{off}");
+    owner
+        .ok(json!({"type": "room.settings", "room": room, "vote_skip_percent": 60}))
+        .await;
+    // 3 present at 60 %: 2 votes skip.
+    let first = a
+        .ok(json!({"type": "player.vote_skip", "room": room}))
+        .await;
+    assert_eq!(first, json!({"votes": 1, "needed": 2, "skipped": false}));
+    let tally = owner.event("player.vote_skip").await;
+    assert_eq!(tally["votes"], 1);
+    let second = b
+        .ok(json!({"type": "player.vote_skip", "room": room}))
+        .await;
+    assert_eq!(second["skipped"], true);
+    let state = owner
+        .recv_until(|v| v["type"] == "player.state" && v["entry"]["video_id"] == "9bZkp7q19f0")
+        .await;
+    assert_eq!(state["state"], "starting");
     node.stop().await;
 }

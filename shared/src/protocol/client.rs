@@ -52,6 +52,9 @@ pub enum ClientCommand {
     PlayerSkip { room: String },
     #[serde(rename = "player.ended")]
     PlayerEnded { room: String, entry_id: u64 },
+    /// A vote to skip the current entry (the room's `vote_skip_percent` decides).
+    #[serde(rename = "player.vote_skip")]
+    PlayerVoteSkip { room: String },
     #[serde(rename = "player.ad")]
     PlayerAd { room: String, active: bool },
     #[serde(rename = "queue.add")]
@@ -83,6 +86,8 @@ pub enum ClientCommand {
         ad_policy: Option<AdPolicy>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vote_skip_percent: Option<u8>,
     },
     #[serde(rename = "room.role")]
     RoomRole {
@@ -142,6 +147,7 @@ impl ClientCommand {
             | PlayerSkip { room }
             | PlayerEnded { room, .. }
             | PlayerAd { room, .. }
+            | PlayerVoteSkip { room }
             | QueueAdd { room, .. }
             | QueueRemove { room, .. }
             | QueueMove { room, .. }
@@ -173,6 +179,7 @@ impl ClientCommand {
             PlayerSkip { .. } => "player.skip",
             PlayerEnded { .. } => "player.ended",
             PlayerAd { .. } => "player.ad",
+            PlayerVoteSkip { .. } => "player.vote_skip",
             QueueAdd { .. } => "queue.add",
             QueueRemove { .. } => "queue.remove",
             QueueMove { .. } => "queue.move",
@@ -301,6 +308,8 @@ mod tests {
             r#"{"type":"room.unban","room":"abc","user_id":"u2"}"#,
             r#"{"type":"room.mute","room":"abc","user_id":"u2","duration_ms":60000}"#,
             r#"{"type":"room.unmute","room":"abc","user_id":"u2"}"#,
+            r#"{"type":"player.vote_skip","room":"abc"}"#,
+            r#"{"type":"room.settings","room":"abc","vote_skip_percent":50}"#,
             r#"{"id":"d1","type":"chat.delete","room":"abc","message_id":42}"#,
         ];
         for text in frames {

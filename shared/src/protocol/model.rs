@@ -49,6 +49,10 @@ pub struct Settings {
     pub name: String,
     pub control_mode: ControlMode,
     pub ad_policy: AdPolicy,
+    /// Share of the present members (percent, 1-100) whose `player.vote_skip` skips the
+    /// current entry whatever the control mode; 0 = vote skip off (the default).
+    #[serde(default)]
+    pub vote_skip_percent: u8,
 }
 
 /// A present member, as in presence events and the snapshot.

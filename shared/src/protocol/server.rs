@@ -43,6 +43,14 @@ pub enum EventBody {
     PresenceUpdate { user: User },
     #[serde(rename = "player.state")]
     PlayerState(PlayerView),
+    /// The skip vote on the current entry: `votes` of the present members have voted,
+    /// `needed` skip it.
+    #[serde(rename = "player.vote_skip")]
+    PlayerVoteSkip {
+        entry_id: u64,
+        votes: usize,
+        needed: usize,
+    },
     #[serde(rename = "queue.update")]
     QueueUpdate { entries: Vec<Entry> },
     #[serde(rename = "chat.message")]
@@ -70,6 +78,7 @@ impl EventBody {
             EventBody::PresenceLeave { .. } => "presence.leave",
             EventBody::PresenceUpdate { .. } => "presence.update",
             EventBody::PlayerState(_) => "player.state",
+            EventBody::PlayerVoteSkip { .. } => "player.vote_skip",
             EventBody::QueueUpdate { .. } => "queue.update",
             EventBody::ChatMessage(_) => "chat.message",
             EventBody::ChatDelete { .. } => "chat.delete",

@@ -26,6 +26,7 @@ mod player;
 mod presence;
 mod queue;
 mod snapshot;
+mod vote_skip;
 pub mod youtube;
 
 #[cfg(test)]
@@ -34,6 +35,8 @@ mod ingest_tests;
 mod moderation_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vote_skip_tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -80,6 +83,8 @@ struct Member {
     conns: conns::Conns,
     ready: bool,
     ad: bool,
+    /// Voted to skip the current entry (reset with the ready flags).
+    voted_skip: bool,
 }
 
 /// What an ack's `result` is: a small value, or the join snapshot (written from the state
@@ -154,6 +159,7 @@ impl Room {
                 name: code.to_owned(),
                 control_mode: Default::default(),
                 ad_policy: Default::default(),
+                vote_skip_percent: 0,
             },
             owner: owner.to_owned(),
             operators: BTreeSet::new(),
@@ -434,6 +440,7 @@ impl Room {
             PlayerSkip { .. } => self.with_control(caller, |r| r.skip(now, caller)),
             PlayerEnded { entry_id, .. } => self.ended(now, caller, entry_id),
             PlayerAd { active, .. } => self.ad(now, caller, active),
+            PlayerVoteSkip { .. } => self.vote_skip(now, caller),
             QueueAdd { url, title, .. } => {
                 self.with_control(caller, |r| r.queue_add(now, caller, &url, title))
             }
@@ -449,8 +456,16 @@ impl Room {
                 control_mode,
                 ad_policy,
                 name,
+                vote_skip_percent,
                 ..
-            } => self.settings(now, caller, control_mode, ad_policy, name),
+            } => self.settings(
+                now,
+                caller,
+                control_mode,
+                ad_policy,
+                name,
+                vote_skip_percent,
+            ),
             RoomRole { user_id, role, .. } => self.set_role(now, caller, &user_id, role),
             RoomSources { add, remove, .. } => self.sources(now, caller, add, remove),
             SignalSend { to, payload, .. } => self.signal(caller, &to, &payload),

@@ -170,6 +170,7 @@ impl Room {
         );
         self.maybe_end_ad_pause(now);
         self.check_ready_gate(now);
+        self.check_vote_skip(now);
     }
 
     /// Lifts a ban or mute in force; `not_found` when there is none.

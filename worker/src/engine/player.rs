@@ -169,7 +169,7 @@ impl Room {
     }
 
     /// An explicit play/pause/seek (or a new entry) overrides the ad pause.
-    fn clear_ad_pause(&mut self) {
+    pub(super) fn clear_ad_pause(&mut self) {
         if self.ad_resume_at.take().is_some() {
             for m in self.members.values_mut() {
                 m.ad = false;
@@ -200,6 +200,7 @@ impl Room {
     pub(super) fn load_entry(&mut self, now: u64, entry: Entry, actor: &str) {
         for m in self.members.values_mut() {
             m.ready = false;
+            m.voted_skip = false;
         }
         let entry_id = entry.entry_id;
         self.d.current = Some(entry);

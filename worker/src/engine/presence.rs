@@ -35,6 +35,7 @@ impl Room {
                         conns: super::conns::Conns::one(caller.conn),
                         ready: false,
                         ad: false,
+                        voted_skip: false,
                     },
                 );
                 if let Some(user) = self.user_view(&caller.user_id) {
@@ -78,6 +79,7 @@ impl Room {
         );
         self.maybe_end_ad_pause(now);
         self.check_ready_gate(now);
+        self.check_vote_skip(now);
     }
 
     /// Every connection of a gateway that stopped heartbeating leaves. The gateway is told
@@ -216,9 +218,19 @@ impl Room {
         control_mode: Option<ControlMode>,
         ad_policy: Option<AdPolicy>,
         name: Option<String>,
+        vote_skip_percent: Option<u8>,
     ) -> Handled {
         self.require_owner(caller)?;
         let mut next = self.d.settings.clone();
+        if let Some(percent) = vote_skip_percent {
+            if percent > 100 {
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    "vote_skip_percent must be 0 (off) to 100",
+                ));
+            }
+            next.vote_skip_percent = percent;
+        }
         if let Some(name) = name {
             bounds::room_name(&name)?;
             next.name = name.trim().to_owned();
@@ -244,6 +256,7 @@ impl Room {
             if leaving_pause_all {
                 self.end_ad_pause(now, false);
             }
+            self.check_vote_skip(now);
         }
         Ok(Ack::with(json!({"settings": self.d.settings})))
     }

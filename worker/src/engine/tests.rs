@@ -37,7 +37,7 @@ pub(super) struct Harness {
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::with(cfg())
     }
 
@@ -131,7 +131,7 @@ impl Harness {
             .unwrap_or(Value::Null)
     }
 
-    fn add(&mut self, user: &str, conn: u64, video: &str) -> Value {
+    pub(super) fn add(&mut self, user: &str, conn: u64, video: &str) -> Value {
         self.run(
             user,
             conn,
@@ -634,6 +634,7 @@ fn control_modes_are_enforced() {
             control_mode: Some(lockstep_shared::protocol::ControlMode::Owner),
             ad_policy: None,
             name: None,
+            vote_skip_percent: None,
         },
     );
     assert_eq!(
@@ -651,6 +652,7 @@ fn control_modes_are_enforced() {
             control_mode: Some(lockstep_shared::protocol::ControlMode::Anyone),
             ad_policy: None,
             name: None,
+            vote_skip_percent: None,
         },
     );
     assert_eq!(code(&h.run("pat", 3, pause())), "ack");
@@ -663,6 +665,7 @@ fn control_modes_are_enforced() {
             control_mode: None,
             ad_policy: None,
             name: Some("x".into()),
+            vote_skip_percent: None,
         },
     );
     assert_eq!(code(&r), "forbidden");
@@ -985,6 +988,7 @@ fn ad_policy_pause_all_pauses_and_resumes() {
             control_mode: None,
             ad_policy: Some(lockstep_shared::protocol::AdPolicy::PauseAll),
             name: None,
+            vote_skip_percent: None,
         },
     );
     h.run(
@@ -1069,6 +1073,7 @@ fn explicit_control_clears_ad_pause() {
             control_mode: None,
             ad_policy: Some(lockstep_shared::protocol::AdPolicy::PauseAll),
             name: None,
+            vote_skip_percent: None,
         },
     );
     h.join("bob", 2);
@@ -1364,14 +1369,17 @@ fn arb_cmd() -> impl Strategy<Value = (u8, ClientCommand)> {
             prop_oneof![
                 Just(lockstep_shared::protocol::AdPolicy::Ignore),
                 Just(lockstep_shared::protocol::AdPolicy::PauseAll)
-            ]
+            ],
+            proptest::option::of(0u8..=100)
         )
-            .prop_map(|(room, m, a)| ClientCommand::RoomSettings {
+            .prop_map(|(room, m, a, v)| ClientCommand::RoomSettings {
                 room,
                 control_mode: Some(m),
                 ad_policy: Some(a),
-                name: None
+                name: None,
+                vote_skip_percent: v
             }),
+        room().prop_map(|room| ClientCommand::PlayerVoteSkip { room }),
         (room(), 0u8..4, any::<bool>()).prop_map(|(room, u, op)| ClientCommand::RoomRole {
             room,
             user_id: format!("u{u}"),
