@@ -108,6 +108,13 @@ pub enum Mutation {
         room: String,
         below_seq: u64,
     },
+    /// A chat message deleted after it left the room's memory: its stored row, if there is
+    /// one, keeps its place without text (`text` empty, `ext.deleted: true`, no emotes), as
+    /// a rewritten `Chat` row would.
+    DeleteChat {
+        room: String,
+        id: u64,
+    },
 }
 
 /// Why the store could not do what was asked. Always safe to retry from the client's view.

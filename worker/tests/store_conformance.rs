@@ -153,6 +153,60 @@ async fn conformance(store: Arc<dyn Store>) {
         .unwrap()
         .commands
         .is_empty());
+    // A message deleted after the room forgot it: the row keeps its place, without text,
+    // emotes or anything else but `ext.deleted`; other fields of `ext` stay.
+    let mut upstream = msg(41);
+    upstream.ext = Some(json!({"kind": "text", "emotes": [{"id": "e"}], "source_id": "s1"}));
+    let rows = vec![
+        room("d", 42, 0),
+        Mutation::Chat {
+            room: "d".into(),
+            msg: msg(40),
+        },
+        Mutation::Chat {
+            room: "d".into(),
+            msg: upstream,
+        },
+        Mutation::Chat {
+            room: "d".into(),
+            msg: msg(42),
+        },
+    ];
+    assert_eq!(store.submit(rows).await.unwrap(), Ok(()));
+    let deletes = vec![
+        room("d", 42, 0),
+        Mutation::DeleteChat {
+            room: "d".into(),
+            id: 40,
+        },
+        Mutation::DeleteChat {
+            room: "d".into(),
+            id: 41,
+        },
+        // No such row: nothing happens.
+        Mutation::DeleteChat {
+            room: "d".into(),
+            id: 39,
+        },
+    ];
+    assert_eq!(store.submit(deletes).await.unwrap(), Ok(()));
+    let page = store.chat_page("d", None, 10).await.unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![42, 41, 40]
+    );
+    assert_eq!(page[0], msg(42));
+    assert_eq!((page[1].text.as_str(), page[2].text.as_str()), ("", ""));
+    assert_eq!(
+        page[1].ext,
+        Some(json!({"kind": "text", "source_id": "s1", "deleted": true}))
+    );
+    assert_eq!(page[2].ext, Some(json!({"deleted": true})));
+    assert_eq!(
+        (page[2].user.clone(), page[2].ts),
+        (msg(40).user, msg(40).ts)
+    );
+
     let page = store.chat_page("r", Some(28), 2).await.unwrap();
     assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![27, 26]);
     assert_eq!(page[0], msg(27));

@@ -53,26 +53,42 @@ impl Room {
 
     /// Takes a message out of view: out of the join snapshot's chat, its stored row without
     /// text (`ext.deleted`), and a `chat.delete` event so clients drop it too. Its author
-    /// may delete their own room message; the owner and operators any message.
+    /// may delete their own room message; the owner and operators any message, also one
+    /// older than the room's memory (the store then marks the row by id, if there is one).
     pub(super) fn delete_chat(&mut self, now: u64, caller: &Caller, message_id: u64) -> Handled {
-        let Some(msg) = self.chat_index.get(message_id) else {
-            return Err(Refusal::new(
-                ErrorCode::NotFound,
-                format!(
-                    "no message {message_id} among the room's last {} chat messages",
-                    chat_index::INDEX_MAX
-                ),
-            ));
+        let moderator = matches!(self.role_of(&caller.user_id), Role::Owner | Role::Operator);
+        let author = match self.chat_index.get(message_id) {
+            Some(msg) => {
+                let own = msg.source == ChatSource::Room && msg.user.user_id == caller.user_id;
+                if !own && !moderator {
+                    return Err(Refusal::new(
+                        ErrorCode::Forbidden,
+                        "only the owner and operators delete others' messages",
+                    ));
+                }
+                Some(msg.user.user_id.clone())
+            }
+            // Older than memory: no author to check, so moderators only, and only an id the
+            // room has handed out.
+            None if moderator && (1..=self.seq).contains(&message_id) => None,
+            None => {
+                return Err(Refusal::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "no message {message_id} among the room's last {} chat messages",
+                        chat_index::INDEX_MAX
+                    ),
+                ))
+            }
         };
-        let own = msg.source == ChatSource::Room && msg.user.user_id == caller.user_id;
-        let author = msg.user.user_id.clone();
-        if !own && !matches!(self.role_of(&caller.user_id), Role::Owner | Role::Operator) {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "only the owner and operators delete others' messages",
-            ));
+        let taken = self.chat_index.take_where(|e| e.msg.id == message_id);
+        if taken.is_empty() {
+            self.out.mutations.push(Mutation::DeleteChat {
+                room: self.code.to_string(),
+                id: message_id,
+            });
         }
-        for msg in self.chat_index.take_where(|e| e.msg.id == message_id) {
+        for msg in taken {
             self.out.mutations.push(Mutation::Chat {
                 room: self.code.to_string(),
                 msg: chat_index::deleted(msg),

@@ -368,6 +368,15 @@ impl Writer {
                     })
                     .map_err(unavailable)?;
                 }
+                Mutation::DeleteChat { room, id } => {
+                    tx.prepare_cached(
+                        "UPDATE chat SET msg = json_set(msg, '$.text', '', '$.ext', json(json_set( \
+                         json_remove(coalesce(json_extract(msg, '$.ext'), '{}'), '$.emotes'), \
+                         '$.deleted', json('true')))) WHERE room = ?1 AND id = ?2",
+                    )
+                    .and_then(|mut s| s.execute(params![room, *id as i64]))
+                    .map_err(unavailable)?;
+                }
                 Mutation::TrimEvents { room, below_seq } => {
                     tx.prepare_cached("DELETE FROM events WHERE room = ?1 AND seq < ?2")
                         .and_then(|mut s| s.execute(params![room, *below_seq as i64]))

@@ -59,6 +59,12 @@ const EVENTS: &str = "INSERT INTO events (room, seq, ts, frame) \
      SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[]) \
      ON CONFLICT (room, seq) DO UPDATE SET ts = EXCLUDED.ts, frame = EXCLUDED.frame";
 
+/// A deleted message's row keeps its place: no text, no emotes, `ext.deleted`.
+const CHAT_DELETE: &str = "UPDATE chat c SET msg = jsonb_set(c.msg, '{text}', '\"\"') \
+     || jsonb_build_object('ext', (coalesce(c.msg->'ext', '{}'::jsonb) - 'emotes') \
+     || '{\"deleted\": true}'::jsonb) \
+     FROM unnest($1::text[], $2::int8[]) AS d(room, id) WHERE c.room = d.room AND c.id = d.id";
+
 const EVENTS_TRIM: &str = "DELETE FROM events e \
      USING unnest($1::text[], $2::int8[]) AS d(room, upto) \
      WHERE e.room = d.room AND e.seq <= d.upto";
@@ -190,6 +196,7 @@ struct Statements {
     rooms_with_state: Statement,
     rooms_seq_only: Statement,
     chat: Statement,
+    chat_delete: Statement,
     audit: Statement,
     events: Statement,
     events_trim: Statement,
@@ -206,10 +213,11 @@ impl Statements {
         )
         .await
         .map_err(db)?;
-        let (events, events_trim, commands) = futures_util::future::try_join3(
+        let (events, events_trim, commands, chat_delete) = futures_util::future::try_join4(
             c.prepare_cached(EVENTS),
             c.prepare_cached(EVENTS_TRIM),
             c.prepare_cached(COMMANDS),
+            c.prepare_cached(CHAT_DELETE),
         )
         .await
         .map_err(db)?;
@@ -217,6 +225,7 @@ impl Statements {
             rooms_with_state,
             rooms_seq_only,
             chat,
+            chat_delete,
             audit,
             events,
             events_trim,
@@ -453,6 +462,7 @@ async fn write_rows(
     let mut audit: Vec<AuditRow> = Vec::new();
     let mut events: Upserts<(&str, u64), EventRow> = Upserts::default();
     let mut trims: HashMap<&str, i64> = HashMap::new();
+    let mut deletes: Vec<(&str, i64)> = Vec::new();
     let mut commands: Upserts<(&str, &str, &str), CommandRow> = Upserts::default();
     let keep = events_keep as u64;
     for m in batches.iter().copied().flatten() {
@@ -493,6 +503,7 @@ async fn write_rows(
                     *t = (*t).max(upto);
                 }
             }
+            Mutation::DeleteChat { room, id } => deletes.push((room, *id as i64)),
             Mutation::TrimEvents { room, below_seq } => {
                 let upto = below_seq.saturating_sub(1) as i64;
                 let t = trims.entry(room).or_insert(upto);
@@ -519,7 +530,13 @@ async fn write_rows(
             col(rows, |r| r.ts),
         );
         let msg = col(rows, |r| &r.msg);
-        execute(c, &st.chat, rows.len(), &[&room, &id, &ts, &msg]).await
+        let upserted = execute(c, &st.chat, rows.len(), &[&room, &id, &ts, &msg]).await?;
+        // After the upserts (a row written and deleted in one group ends deleted). Only
+        // blind deletes come here, rare enough that the extra round trip does not matter.
+        let room: Vec<&str> = deletes.iter().map(|d| d.0).collect();
+        let id: Vec<i64> = deletes.iter().map(|d| d.1).collect();
+        execute(c, &st.chat_delete, room.len(), &[&room, &id]).await?;
+        Ok(upserted)
     };
     let audit = async {
         let rows = &audit;

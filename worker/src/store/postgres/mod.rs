@@ -58,7 +58,8 @@ fn batch_room(batch: &[Mutation]) -> &str {
             | Mutation::Audit { room, .. }
             | Mutation::Command { room, .. }
             | Mutation::Event { room, .. }
-            | Mutation::TrimEvents { room, .. },
+            | Mutation::TrimEvents { room, .. }
+            | Mutation::DeleteChat { room, .. },
         ) => room,
         None => "",
     }
