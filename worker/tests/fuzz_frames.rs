@@ -49,6 +49,13 @@ const TEMPLATES: &[&str] = &[
     r#"{"type":"room.sources","room":"r1","remove":"s1"}"#,
     r#"{"type":"signal.send","room":"r1","to":"u2","payload":{"x":[1,2,{"y":null}]}}"#,
     r#"{"type":"time.sync","t0":1.5}"#,
+    r#"{"id":"f","type":"room.ban","room":"r1","user_id":"u2","duration_ms":60000}"#,
+    r#"{"type":"room.unban","room":"r1","user_id":"u2"}"#,
+    r#"{"type":"room.mute","room":"r1","user_id":"u3"}"#,
+    r#"{"type":"room.unmute","room":"r1","user_id":"u3"}"#,
+    r#"{"id":"g","type":"chat.delete","room":"r1","message_id":4}"#,
+    r#"{"type":"player.vote_skip","room":"r1"}"#,
+    r#"{"type":"room.settings","room":"r1","vote_skip_percent":50}"#,
 ];
 
 const NOISE: &[&str] = &[

@@ -63,7 +63,7 @@ pub fn chat_text(text: &str, max: usize) -> Result<(), Refusal> {
         return Err(Refusal::new(ErrorCode::BadRequest, "chat text is empty"));
     }
     // Counting stops one past the limit: a 64 KiB text costs no more than a short one.
-    if text.chars().take(max + 1).count() > max {
+    if text.chars().take(max.saturating_add(1)).count() > max {
         return Err(Refusal::new(
             ErrorCode::BadRequest,
             format!("chat text is longer than {max} characters"),
