@@ -33,6 +33,7 @@ async fn a_banned_user_leaves_the_room_keeps_the_socket_and_cannot_rejoin() {
     }
     let left = owner.event("presence.leave").await;
     assert_eq!(left["user_id"], troll.as_str());
+    assert_eq!(left["reason"], "banned", "{left}");
 
     // Out of that room only: commands there are refused, the other room still works.
     let chat = t

@@ -38,7 +38,12 @@ pub enum EventBody {
     #[serde(rename = "presence.join")]
     PresenceJoin { user: User },
     #[serde(rename = "presence.leave")]
-    PresenceLeave { user_id: String },
+    PresenceLeave {
+        user_id: String,
+        /// Why, when the user did not leave by themselves (`banned`); absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     #[serde(rename = "presence.update")]
     PresenceUpdate { user: User },
     #[serde(rename = "player.state")]

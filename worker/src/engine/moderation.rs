@@ -166,6 +166,7 @@ impl Room {
             now,
             EventBody::PresenceLeave {
                 user_id: target.to_owned(),
+                reason: Some("banned".into()),
             },
         );
         self.maybe_end_ad_pause(now);

@@ -69,7 +69,11 @@ fn a_ban_takes_every_connection_of_the_user_out_and_keeps_them_out() {
     assert_eq!(frame["reason"], "banned");
     assert_eq!(frame["by"], "owner");
     // The others see the user leave; the user's commands and joins are refused.
-    assert_eq!(h.last_event("presence.leave")["user_id"], "troll");
+    let left = h.last_event("presence.leave");
+    assert_eq!(
+        (left["user_id"].as_str(), left["reason"].as_str()),
+        (Some("troll"), Some("banned"))
+    );
     let chat = h.run(
         "troll",
         2,

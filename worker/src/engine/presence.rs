@@ -75,6 +75,7 @@ impl Room {
             now,
             EventBody::PresenceLeave {
                 user_id: user_id.to_owned(),
+                reason: None,
             },
         );
         self.maybe_end_ad_pause(now);
