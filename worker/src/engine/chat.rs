@@ -46,8 +46,7 @@ impl Room {
             room: self.code.to_string(),
             msg: msg.clone(),
         });
-        self.chat_index.push_room(&msg);
-        self.remember_chat(msg);
+        self.chat_index.push_stored(msg);
         Ok(Ack::with(json!({"id": id})))
     }
 
@@ -94,7 +93,6 @@ impl Room {
                 msg: chat_index::deleted(msg),
             });
         }
-        self.chat_recent.retain(|m| m.id != message_id);
         self.emit(
             now,
             EventBody::ChatDelete {
@@ -109,14 +107,6 @@ impl Room {
             json!({"message_id": message_id, "author": author}),
         );
         Ok(Ack::empty())
-    }
-
-    /// Keeps the last messages for join snapshots.
-    pub(super) fn remember_chat(&mut self, msg: ChatMessage) {
-        self.chat_recent.push_back(msg);
-        while self.chat_recent.len() > self.cfg.chat_snapshot {
-            self.chat_recent.pop_front();
-        }
     }
 
     /// Relays `payload` to the target's connections in this room only: no seq, no history.

@@ -1,10 +1,12 @@
-//! The room's recent chat — its own and its sources' — as moderation finds it: a message
-//! deleted (`chat.delete`, or an upstream deletion, ban or clear) must be in here. Bounded
-//! by count; messages are at most `room.chat_max_chars` each, so a few MB at worst.
+//! The room's recent chat — its own and its sources' — as the join snapshot shows it (its
+//! newest `room.chat_snapshot`) and as moderation finds it: a message deleted
+//! (`chat.delete`, or an upstream deletion, ban or clear) leaves here, and so leaves the
+//! snapshot. Bounded by count; messages are at most `room.chat_max_chars` each, so a few MB
+//! at worst.
 
 use std::collections::VecDeque;
 
-use lockstep_shared::protocol::ChatMessage;
+use lockstep_shared::protocol::{ChatMessage, ChatSource};
 use serde_json::{Map, Value};
 
 /// Messages remembered per room for moderation lookups.
@@ -22,27 +24,57 @@ pub(super) struct Indexed {
 }
 
 /// Recent messages, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct ChatIndex {
     entries: VecDeque<Indexed>,
+    /// `INDEX_MAX`, or the snapshot's length when that is longer.
+    cap: usize,
 }
 
 impl ChatIndex {
+    /// An index that also serves snapshots of `snapshot_len` messages.
+    pub fn new(snapshot_len: usize) -> ChatIndex {
+        ChatIndex {
+            entries: VecDeque::new(),
+            cap: INDEX_MAX.max(snapshot_len),
+        }
+    }
+
     pub fn push(&mut self, entry: Indexed) {
         self.entries.push_back(entry);
-        while self.entries.len() > INDEX_MAX {
+        while self.entries.len() > self.cap {
             self.entries.pop_front();
         }
     }
 
-    /// A room chat message of the room's own, indexed by its author's user id.
-    pub fn push_room(&mut self, msg: &ChatMessage) {
-        self.push(Indexed {
-            source_id: String::new(),
-            upstream_id: None,
-            author_id: Some(msg.user.user_id.clone()),
-            msg: msg.clone(),
-        });
+    /// A message as stored: the room's own are matched by their author's user id, an
+    /// upstream one by what its `ext` says (source, upstream id, platform author).
+    pub fn push_stored(&mut self, msg: ChatMessage) {
+        let ext = msg.ext.as_ref();
+        let text_of = |key: &str| ext.and_then(|e| e[key].as_str()).map(str::to_owned);
+        let entry = match msg.source {
+            ChatSource::Room => Indexed {
+                source_id: String::new(),
+                upstream_id: None,
+                author_id: Some(msg.user.user_id.clone()),
+                msg,
+            },
+            _ => Indexed {
+                source_id: text_of("source_id").unwrap_or_default(),
+                upstream_id: text_of("upstream_id"),
+                author_id: ext
+                    .and_then(|e| e["author"]["id"].as_str())
+                    .map(str::to_owned),
+                msg,
+            },
+        };
+        self.push(entry);
+    }
+
+    /// The newest `n` messages, oldest first.
+    pub fn recent(&self, n: usize) -> impl ExactSizeIterator<Item = &ChatMessage> {
+        let skip = self.entries.len().saturating_sub(n);
+        self.entries.iter().skip(skip).map(|e| &e.msg)
     }
 
     /// The message with room chat id `id`, if still remembered.

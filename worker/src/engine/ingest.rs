@@ -193,9 +193,8 @@ impl Room {
                 source_id: source_id.to_owned(),
                 upstream_id,
                 author_id,
-                msg: msg.clone(),
+                msg,
             });
-            self.remember_chat(msg);
         }
     }
 
@@ -220,7 +219,6 @@ impl Room {
         };
         let removed = self.chat_index.take_where(hit);
         let ids: Vec<u64> = removed.iter().map(|m| m.id).collect();
-        self.chat_recent.retain(|m| !ids.contains(&m.id));
         for msg in removed {
             self.out.mutations.push(Mutation::Chat {
                 room: self.code.to_string(),

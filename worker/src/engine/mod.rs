@@ -46,8 +46,7 @@ use lockstep_shared::config::RoomConfig;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::server::PlayerView;
 use lockstep_shared::protocol::{
-    ack_frame, error_frame, ChatMessage, ClientCommand, Clock, ErrorCode, Event, EventBody, Role,
-    Settings, User,
+    ack_frame, error_frame, ClientCommand, Clock, ErrorCode, Event, EventBody, Role, Settings, User,
 };
 use lockstep_shared::store::{AuditEntry, CommandRecord, EventRecord, LoadedRoom, Mutation};
 use serde_json::{json, Value};
@@ -128,7 +127,6 @@ pub struct Room {
     members: BTreeMap<String, Member>,
     history: history::History,
     idem: idempotency::Idempotency,
-    chat_recent: VecDeque<ChatMessage>,
     chat_buckets: HashMap<String, TokenBucket>,
     /// Recent chat (room and upstream) that moderation can delete.
     chat_index: chat_index::ChatIndex,
@@ -189,10 +187,7 @@ impl Room {
             room.ready_deadline = Some(now + room.cfg.ready_timeout_ms);
         }
         for msg in loaded.chat {
-            if msg.source == lockstep_shared::protocol::ChatSource::Room {
-                room.chat_index.push_room(&msg);
-            }
-            room.remember_chat(msg);
+            room.chat_index.push_stored(msg);
         }
         // The stored history only counts if it is consecutive and ends at the room's seq.
         let consecutive = loaded.events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
@@ -218,6 +213,7 @@ impl Room {
     }
 
     fn from_parts(cfg: RoomConfig, code: &str, d: Durable, seq: u64) -> Room {
+        let chat_index = chat_index::ChatIndex::new(cfg.chat_snapshot);
         Room {
             cfg,
             code: Arc::from(code),
@@ -226,9 +222,8 @@ impl Room {
             members: BTreeMap::new(),
             history: Default::default(),
             idem: Default::default(),
-            chat_recent: VecDeque::new(),
             chat_buckets: HashMap::new(),
-            chat_index: Default::default(),
+            chat_index,
             ready_deadline: None,
             ad_resume_at: None,
             out: Output::default(),

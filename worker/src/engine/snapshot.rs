@@ -68,8 +68,9 @@ pub(super) struct ChatView<'a>(&'a Room);
 impl Serialize for ChatView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let room = self.0;
-        let mut seq = s.serialize_seq(Some(room.chat_recent.len()))?;
-        for m in &room.chat_recent {
+        let recent = room.chat_index.recent(room.cfg.chat_snapshot);
+        let mut seq = s.serialize_seq(Some(recent.len()))?;
+        for m in recent {
             seq.serialize_element(&Event {
                 room: room.code.to_string(),
                 seq: m.id,
