@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 
+use lockstep_shared::protocol::ext::ExtKind;
 use lockstep_shared::protocol::{ChatMessage, ChatSource};
 use serde_json::{Map, Value};
 
@@ -48,9 +49,18 @@ impl ChatIndex {
     }
 
     /// A message as stored: the room's own are matched by their author's user id, an
-    /// upstream one by what its `ext` says (source, upstream id, platform author).
+    /// upstream one by what its `ext` says (source, upstream id, platform author). A stored
+    /// row that is not a message to show — deleted, or an upstream moderation item — is
+    /// left out, as it was when it happened.
     pub fn push_stored(&mut self, msg: ChatMessage) {
         let ext = msg.ext.as_ref();
+        let deleted = ext.is_some_and(|e| e["deleted"] == true);
+        let moderation = ext
+            .and_then(|e| serde_json::from_value::<ExtKind>(e["kind"].clone()).ok())
+            .is_some_and(ExtKind::is_moderation);
+        if deleted || moderation {
+            return;
+        }
         let text_of = |key: &str| ext.and_then(|e| e[key].as_str()).map(str::to_owned);
         let entry = match msg.source {
             ChatSource::Room => Indexed {

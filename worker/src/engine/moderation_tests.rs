@@ -336,3 +336,49 @@ fn a_mute_stops_chat_only_and_ends_by_itself() {
     let r = h.run("owner", 1, unmute);
     assert_eq!(r["message"], "that user is not muted");
 }
+
+#[test]
+fn a_reloaded_room_shows_no_deleted_message_and_no_moderation_item() {
+    let mut h = Harness::with(cfg());
+    let row = |id: u64, text: &str, ext: Option<Value>| lockstep_shared::protocol::ChatMessage {
+        id,
+        ts: id,
+        user: lockstep_shared::protocol::ChatUser {
+            user_id: "amy".into(),
+            name: "Amy".into(),
+        },
+        text: text.into(),
+        source: lockstep_shared::protocol::ChatSource::Room,
+        ext,
+    };
+    // As the store returns them: a kept message, a deleted one, an upstream deletion item.
+    let chat = vec![
+        row(2, "kept", None),
+        row(3, "", Some(serde_json::json!({"deleted": true}))),
+        row(
+            4,
+            "",
+            Some(serde_json::json!({"kind": "deletion", "source_id": "s1", "targets": [3]})),
+        ),
+    ];
+    let loaded = lockstep_shared::store::LoadedRoom {
+        record: lockstep_shared::store::RoomRecord {
+            code: ROOM.into(),
+            seq: 4,
+            state: serde_json::to_value(h.room.durable()).unwrap_or(Value::Null),
+        },
+        chat,
+        commands: Vec::new(),
+        events: Vec::new(),
+    };
+    let Ok(room) = super::Room::restore(cfg(), loaded, h.now + 1) else {
+        panic!("restore failed")
+    };
+    h.room = room;
+    let snap = h.join("owner", 1);
+    let texts: Vec<&str> = snap["result"]["snapshot"]["chat"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|m| m["text"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(texts, vec!["kept"]);
+}
