@@ -19,7 +19,7 @@ use lockstep_shared::store::{Store, StoreError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::inbox::{self, InboxRx};
+use super::bounded;
 use super::leases::{self, LeaseEvent, Leases};
 use super::publisher::Publisher;
 use super::redis_conn::{RedisPool, RedisTarget};
@@ -32,7 +32,8 @@ use crate::store::postgres::{PostgresOptions, PostgresStore};
 
 /// Messages from shard channels waiting to be routed to rooms.
 const INBOX: usize = 65_536;
-/// Bytes of those messages (with `INBOX`, see `inbox`).
+/// Bytes of those messages (with `INBOX`, see `bounded`): commands are a few KiB at most
+/// (`protocol::bounds`), but 65,536 of them while the rooms are slow would be a gigabyte.
 const INBOX_BYTES: usize = 64 << 20;
 
 /// Runs a worker until `shutdown` fires, then hands its shards off.
@@ -77,7 +78,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let background = CancellationToken::new();
 
     // Shard channel messages → rooms.
-    let (inbox_tx, inbox_rx) = inbox::inbox(INBOX, INBOX_BYTES);
+    let (inbox_tx, inbox_rx) = bounded::channel(INBOX, INBOX_BYTES);
     let redis_up = Arc::new(AtomicBool::new(false));
     super::pubsub_limit::check(&target, "worker").await;
     let subs = subscriber::spawn(
@@ -85,7 +86,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         Vec::new(),
         move |_, payload| {
             metrics::counter!(names::BUS_RECEIVED).increment(1);
-            if !inbox_tx.offer(payload) {
+            let size = payload.len();
+            if !inbox_tx.offer(payload, size) {
                 metrics::counter!(names::BUS_DROPPED).increment(1);
             }
         },
@@ -264,7 +266,7 @@ async fn open_store(cfg: &Config) -> anyhow::Result<PostgresStore> {
 }
 
 /// Routes shard-channel messages to rooms; refusals are answered to the gateway.
-async fn dispatch(mut rx: InboxRx, host: Host, publisher: Publisher) {
+async fn dispatch(mut rx: bounded::Receiver<Vec<u8>>, host: Host, publisher: Publisher) {
     while let Some(payload) = rx.recv().await {
         let msg: ToShard = match serde_json::from_slice(&payload) {
             Ok(m) => m,

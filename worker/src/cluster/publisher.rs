@@ -12,8 +12,6 @@
 //! one id's ack twice.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -23,10 +21,10 @@ use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{Pipeline, RedisResult, RetryMethod, Value};
-use tokio::sync::mpsc;
 
 use lockstep_shared::metrics as names;
 
+use super::bounded;
 use super::redis_conn::{RedisConn, RedisTarget};
 
 /// Messages waiting to be published; beyond it they are dropped and counted (clients
@@ -57,10 +55,7 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
 /// Queues messages for publishing.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: mpsc::Sender<(String, Vec<u8>)>,
-    /// Payload bytes in the queue.
-    queued: Arc<AtomicUsize>,
-    budget: usize,
+    tx: bounded::Sender<(String, Vec<u8>)>,
 }
 
 impl Publisher {
@@ -75,23 +70,14 @@ impl Publisher {
     }
 
     fn new(budget: usize) -> (Publisher, Queue) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let queue = Queue {
-            rx,
-            queued: queued.clone(),
-        };
-        let publisher = Publisher { tx, queued, budget };
-        (publisher, queue)
+        let (tx, rx) = bounded::channel(QUEUE, budget);
+        (Publisher { tx }, Queue { rx })
     }
 
     /// Queues without waiting; never blocks a room.
     pub fn publish(&self, channel: String, payload: Vec<u8>) {
-        let n = payload.len();
-        let before = self.queued.fetch_add(n, Ordering::SeqCst);
-        let over = before > 0 && before.saturating_add(n) > self.budget;
-        if over || self.tx.try_send((channel, payload)).is_err() {
-            self.queued.fetch_sub(n, Ordering::SeqCst);
+        let size = payload.len();
+        if !self.tx.offer((channel, payload), size) {
             metrics::counter!(names::BUS_DROPPED).increment(1);
         }
     }
@@ -99,8 +85,7 @@ impl Publisher {
 
 /// The publishing task's end of the queue.
 struct Queue {
-    rx: mpsc::Receiver<(String, Vec<u8>)>,
-    queued: Arc<AtomicUsize>,
+    rx: bounded::Receiver<(String, Vec<u8>)>,
 }
 
 impl Queue {
@@ -108,19 +93,14 @@ impl Queue {
     /// every publisher is gone. Cancel-safe: nothing is taken before the first message is.
     async fn next_batch(&mut self) -> Option<Vec<(String, Vec<u8>)>> {
         let first = self.rx.recv().await?;
-        let mut bytes = first.1.len();
         let mut batch = Vec::with_capacity(PIPELINE);
         batch.push(first);
         while batch.len() < PIPELINE {
             match self.rx.try_recv() {
-                Ok(m) => {
-                    bytes += m.1.len();
-                    batch.push(m);
-                }
-                Err(_) => break,
+                Some(m) => batch.push(m),
+                None => break,
             }
         }
-        self.queued.fetch_sub(bytes, Ordering::SeqCst);
         Some(batch)
     }
 }
@@ -265,7 +245,7 @@ mod tests {
         publisher.publish("g".into(), payload(10));
         let batch = queue.next_batch().await.unwrap_or_default();
         assert_eq!(batch.len(), 1, "the second did not fit behind the first");
-        assert_eq!(publisher.queued.load(Ordering::SeqCst), 0);
+        assert_eq!(publisher.tx.held(), 0);
         // Three 3 KB messages fit in 10 KB; the fourth is dropped; taking them frees room.
         for _ in 0..4 {
             publisher.publish("g".into(), payload(3_000));
@@ -273,6 +253,6 @@ mod tests {
         assert_eq!(queue.next_batch().await.map(|b| b.len()), Some(3));
         publisher.publish("g".into(), payload(3_000));
         assert_eq!(queue.next_batch().await.map(|b| b.len()), Some(1));
-        assert_eq!(publisher.queued.load(Ordering::SeqCst), 0);
+        assert_eq!(publisher.tx.held(), 0);
     }
 }
