@@ -242,6 +242,7 @@ impl Cluster {
         .env("LOCKSTEP_ROOM__CHAT_BURST", "1000")
         .env("LOCKSTEP_GATEWAY__CONNECT_RATE_PER_IP", "10000")
         .env("LOCKSTEP_GATEWAY__CONNECT_BURST_PER_IP", "10000")
+        .env("LOCKSTEP_INGEST__METADATA__ENABLED", "false")
         .env("RUST_LOG", "info")
         .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(log.try_clone().unwrap())

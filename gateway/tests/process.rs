@@ -16,6 +16,7 @@ fn spawn(dir: &std::path::Path, port: u16) -> Child {
         .env("LOCKSTEP_GATEWAY__LISTEN", format!("127.0.0.1:{port}"))
         .env("LOCKSTEP_ROOM__CHAT_BURST", "1000")
         .env("LOCKSTEP_ROOM__CHAT_RATE", "1000")
+        .env("LOCKSTEP_INGEST__METADATA__ENABLED", "false")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

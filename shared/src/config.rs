@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod backing_tls;
 mod ingest;
-pub use ingest::{BreakerConfig, IngestConfig, TwitchConfig, YoutubeConfig};
+pub use ingest::{BreakerConfig, IngestConfig, MetadataConfig, TwitchConfig, YoutubeConfig};
 
 /// The whole node configuration. Every limit an operator or a load test may tune is here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -146,6 +146,10 @@ pub struct RoomConfig {
     pub start_lead_ms: u64,
     /// Longest pause the `pause_all` ad policy may impose.
     pub ad_max_pause_ms: u64,
+    /// After the playing entry's known duration has passed on the room clock, how long the
+    /// room waits for a client's `player.ended` before it advances by itself (every tab in
+    /// the background, the reporting client gone). 0: only clients advance.
+    pub end_grace_ms: u64,
     /// Longest chat message, in characters.
     pub chat_max_chars: usize,
     /// Chat messages per second per user (token bucket rate).
@@ -192,6 +196,7 @@ impl Default for RoomConfig {
             ready_timeout_ms: 8_000,
             start_lead_ms: 250,
             ad_max_pause_ms: 120_000,
+            end_grace_ms: 5_000,
             chat_max_chars: 500,
             chat_rate: 2.0,
             chat_burst: 5.0,

@@ -4,6 +4,7 @@
 //! # Layout
 //! - `engine/`: the room state machine (no I/O, no clock reads).
 //! - `room_actor`: one task per room feeding the engine messages and time.
+//! - `lookups`: a room's video metadata lookups in flight.
 //! - `releaser`: releases a room's acks and events only after their writes commit.
 //! - `host`: the room registry, the worker side of the bus.
 //! - `store/`: the embedded SQLite store.
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod engine;
 pub mod host;
 pub mod ingest;
+mod lookups;
 mod releaser;
 mod room_actor;
 pub mod store;

@@ -2,7 +2,8 @@
 //! hands the output to the releaser. Fed by a bounded mailbox; stops on the shutdown token,
 //! when its room is missing, or after it has been empty for `idle_unload_ms`. It also runs
 //! the room's chat sources (one ingestion runner per attached source, reporting through a
-//! second bounded channel) while the room is loaded, and stops them when it stops.
+//! second bounded channel) while the room is loaded, and stops them when it stops. Queued
+//! videos' titles and durations are looked up the same way (`lookups`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,8 @@ use tracing::Instrument;
 use crate::clock::now_ms;
 use crate::engine::{Output, Room, SourceReport};
 use crate::host::HostShared;
+use crate::ingest::metadata::Lookup;
+use crate::lookups::{LookupResult, Lookups};
 use crate::releaser::{self, Pending, QueryReply};
 
 /// What a room's mailbox carries.
@@ -61,6 +64,7 @@ struct Actor {
     poisoned: Arc<AtomicBool>,
     ingest_tx: mpsc::Sender<SourceReport>,
     runners: HashMap<String, Runner>,
+    lookups: Lookups,
 }
 
 /// Runs the room until shutdown, retirement or a closed mailbox.
@@ -70,6 +74,7 @@ pub async fn run(code: String, epoch: u64, host: Arc<HostShared>, rx: mpsc::Rece
         metrics::gauge!(names::WORKER_ROOMS_ACTIVE).increment(1.0);
         let (releaser, releaser_task, poisoned) = start_releaser(&host);
         let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_INBOX);
+        let (lookups, lookup_rx) = Lookups::new(host.cancel.child_token());
         let mut actor = Actor {
             code,
             epoch,
@@ -80,11 +85,14 @@ pub async fn run(code: String, epoch: u64, host: Arc<HostShared>, rx: mpsc::Rece
             poisoned,
             ingest_tx,
             runners: HashMap::new(),
+            lookups,
         };
         actor.state = actor.load().await;
         actor.sync_sources();
-        actor.main_loop(rx, ingest_rx).await;
+        actor.start_lookups();
+        actor.main_loop(rx, ingest_rx, lookup_rx).await;
         actor.stop_sources().await;
+        actor.lookups.stop().await;
         let Actor {
             releaser,
             releaser_task,
@@ -154,6 +162,7 @@ impl Actor {
         &mut self,
         mut rx: mpsc::Receiver<RoomMsg>,
         mut ingest_rx: mpsc::Receiver<SourceReport>,
+        mut lookup_rx: mpsc::Receiver<LookupResult>,
     ) {
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         let mut idle_since = Instant::now();
@@ -179,9 +188,13 @@ impl Actor {
                     }
                     self.on_message(msg).await;
                     self.sync_sources();
+                    self.start_lookups();
                 }
                 Some(report) = ingest_rx.recv() => {
                     self.on_report(report).await;
+                }
+                Some((video, lookup)) = lookup_rx.recv() => {
+                    self.on_lookup(video, lookup).await;
                 }
                 _ = async { if let Some(w) = wake { sleep_until(w).await } else { std::future::pending::<()>().await } } => {
                     self.tick().await;
@@ -226,6 +239,43 @@ impl Actor {
         }
         if !out.is_empty() {
             self.release(out, None).await;
+        }
+    }
+
+    /// Hands the videos the room wants looked up to the node's metadata service.
+    fn start_lookups(&mut self) {
+        let State::Loaded(room) = &mut self.state else {
+            return;
+        };
+        let wanted = room.take_wanted_metadata();
+        if wanted.is_empty() {
+            return;
+        }
+        if let Some(metadata) = self.host.ingest.as_ref().and_then(|i| i.metadata()) {
+            self.lookups.start(metadata, wanted);
+        }
+    }
+
+    /// Applies a finished lookup to the room's entries of that video.
+    async fn on_lookup(&mut self, video: String, lookup: Lookup) {
+        self.lookups.done(&video);
+        if self.poisoned.load(Ordering::SeqCst) {
+            self.reload().await;
+        }
+        let State::Loaded(room) = &mut self.state else {
+            return;
+        };
+        match lookup {
+            Lookup::Found(meta) => {
+                let out = room.apply_metadata(now_ms(), &video, &meta);
+                if !out.is_empty() {
+                    self.release(out, None).await;
+                }
+            }
+            Lookup::Unavailable(why) => {
+                tracing::info!(video = %video, reason = %why, "queued video is unavailable upstream");
+            }
+            Lookup::Failed(_) => {}
         }
     }
 
@@ -437,6 +487,7 @@ impl Actor {
         }
         self.state = self.load().await;
         self.sync_sources();
+        self.start_lookups();
     }
 }
 

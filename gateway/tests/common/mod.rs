@@ -65,7 +65,9 @@ pub struct Node {
     pub dir: PathBuf,
 }
 
-/// The config tests start from: port 0, private db, fixed secret, limits out of the way.
+/// The config tests start from: port 0, private db, fixed secret, limits out of the way,
+/// and no video metadata lookups (they would go to youtube.com; tests/metadata.rs turns
+/// them on against a local fake).
 pub fn test_config(dir: &std::path::Path) -> figment::Figment {
     Config::figment()
         .merge(Serialized::default("gateway.listen", "127.0.0.1:0"))
@@ -76,6 +78,7 @@ pub fn test_config(dir: &std::path::Path) -> figment::Figment {
             10_000.0,
         ))
         .merge(Serialized::default("gateway.connect_rate_per_ip", 10_000.0))
+        .merge(Serialized::default("ingest.metadata.enabled", false))
 }
 
 pub async fn start(

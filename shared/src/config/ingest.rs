@@ -19,6 +19,7 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     pub twitch: TwitchConfig,
     pub youtube: YoutubeConfig,
+    pub metadata: MetadataConfig,
     pub breaker: BreakerConfig,
 }
 
@@ -31,6 +32,7 @@ impl Default for IngestConfig {
             max_body_bytes: 4 * 1024 * 1024,
             twitch: TwitchConfig::default(),
             youtube: YoutubeConfig::default(),
+            metadata: MetadataConfig::default(),
             breaker: BreakerConfig::default(),
         }
     }
@@ -91,6 +93,46 @@ impl Default for YoutubeConfig {
             live_check_ms: 90_000,
             poll_min_ms: 1_000,
             poll_max_ms: 10_000,
+        }
+    }
+}
+
+/// Titles and durations of queued videos, read from their watch pages (at
+/// `youtube.base_url`, through the proxy pool). Lookups are shared by every room on the
+/// node: cached, rate limited and few at a time, so a flood of `queue.add`s cannot make
+/// the node hammer YouTube.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetadataConfig {
+    /// Whether queued entries get titles and durations; off, they keep `duration_ms: null`.
+    pub enabled: bool,
+    /// Page fetches per second for the whole node…
+    pub rate_per_s: f64,
+    /// …with this burst.
+    pub burst: f64,
+    /// Page fetches at once.
+    pub concurrency: usize,
+    /// Lookups waiting for a fetch slot; more are answered "busy" at once.
+    pub waiting_max: usize,
+    /// Videos remembered (least recently used go first).
+    pub cache_entries: usize,
+    /// How long a found video's title and duration are reused.
+    pub cache_ttl_ms: u64,
+    /// How long an unavailable video or a failed fetch is not tried again.
+    pub failure_ttl_ms: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            enabled: true,
+            rate_per_s: 2.0,
+            burst: 20.0,
+            concurrency: 4,
+            waiting_max: 1_000,
+            cache_entries: 10_000,
+            cache_ttl_ms: 24 * 60 * 60 * 1000,
+            failure_ttl_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -173,6 +215,13 @@ impl IngestConfig {
         if b.open_base_ms == 0 || b.open_base_ms > b.open_max_ms || b.half_open_successes == 0 {
             errs.push(
                 "ingest.breaker: open_base_ms ≤ open_max_ms, both positive; half_open_successes ≥ 1"
+                    .into(),
+            );
+        }
+        let m = &self.metadata;
+        if !(m.rate_per_s > 0.0 && m.burst >= 1.0) || m.concurrency == 0 || m.cache_entries == 0 {
+            errs.push(
+                "ingest.metadata: rate_per_s > 0, burst ≥ 1, concurrency ≥ 1 and cache_entries ≥ 1 required"
                     .into(),
             );
         }

@@ -2,7 +2,8 @@
 //! with `ytcfg.set`, `ytInitialPlayerResponse`, `ytInitialData` and the live chat's first
 //! continuation), and InnerTube `POST /youtubei/v1/live_chat/get_live_chat?key=…` answering
 //! with `liveChatContinuation` actions and the next `invalidationContinuationData`. Bodies
-//! are gzipped when the client accepts it, as YouTube does. Built from the fixtures in
+//! are gzipped when the client accepts it, as YouTube does. Other videos' watch pages
+//! carry their title and length (`add_video`), or say "Video unavailable" as YouTube's do. Built from the fixtures in
 //! `fixtures/youtube/` (shapes of real captures). Tests queue actions and inject faults.
 
 use std::collections::{HashMap, VecDeque};
@@ -16,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const WATCH: &str = include_str!("../fixtures/youtube/watch_live.html");
 const CONVERSATION: &str = include_str!("../fixtures/youtube/conversation_bar_live.json");
+const WATCH_VIDEO: &str = include_str!("../fixtures/youtube/watch_video.html");
+const WATCH_UNAVAILABLE: &str = include_str!("../fixtures/youtube/watch_unavailable.html");
 const CHANNEL_OFFLINE: &str = include_str!("../fixtures/youtube/channel_offline.html");
 const CHAT: &str = include_str!("../fixtures/youtube/get_live_chat.json");
 const CHAT_ENDED: &str = include_str!("../fixtures/youtube/get_live_chat_ended.json");
@@ -56,6 +59,8 @@ struct State {
     ended: bool,
     timeout_ms: u64,
     seen: Vec<Seen>,
+    /// Ordinary videos: id → (title, length in seconds).
+    videos: HashMap<String, (String, u64)>,
 }
 
 /// A running fake; stops when dropped.
@@ -98,6 +103,7 @@ impl FakeYoutube {
             ended: false,
             timeout_ms: 100,
             seen: Vec::new(),
+            videos: HashMap::new(),
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -109,6 +115,21 @@ impl FakeYoutube {
             }
         });
         FakeYoutube { addr, state, task }
+    }
+
+    /// An ordinary (not live) video whose watch page gives `title` and `length_s`.
+    pub fn add_video(&self, video_id: &str, title: &str, length_s: u64) {
+        self.state
+            .lock()
+            .unwrap()
+            .videos
+            .insert(video_id.to_owned(), (title.to_owned(), length_s));
+    }
+
+    /// Watch page loads of `video_id`.
+    pub fn watch_loads(&self, video_id: &str) -> usize {
+        let path = format!("/watch?v={video_id}");
+        self.seen().iter().filter(|s| s.path == path).count()
     }
 
     /// What `LOCKSTEP_INGEST__YOUTUBE__BASE_URL` takes.
@@ -365,5 +386,27 @@ fn answer(
             .replace("__CONVERSATION_BAR__", bar.trim());
         return (200, "text/html; charset=utf-8", text);
     }
+    if let Some(id) = path.strip_prefix("/watch?v=") {
+        let text = match s.videos.get(id) {
+            Some((title, length)) => WATCH_VIDEO
+                .replace("__TITLE_JSON__", &Value::from(title.as_str()).to_string())
+                .replace("__TITLE_HTML__", &html_escape(title))
+                .replace("__LENGTH__", &length.to_string()),
+            None => WATCH_UNAVAILABLE.to_owned(),
+        };
+        let text = text
+            .replace("__API_KEY__", API_KEY)
+            .replace("__VISITOR__", VISITOR)
+            .replace("__VIDEO__", id)
+            .replace("__CHANNEL__", &s.channel_id);
+        return (200, "text/html; charset=utf-8", text);
+    }
     (404, "text/html", "<html>404</html>".into())
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

@@ -10,6 +10,7 @@
 //! - `chat.rs`: chat and signal relay.
 //! - `snapshot.rs`: the join snapshot, serialized from borrowed state.
 //! - `head.rs`: when a quiet room announces its latest seq.
+//! - `metadata.rs`: titles and durations arriving after `queue.add`.
 //! - `history.rs`, `idempotency.rs`, `bucket.rs`, `youtube.rs`, `durable.rs`: helpers.
 
 mod bucket;
@@ -21,6 +22,7 @@ mod head;
 mod history;
 mod idempotency;
 mod ingest;
+mod metadata;
 mod moderation;
 mod player;
 mod presence;
@@ -31,6 +33,8 @@ pub mod youtube;
 
 #[cfg(test)]
 mod ingest_tests;
+#[cfg(test)]
+mod metadata_tests;
 #[cfg(test)]
 mod moderation_tests;
 #[cfg(test)]
@@ -56,6 +60,7 @@ use moderation::Sanction;
 pub use bucket::TokenBucket;
 pub use durable::Durable;
 pub use ingest::{IngestItem, SourceReport};
+pub use metadata::VideoMeta;
 
 /// What one step of the engine produced: deliveries in the order they must reach gateways,
 /// and the writes that must be durable before any of them is delivered.
@@ -142,6 +147,8 @@ pub struct Room {
     heads: head::HeadSchedule,
     /// The store was last told to drop events below this seq (`Mutation::TrimEvents`).
     trimmed_below: u64,
+    /// Videos whose title and duration the shell should look up.
+    wanted: metadata::Wanted,
 }
 
 /// Events the history's byte or age bound drops before the store is told to drop them too
@@ -189,6 +196,7 @@ impl Room {
         for msg in loaded.chat {
             room.chat_index.push_stored(msg);
         }
+        room.want_all_metadata();
         // The stored history only counts if it is consecutive and ends at the room's seq.
         let consecutive = loaded.events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
         if consecutive && loaded.events.last().map(|e| e.seq) == Some(room.seq) {
@@ -233,6 +241,7 @@ impl Room {
             ingest: Default::default(),
             heads: Default::default(),
             trimmed_below: 0,
+            wanted: Default::default(),
         }
     }
 
@@ -279,10 +288,10 @@ impl Room {
 
     /// The earliest time `tick` has something to do.
     pub fn next_deadline(&self) -> Option<u64> {
-        match (self.ready_deadline, self.ad_resume_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.ready_deadline, self.ad_resume_at, self.end_due()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// When `tick` next announces the room's latest seq to the gateways holding members (see
@@ -312,7 +321,7 @@ impl Room {
         self.finish()
     }
 
-    /// Advances timers: ready-gate timeout, ad-pause maximum, window expiry.
+    /// Advances timers: ready-gate timeout, ad-pause maximum, an entry's end, window expiry.
     pub fn tick(&mut self, now: u64) -> Output {
         self.run_timers(now);
         self.history.expire(now, self.cfg.history_ttl_ms);
@@ -337,6 +346,9 @@ impl Room {
         }
         if self.ad_resume_at.is_some_and(|d| now >= d) {
             self.end_ad_pause(now, true);
+        }
+        if self.end_due().is_some_and(|d| now >= d) {
+            self.end_by_clock(now);
         }
     }
 

@@ -177,6 +177,42 @@ impl Room {
         }
     }
 
+    /// When the room advances by itself: the playing entry's known duration has run out on
+    /// the room clock and `room.end_grace_ms` passed without a client's `player.ended`. Not
+    /// while nobody is present (an empty room's deadline would keep it loaded); a joiner
+    /// finds it overdue and the room advances at once.
+    pub(super) fn end_due(&self) -> Option<u64> {
+        let clock = &self.d.clock;
+        if self.cfg.end_grace_ms == 0
+            || self.members.is_empty()
+            || clock.state != PlayState::Playing
+            || clock.rate <= 0.0
+        {
+            return None;
+        }
+        let duration = self.d.current.as_ref()?.duration_ms?;
+        let left = duration.saturating_sub(clock.position_ms) as f64 / clock.rate;
+        Some(
+            clock
+                .at
+                .saturating_add(left.ceil() as u64)
+                .saturating_add(self.cfg.end_grace_ms),
+        )
+    }
+
+    /// Advances past an entry whose end no client reported.
+    pub(super) fn end_by_clock(&mut self, now: u64) {
+        let entry_id = self.d.current.as_ref().map(|e| e.entry_id);
+        self.audit(
+            now,
+            "system",
+            "player.ended",
+            json!({"entry_id": entry_id, "by": "clock"}),
+        );
+        self.clear_ad_pause();
+        self.advance(now, "system");
+    }
+
     /// Loads the next queued entry, or goes idle when the queue is empty.
     pub(super) fn advance(&mut self, now: u64, actor: &str) {
         let queue_changed = !self.d.queue.is_empty();

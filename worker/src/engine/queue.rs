@@ -41,6 +41,7 @@ impl Room {
         };
         self.d.next_entry_id += 1;
         self.dirty = true;
+        self.want_metadata(&entry);
         let entry_id = entry.entry_id;
         self.audit(
             now,

@@ -1449,6 +1449,22 @@ proptest! {
                     _ => {}
                 }
             }
+            // A known duration never runs past its grace on the clock while anyone is there.
+            let d = room.durable();
+            if let (PlayState::Playing, Some(len), false) = (d.clock.state, d.current.as_ref().and_then(|e| e.duration_ms), room.is_empty()) {
+                prop_assert!(d.clock.position_at(now) <= len + cfg().end_grace_ms, "played past the end");
+            }
+            // Lookups answer: 1-20 s per video, so entries end by the clock now and then.
+            for v in room.take_wanted_metadata() {
+                let len = 1_000 + u64::from(v.as_bytes()[0] % 20) * 1_000;
+                let meta = super::VideoMeta { title: Some(format!("T {v}")), duration_ms: Some(len) };
+                for d in room.apply_metadata(now, &v, &meta).deliveries {
+                    if let ToGateway::RoomEvent { seq, .. } = d {
+                        prop_assert_eq!(seq, last_seq + 1);
+                        last_seq = seq;
+                    }
+                }
+            }
             let before = room.durable().clone();
             let pos_before = before.clock.position_at(now);
             let c = user_of(who);

@@ -7,12 +7,14 @@
 //! - `breaker`: circuit breaker state machine. `proxy`: the proxy pool. `profiles`:
 //!   browser header sets. `net`: TCP/CONNECT/TLS. `http`: the HTTP client.
 //! - `limiter`: the cluster-wide Twitch JOIN limiter.
+//! - `metadata`: queued videos' titles and durations, cached and rate limited per node.
 //! - `twitch/`: IRC parsing, normalization, the connection pool.
 //! - `youtube/`: page and chat parsing, the poller.
 
 pub mod breaker;
 pub mod http;
 pub mod limiter;
+pub mod metadata;
 pub mod net;
 pub mod profiles;
 pub mod proxy;
@@ -32,6 +34,7 @@ use crate::engine::SourceReport;
 use breaker::BreakerState;
 use http::HttpClient;
 use limiter::JoinLimiter;
+use metadata::Metadata;
 use proxy::ProxyPool;
 use twitch::{TwitchPool, TwitchUpdate};
 use youtube::source::{Target, YoutubeSource};
@@ -46,6 +49,7 @@ pub struct Ingest {
     cfg: IngestConfig,
     http: Arc<HttpClient>,
     twitch: Arc<TwitchPool>,
+    metadata: Option<Arc<Metadata>>,
     cancel: CancellationToken,
 }
 
@@ -70,16 +74,30 @@ impl Ingest {
             limiter,
             cancel.child_token(),
         );
+        let metadata = cfg.metadata.enabled.then(|| {
+            Arc::new(Metadata::new(
+                cfg.metadata.clone(),
+                cfg.breaker.clone(),
+                &cfg.youtube.base_url,
+                http.clone(),
+            ))
+        });
         Arc::new(Ingest {
             cfg: cfg.clone(),
             http,
             twitch,
+            metadata,
             cancel,
         })
     }
 
     pub fn enabled(&self) -> bool {
         self.cfg.enabled
+    }
+
+    /// Title and duration lookups for queued videos; `None` when `ingest.metadata` is off.
+    pub fn metadata(&self) -> Option<&Arc<Metadata>> {
+        self.metadata.as_ref()
     }
 
     /// The proxy pool, for diagnostics and tests.

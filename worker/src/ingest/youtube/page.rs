@@ -118,7 +118,7 @@ fn ytcfg_string(html: &str, key: &str) -> Option<String> {
 
 /// The JSON object assigned to `name` in an inline script (`var ytInitialData = {...};` or
 /// `window["ytInitialData"] = {...};`).
-fn embedded_json(html: &str, name: &str) -> Option<Value> {
+pub(super) fn embedded_json(html: &str, name: &str) -> Option<Value> {
     let mut from = 0;
     while let Some(pos) = html[from..].find(name) {
         let after = from + pos + name.len();

@@ -1,0 +1,227 @@
+//! Queued videos get their titles and durations from their watch pages: a real embedded
+//! node, real WebSocket clients, and a local fake YouTube serving watch pages in the real
+//! format, on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use figment::providers::Serialized;
+use figment::Figment;
+use lockstep_testkit::fake_youtube::{FakeYoutube, Fault};
+use serde_json::{json, Value};
+
+const SONG: &str = "dQw4w9WgXcQ";
+const SECOND: &str = "kJQP7kiw5Fk";
+const GONE: &str = "aaaaaaaaaaa";
+
+fn with_metadata(f: Figment, youtube: &str) -> Figment {
+    f.merge(Serialized::default("ingest.youtube.base_url", youtube))
+        .merge(Serialized::default("ingest.metadata.enabled", true))
+        .merge(Serialized::default(
+            "ingest.twitch.url",
+            "ws://127.0.0.1:9/",
+        ))
+        .merge(Serialized::default("ingest.request_timeout_ms", 3_000))
+}
+
+async fn add(c: &mut Client, room: &str, video: &str, title: Option<&str>) -> u64 {
+    let mut cmd =
+        json!({"type": "queue.add", "room": room, "url": format!("https://youtu.be/{video}")});
+    if let Some(t) = title {
+        cmd["title"] = json!(t);
+    }
+    c.ok(cmd).await["entry_id"].as_u64().unwrap()
+}
+
+/// The next `queue.update` whose entry `entry_id` has a duration.
+async fn queue_with_duration(c: &mut Client, entry_id: u64) -> Value {
+    c.recv_until(|v| {
+        v["type"] == "queue.update"
+            && v["entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["entry_id"] == entry_id && !e["duration_ms"].is_null())
+    })
+    .await
+}
+
+fn entry(update: &Value, entry_id: u64) -> Value {
+    update["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entry_id"] == entry_id)
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn queued_videos_get_titles_and_durations_that_persist() {
+    let yt = FakeYoutube::start("tky5A2gLuZo", "UCdyqAaZDKHXg4Ahi7VENThQ").await;
+    yt.add_video(
+        SONG,
+        "Rick Astley - Never Gonna Give You Up (Official Music Video)",
+        212,
+    );
+    yt.add_video(
+        SECOND,
+        "Luis Fonsi - Despacito ft. Daddy Yankee & <co>",
+        282,
+    );
+    let dir = TempDir::new("metadata");
+    let mut node = start(&dir.0, |f| with_metadata(f, &yt.base_url())).await;
+    let (mut owner, token, room) = node.owner("ana").await;
+    let (mut member, _, _) = node.member("bo", &room).await;
+
+    // The first entry plays at once: its title and duration come in a player.state.
+    let first = add(&mut owner, &room, SONG, None).await;
+    let loaded = member.event("player.state").await;
+    assert_eq!(
+        loaded["entry"]["title"], SONG,
+        "the id stands in until the lookup"
+    );
+    assert!(loaded["entry"]["duration_ms"].is_null());
+    let filled = member
+        .recv_until(|v| v["type"] == "player.state" && !v["entry"]["duration_ms"].is_null())
+        .await;
+    assert_eq!(filled["entry"]["entry_id"], first);
+    assert_eq!(
+        filled["entry"]["title"],
+        "Rick Astley - Never Gonna Give You Up (Official Music Video)"
+    );
+    assert_eq!(filled["entry"]["duration_ms"], 212_000);
+    assert_eq!(filled["state"], loaded["state"], "the clock is untouched");
+    assert_eq!(filled["position_ms"], loaded["position_ms"]);
+
+    // Queued entries: one by id (title filled), one with a typed title (kept).
+    let second = add(&mut owner, &room, SECOND, None).await;
+    let update = queue_with_duration(&mut member, second).await;
+    let e = entry(&update, second);
+    assert_eq!(e["title"], "Luis Fonsi - Despacito ft. Daddy Yankee & <co>");
+    assert_eq!(e["duration_ms"], 282_000);
+    let typed = add(&mut owner, &room, SONG, Some("Our anthem")).await;
+    let update = queue_with_duration(&mut member, typed).await;
+    assert_eq!(entry(&update, typed)["title"], "Our anthem");
+    assert_eq!(entry(&update, typed)["duration_ms"], 212_000);
+    assert_eq!(
+        yt.watch_loads(SONG),
+        1,
+        "the node's cache answered the second add"
+    );
+
+    // An unavailable video keeps its id and null duration, and is asked for once.
+    let gone = add(&mut owner, &room, GONE, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(yt.watch_loads(GONE), 1);
+    let (_, snapshot) = room_body(node.addr, &token, &room).await;
+    let queue = snapshot["queue"].as_array().cloned().unwrap();
+    let g = queue.iter().find(|e| e["entry_id"] == gone).unwrap();
+    assert_eq!(
+        (g["title"].as_str(), g["duration_ms"].is_null()),
+        (Some(GONE), true)
+    );
+
+    // Everything found survives a restart; nothing found is fetched again.
+    owner.close().await;
+    member.close().await;
+    node.stop().await;
+    let node = start(&dir.0, |f| with_metadata(f, &yt.base_url())).await;
+    let mut c = node.connect(&token).await;
+    let snap = c.join(&room, None).await["snapshot"].clone();
+    assert_eq!(snap["player"]["entry"]["duration_ms"], 212_000);
+    let durations: Vec<Value> = snap["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["duration_ms"].clone())
+        .collect();
+    assert_eq!(durations, [json!(282_000), json!(212_000), Value::Null]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(yt.watch_loads(SONG), 1);
+    assert_eq!(yt.watch_loads(SECOND), 1);
+    // The unavailable one is asked again by the restarted node (its cache is new).
+    assert_eq!(yt.watch_loads(GONE), 2);
+}
+
+#[tokio::test]
+async fn lookups_stop_while_youtube_fails_and_the_room_works_on() {
+    let yt = FakeYoutube::start("tky5A2gLuZo", "UCdyqAaZDKHXg4Ahi7VENThQ").await;
+    yt.add_video(SONG, "Song", 212);
+    yt.fault([Fault::Malformed]);
+    let dir = TempDir::new("metadata-breaker");
+    let node = start(&dir.0, |f| {
+        with_metadata(f, &yt.base_url())
+            .merge(Serialized::default("ingest.breaker.open_base_ms", 60_000))
+            .merge(Serialized::default("ingest.breaker.open_max_ms", 60_000))
+    })
+    .await;
+    let (mut owner, _, room) = node.owner("ana").await;
+    // A changed page opens the breaker at once: the next videos are not fetched at all.
+    add(&mut owner, &room, SONG, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    add(&mut owner, &room, SECOND, None).await;
+    add(&mut owner, &room, GONE, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        (
+            yt.watch_loads(SONG),
+            yt.watch_loads(SECOND),
+            yt.watch_loads(GONE)
+        ),
+        (1, 0, 0)
+    );
+    // The room itself is unaffected.
+    let r = owner
+        .call(json!({"type": "chat.send", "room": room, "text": "still here"}))
+        .await;
+    assert_eq!(r["type"], "ack");
+    let (_, body) = http(node.addr, "GET", "/metrics", None, None).await;
+    let metrics = body["raw"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics.contains("lockstep_ingest_metadata_lookups_total{outcome=\"failed\"}"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("metadata"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(metrics.contains("lockstep_ingest_breakers_open{scope=\"youtube_metadata\"} 1"));
+}
+
+#[tokio::test]
+async fn a_room_moves_on_when_a_known_duration_ends_and_nobody_reports_it() {
+    let yt = FakeYoutube::start("tky5A2gLuZo", "UCdyqAaZDKHXg4Ahi7VENThQ").await;
+    yt.add_video(SONG, "One second", 1);
+    yt.add_video(SECOND, "Next", 282);
+    let dir = TempDir::new("metadata-end");
+    let node = start(&dir.0, |f| {
+        with_metadata(f, &yt.base_url()).merge(Serialized::default("room.end_grace_ms", 300))
+    })
+    .await;
+    let (mut owner, token, room) = node.owner("ana").await;
+    let first = add(&mut owner, &room, SONG, None).await;
+    add(&mut owner, &room, SECOND, None).await;
+    owner
+        .recv_until(|v| v["type"] == "player.state" && v["entry"]["duration_ms"] == 1_000)
+        .await;
+    owner.ok(json!({"type": "player.play", "room": room})).await;
+    let playing = owner
+        .recv_until(|v| v["type"] == "player.state" && v["state"] == "playing")
+        .await;
+    // Nobody sends player.ended: the room advances once 1 s plus the grace ran out.
+    let next = owner
+        .recv_until(|v| v["type"] == "player.state" && v["entry"]["entry_id"] != first)
+        .await;
+    assert_eq!(next["entry"]["video_id"], SECOND);
+    assert_eq!(next["state"], "starting");
+    let due = playing["at"].as_u64().unwrap() + 1_000 + 300;
+    let ts = next["ts"].as_u64().unwrap();
+    assert!(ts >= due && ts < due + 1_500, "advanced at {ts}, due {due}");
+    let audit = audit_actions(node.addr, &token, &room).await;
+    assert!(audit.contains(&"player.ended".to_owned()), "{audit:?}");
+}

@@ -1,0 +1,70 @@
+//! One room's metadata lookups in flight: a task per wanted video asks the node's
+//! [`Metadata`] service and reports back through a bounded channel the room actor reads.
+//! A video is asked for once while a lookup for it runs; stopping cancels them all and
+//! waits for them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ingest::metadata::{Lookup, Metadata};
+
+/// Results waiting for the room actor.
+const RESULTS: usize = 64;
+
+/// A finished lookup: the video and what was found.
+pub(crate) type LookupResult = (String, Lookup);
+
+pub(crate) struct Lookups {
+    tx: mpsc::Sender<LookupResult>,
+    inflight: HashSet<String>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Lookups {
+    /// `cancel` stops every lookup (the node's shutdown token's child).
+    pub(crate) fn new(cancel: CancellationToken) -> (Lookups, mpsc::Receiver<LookupResult>) {
+        let (tx, rx) = mpsc::channel(RESULTS);
+        let lookups = Lookups {
+            tx,
+            inflight: HashSet::new(),
+            cancel,
+            tasks: TaskTracker::new(),
+        };
+        (lookups, rx)
+    }
+
+    /// Starts a lookup for each video not already being looked up. The engine hands out at
+    /// most one want per queued entry, so this is bounded by the room's queue.
+    pub(crate) fn start(&mut self, metadata: &Arc<Metadata>, videos: Vec<String>) {
+        for video in videos {
+            if !self.inflight.insert(video.clone()) {
+                continue;
+            }
+            let (metadata, tx, cancel) = (metadata.clone(), self.tx.clone(), self.cancel.clone());
+            self.tasks.spawn(async move {
+                let lookup = metadata.lookup(&video, &cancel).await;
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tx.send((video, lookup)) => {}
+                }
+            });
+        }
+    }
+
+    /// The lookup for `video` has reported.
+    pub(crate) fn done(&mut self, video: &str) {
+        self.inflight.remove(video);
+    }
+
+    /// Cancels every lookup and waits for their tasks.
+    pub(crate) async fn stop(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
