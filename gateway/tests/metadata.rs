@@ -113,24 +113,32 @@ async fn queued_videos_get_titles_and_durations_that_persist() {
         "the node's cache answered the second add"
     );
 
-    // An unavailable video keeps its id and null duration, and is asked for once.
+    // A video YouTube says is gone keeps its id and null duration and is marked.
     let gone = add(&mut owner, &room, GONE, None).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(yt.watch_loads(GONE), 1);
-    let (_, snapshot) = room_body(node.addr, &token, &room).await;
-    let queue = snapshot["queue"].as_array().cloned().unwrap();
-    let g = queue.iter().find(|e| e["entry_id"] == gone).unwrap();
+    let update = member
+        .recv_until(|v| {
+            v["type"] == "queue.update"
+                && v["entries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["entry_id"] == gone && e["unavailable"].is_string())
+        })
+        .await;
+    let g = entry(&update, gone);
+    assert_eq!(g["unavailable"], "Video unavailable");
     assert_eq!(
         (g["title"].as_str(), g["duration_ms"].is_null()),
         (Some(GONE), true)
     );
+    assert_eq!(yt.watch_loads(GONE), 1);
 
     // Everything found survives a restart; nothing found is fetched again.
     owner.close().await;
     member.close().await;
     node.stop().await;
     let node = start(&dir.0, |f| with_metadata(f, &yt.base_url())).await;
-    let mut c = node.connect(&token).await;
+    let mut c = node.connect(&token).await.ids_from(1_000);
     let snap = c.join(&room, None).await["snapshot"].clone();
     assert_eq!(snap["player"]["entry"]["duration_ms"], 212_000);
     let durations: Vec<Value> = snap["queue"]
@@ -140,11 +148,29 @@ async fn queued_videos_get_titles_and_durations_that_persist() {
         .map(|e| e["duration_ms"].clone())
         .collect();
     assert_eq!(durations, [json!(282_000), json!(212_000), Value::Null]);
+    assert_eq!(snap["queue"][2]["unavailable"], "Video unavailable");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(yt.watch_loads(SONG), 1);
-    assert_eq!(yt.watch_loads(SECOND), 1);
-    // The unavailable one is asked again by the restarted node (its cache is new).
-    assert_eq!(yt.watch_loads(GONE), 2);
+    // Nothing known is fetched again by the restarted node.
+    let loads = [SONG, SECOND, GONE].map(|v| yt.watch_loads(v));
+    assert_eq!(loads, [1, 1, 1]);
+
+    // Its turn comes: two skips reach the typed entry, the third passes over the gone one.
+    c.ok(json!({"type": "player.skip", "room": room})).await;
+    c.ok(json!({"type": "player.skip", "room": room})).await;
+    let state = c
+        .recv_until(|v| v["type"] == "player.state" && v["entry"]["entry_id"] == typed)
+        .await;
+    assert_eq!(state["state"], "starting");
+    c.ok(json!({"type": "player.skip", "room": room})).await;
+    let idle = c
+        .recv_until(|v| v["type"] == "player.state" && v["state"] == "idle")
+        .await;
+    assert!(idle["entry"].is_null());
+    let audit = audit_actions(node.addr, &token, &room).await;
+    assert!(
+        audit.contains(&"queue.skip_unavailable".to_owned()),
+        "{audit:?}"
+    );
 }
 
 #[tokio::test]
@@ -224,4 +250,95 @@ async fn a_room_moves_on_when_a_known_duration_ends_and_nobody_reports_it() {
     assert!(ts >= due && ts < due + 1_500, "advanced at {ts}, due {due}");
     let audit = audit_actions(node.addr, &token, &room).await;
     assert!(audit.contains(&"player.ended".to_owned()), "{audit:?}");
+}
+
+const LIST: &str = "PLFgquLnL59alCl_2TQvOiD5Vgm1hCaGSI";
+
+fn list_url(list: &str) -> String {
+    format!("https://www.youtube.com/playlist?list={list}")
+}
+
+#[tokio::test]
+async fn a_playlist_link_queues_its_videos_and_tells_only_the_requester() {
+    let yt = FakeYoutube::start("tky5A2gLuZo", "UCdyqAaZDKHXg4Ahi7VENThQ").await;
+    yt.add_video(SONG, "Never Gonna Give You Up", 212);
+    yt.add_video(SECOND, "Despacito", 282);
+    yt.add_playlist(LIST, "Party", &[SONG, GONE, SECOND]);
+    let dir = TempDir::new("metadata-playlist");
+    let node = start(&dir.0, |f| with_metadata(f, &yt.base_url())).await;
+    let (mut owner, token, room) = node.owner("ana").await;
+    let (mut member, _, _) = node.member("bo", &room).await;
+
+    let ack = owner
+        .ok(json!({"type": "queue.add", "room": room, "url": list_url(LIST)}))
+        .await;
+    assert_eq!(ack, json!({"playlist_id": LIST, "pending": true}));
+    let summary = owner.event("queue.playlist").await;
+    assert_eq!(summary["room"], room.as_str());
+    assert_eq!(
+        (summary["added"].as_u64(), summary["left_out"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert!(
+        summary.get("seq").is_none(),
+        "a direct event, outside the room's sequence"
+    );
+
+    // Everyone sees the videos arrive, with titles and lengths from the playlist page.
+    let playing = member.event("player.state").await;
+    assert_eq!(playing["entry"]["video_id"], SONG);
+    assert_eq!(playing["entry"]["title"], "Never Gonna Give You Up");
+    assert_eq!(playing["entry"]["duration_ms"], 212_000);
+    let queue = member.event("queue.update").await;
+    assert_eq!(queue["entries"][0]["title"], "Despacito");
+    assert_eq!(queue["entries"].as_array().map(Vec::len), Some(1));
+    // The playlist page was the only read: its videos' metadata came with it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(yt.watch_loads(SONG) + yt.watch_loads(SECOND), 0);
+    let audit = audit_actions(node.addr, &token, &room).await;
+    assert!(
+        audit.contains(&"queue.add_playlist".to_owned()),
+        "{audit:?}"
+    );
+
+    // A playlist that does not exist: the requester hears YouTube's words; nothing changes.
+    let missing = "PLzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
+    owner
+        .ok(json!({"type": "queue.add", "room": room, "url": list_url(missing)}))
+        .await;
+    let failed = owner.event("queue.playlist").await;
+    assert_eq!(failed["playlist_id"], missing);
+    assert_eq!(failed["error"], "The playlist does not exist.");
+    // The member heard neither summary: its next frame is the chat below.
+    owner
+        .ok(json!({"type": "chat.send", "room": room, "text": "after"}))
+        .await;
+    let next = member.recv().await;
+    assert_eq!(
+        (next["type"].as_str(), next["text"].as_str()),
+        (Some("chat.message"), Some("after"))
+    );
+}
+
+#[tokio::test]
+async fn a_playlist_on_a_node_without_lookups_is_refused_with_a_reason() {
+    let (_dir, node) = node("playlist-off").await;
+    let (mut owner, _, room) = node.owner("ana").await;
+    owner
+        .ok(json!({"type": "queue.add", "room": room, "url": list_url(LIST)}))
+        .await;
+    let failed = owner.event("queue.playlist").await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lookups are off"),
+        "{failed}"
+    );
+    // Not a playlist link at all: refused up front.
+    let r = owner
+        .call(json!({"type": "queue.add", "room": room, "url": "https://www.youtube.com/playlist?list=x"}))
+        .await;
+    assert_eq!(r["code"], "bad_request");
+    assert_eq!(r["message"], "url is not a YouTube video or playlist link");
 }

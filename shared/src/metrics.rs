@@ -113,7 +113,8 @@ pub const INGEST_JOIN_WAIT: &str = "lockstep_ingest_join_wait_seconds";
 /// Requests through each configured proxy, labels `proxy` (index in the pool) and `outcome`.
 pub const INGEST_PROXY_REQUESTS: &str = "lockstep_ingest_proxy_requests_total";
 /// Video title/duration lookups, label `outcome` (`found`, `cached`, `unavailable`,
-/// `failed`, `busy`): how often queued entries get their metadata, and why not.
+/// `failed`, `busy`; `playlist` for a playlist page read): how often queued entries get
+/// their metadata, and why not.
 pub const INGEST_METADATA_LOOKUPS: &str = "lockstep_ingest_metadata_lookups_total";
 
 /// Every exported name, for the dashboard and alert-rule checks.

@@ -1,7 +1,7 @@
-//! One room's metadata lookups in flight: a task per wanted video asks the node's
-//! [`Metadata`] service and reports back through a bounded channel the room actor reads.
-//! A video is asked for once while a lookup for it runs; stopping cancels them all and
-//! waits for them.
+//! One room's metadata lookups in flight: a task per wanted video (or playlist) asks the
+//! node's [`Metadata`] service and reports back through a bounded channel the room actor
+//! reads. A video is asked for once while a lookup for it runs; stopping cancels them all
+//! and waits for them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,13 +10,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::engine::PlaylistItem;
 use crate::ingest::metadata::{Lookup, Metadata};
 
 /// Results waiting for the room actor.
 const RESULTS: usize = 64;
 
-/// A finished lookup: the video and what was found.
-pub(crate) type LookupResult = (String, Lookup);
+/// A finished lookup.
+pub(crate) enum LookupResult {
+    /// A video and what was found.
+    Video(String, Lookup),
+    /// A playlist and its videos, or why not.
+    Playlist(String, Result<Vec<PlaylistItem>, String>),
+}
 
 pub(crate) struct Lookups {
     tx: mpsc::Sender<LookupResult>,
@@ -50,7 +56,21 @@ impl Lookups {
                 let lookup = metadata.lookup(&video, &cancel).await;
                 tokio::select! {
                     _ = cancel.cancelled() => {}
-                    _ = tx.send((video, lookup)) => {}
+                    _ = tx.send(LookupResult::Video(video, lookup)) => {}
+                }
+            });
+        }
+    }
+
+    /// Reads each playlist (the engine bounds how many a room asks for at once).
+    pub(crate) fn start_playlists(&mut self, metadata: &Arc<Metadata>, lists: Vec<String>) {
+        for list in lists {
+            let (metadata, tx, cancel) = (metadata.clone(), self.tx.clone(), self.cancel.clone());
+            self.tasks.spawn(async move {
+                let result = metadata.playlist(&list, &cancel).await;
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tx.send(LookupResult::Playlist(list, result)) => {}
                 }
             });
         }

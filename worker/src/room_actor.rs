@@ -89,7 +89,7 @@ pub async fn run(code: String, epoch: u64, host: Arc<HostShared>, rx: mpsc::Rece
         };
         actor.state = actor.load().await;
         actor.sync_sources();
-        actor.start_lookups();
+        actor.start_lookups().await;
         actor.main_loop(rx, ingest_rx, lookup_rx).await;
         actor.stop_sources().await;
         actor.lookups.stop().await;
@@ -188,13 +188,13 @@ impl Actor {
                     }
                     self.on_message(msg).await;
                     self.sync_sources();
-                    self.start_lookups();
+                    self.start_lookups().await;
                 }
                 Some(report) = ingest_rx.recv() => {
                     self.on_report(report).await;
                 }
-                Some((video, lookup)) = lookup_rx.recv() => {
-                    self.on_lookup(video, lookup).await;
+                Some(result) = lookup_rx.recv() => {
+                    self.on_lookup(result).await;
                 }
                 _ = async { if let Some(w) = wake { sleep_until(w).await } else { std::future::pending::<()>().await } } => {
                     self.tick().await;
@@ -242,41 +242,68 @@ impl Actor {
         }
     }
 
-    /// Hands the videos the room wants looked up to the node's metadata service.
-    fn start_lookups(&mut self) {
+    /// Hands the videos and playlists the room wants read to the node's metadata service.
+    /// Without one (lookups off), playlists are answered at once so no request hangs.
+    async fn start_lookups(&mut self) {
         let State::Loaded(room) = &mut self.state else {
             return;
         };
-        let wanted = room.take_wanted_metadata();
-        if wanted.is_empty() {
+        let videos = room.take_wanted_metadata();
+        let lists = room.take_wanted_playlists();
+        if videos.is_empty() && lists.is_empty() {
             return;
         }
-        if let Some(metadata) = self.host.ingest.as_ref().and_then(|i| i.metadata()) {
-            self.lookups.start(metadata, wanted);
+        match self
+            .host
+            .ingest
+            .as_ref()
+            .and_then(|i| i.metadata())
+            .cloned()
+        {
+            Some(metadata) => {
+                self.lookups.start(&metadata, videos);
+                self.lookups.start_playlists(&metadata, lists);
+            }
+            None => {
+                let why = "this server does not read YouTube playlists (lookups are off)";
+                let outs: Vec<Output> = lists
+                    .iter()
+                    .map(|list| room.apply_playlist(now_ms(), list, Err(why.into())))
+                    .collect();
+                for out in outs.into_iter().filter(|o| !o.is_empty()) {
+                    self.release(out, None).await;
+                }
+            }
         }
     }
 
-    /// Applies a finished lookup to the room's entries of that video.
-    async fn on_lookup(&mut self, video: String, lookup: Lookup) {
-        self.lookups.done(&video);
+    /// Applies a finished lookup: a video's metadata to its entries, or a playlist's videos
+    /// to the queue.
+    async fn on_lookup(&mut self, result: LookupResult) {
+        if let LookupResult::Video(video, _) = &result {
+            self.lookups.done(video);
+        }
         if self.poisoned.load(Ordering::SeqCst) {
             self.reload().await;
         }
         let State::Loaded(room) = &mut self.state else {
             return;
         };
-        match lookup {
-            Lookup::Found(meta) => {
-                let out = room.apply_metadata(now_ms(), &video, &meta);
-                if !out.is_empty() {
-                    self.release(out, None).await;
+        let out = match result {
+            LookupResult::Video(video, Lookup::Found(meta)) => {
+                if let Some(why) = &meta.unavailable {
+                    tracing::info!(video = %video, reason = %why, "queued video cannot be played");
                 }
+                room.apply_metadata(now_ms(), &video, &meta)
             }
-            Lookup::Unavailable(why) => {
-                tracing::info!(video = %video, reason = %why, "queued video is unavailable upstream");
-            }
-            Lookup::Failed(_) => {}
+            LookupResult::Video(_, Lookup::Failed(_)) => return,
+            LookupResult::Playlist(list, result) => room.apply_playlist(now_ms(), &list, result),
+        };
+        if !out.is_empty() {
+            self.release(out, None).await;
         }
+        // A playlist's videos without a length want looking up in turn.
+        self.start_lookups().await;
     }
 
     /// Starts runners for newly attached sources and stops those of removed ones.
@@ -487,7 +514,7 @@ impl Actor {
         }
         self.state = self.load().await;
         self.sync_sources();
-        self.start_lookups();
+        self.start_lookups().await;
     }
 }
 

@@ -338,6 +338,13 @@ impl Client {
         }
     }
 
+    /// Numbers this client's command ids from `n` on: a user reconnecting must not reuse
+    /// ids an earlier connection sent, or the room answers them from its idempotency cache.
+    pub fn ids_from(mut self, n: u64) -> Client {
+        self.next = n;
+        self
+    }
+
     pub async fn send_raw(&mut self, text: &str) {
         self.ws.send(Message::text(text.to_owned())).await.unwrap();
     }

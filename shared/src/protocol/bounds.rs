@@ -124,9 +124,12 @@ pub fn no_such_source() -> Refusal {
     Refusal::new(ErrorCode::NotFound, "no such source")
 }
 
-/// The refusal for a `queue.add` whose URL is not a YouTube video link.
+/// The refusal for a `queue.add` whose URL is neither a YouTube video nor a playlist link.
 pub fn not_a_video_link() -> Refusal {
-    Refusal::new(ErrorCode::BadRequest, "url is not a YouTube video link")
+    Refusal::new(
+        ErrorCode::BadRequest,
+        "url is not a YouTube video or playlist link",
+    )
 }
 
 impl SourceSpec {

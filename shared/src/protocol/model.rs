@@ -73,6 +73,11 @@ pub struct Entry {
     pub title: String,
     pub duration_ms: Option<u64>,
     pub added_by: String,
+    /// Set when YouTube says the video cannot be played (removed, private, not embeddable):
+    /// why, in upstream's words. The room skips such an entry instead of playing it; absent
+    /// on the wire otherwise (a field added to DESIGN.md's entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// The phase of the room's player.

@@ -3,7 +3,8 @@
 //! continuation), and InnerTube `POST /youtubei/v1/live_chat/get_live_chat?key=…` answering
 //! with `liveChatContinuation` actions and the next `invalidationContinuationData`. Bodies
 //! are gzipped when the client accepts it, as YouTube does. Other videos' watch pages
-//! carry their title and length (`add_video`), or say "Video unavailable" as YouTube's do. Built from the fixtures in
+//! carry their title and length (`add_video`), or say "Video unavailable" as YouTube's do;
+//! playlist pages (`add_playlist`) list their videos, or say the playlist does not exist. Built from the fixtures in
 //! `fixtures/youtube/` (shapes of real captures). Tests queue actions and inject faults.
 
 use std::collections::{HashMap, VecDeque};
@@ -19,6 +20,9 @@ const WATCH: &str = include_str!("../fixtures/youtube/watch_live.html");
 const CONVERSATION: &str = include_str!("../fixtures/youtube/conversation_bar_live.json");
 const WATCH_VIDEO: &str = include_str!("../fixtures/youtube/watch_video.html");
 const WATCH_UNAVAILABLE: &str = include_str!("../fixtures/youtube/watch_unavailable.html");
+const PLAYLIST: &str = include_str!("../fixtures/youtube/playlist.html");
+const PLAYLIST_ITEM: &str = include_str!("../fixtures/youtube/playlist_item.json");
+const PLAYLIST_MISSING: &str = include_str!("../fixtures/youtube/playlist_missing.html");
 const CHANNEL_OFFLINE: &str = include_str!("../fixtures/youtube/channel_offline.html");
 const CHAT: &str = include_str!("../fixtures/youtube/get_live_chat.json");
 const CHAT_ENDED: &str = include_str!("../fixtures/youtube/get_live_chat_ended.json");
@@ -61,6 +65,8 @@ struct State {
     seen: Vec<Seen>,
     /// Ordinary videos: id → (title, length in seconds).
     videos: HashMap<String, (String, u64)>,
+    /// Playlists: id → (title, video ids; ids not added as videos show as deleted).
+    playlists: HashMap<String, (String, Vec<String>)>,
 }
 
 /// A running fake; stops when dropped.
@@ -104,6 +110,7 @@ impl FakeYoutube {
             timeout_ms: 100,
             seen: Vec::new(),
             videos: HashMap::new(),
+            playlists: HashMap::new(),
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -124,6 +131,16 @@ impl FakeYoutube {
             .unwrap()
             .videos
             .insert(video_id.to_owned(), (title.to_owned(), length_s));
+    }
+
+    /// A playlist of `videos` (those not added with `add_video` are listed as deleted).
+    pub fn add_playlist(&self, list_id: &str, title: &str, videos: &[&str]) {
+        let videos = videos.iter().map(|v| (*v).to_owned()).collect();
+        self.state
+            .lock()
+            .unwrap()
+            .playlists
+            .insert(list_id.to_owned(), (title.to_owned(), videos));
     }
 
     /// Watch page loads of `video_id`.
@@ -386,6 +403,27 @@ fn answer(
             .replace("__CONVERSATION_BAR__", bar.trim());
         return (200, "text/html; charset=utf-8", text);
     }
+    if let Some(id) = path.strip_prefix("/playlist?list=") {
+        let text = match s.playlists.get(id) {
+            Some((title, videos)) => {
+                let items: Vec<String> = videos
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| playlist_item(&s.videos, id, i, v))
+                    .collect();
+                PLAYLIST
+                    .replace("__ITEMS__", &format!("[{}]", items.join(",")))
+                    .replace("__TITLE_JSON__", &Value::from(title.as_str()).to_string())
+                    .replace("__TITLE_HTML__", &html_escape(title))
+                    .replace("__LIST__", id)
+            }
+            None => PLAYLIST_MISSING.to_owned(),
+        };
+        let text = text
+            .replace("__API_KEY__", API_KEY)
+            .replace("__VISITOR__", VISITOR);
+        return (200, "text/html; charset=utf-8", text);
+    }
     if let Some(id) = path.strip_prefix("/watch?v=") {
         let text = match s.videos.get(id) {
             Some((title, length)) => WATCH_VIDEO
@@ -402,6 +440,32 @@ fn answer(
         return (200, "text/html; charset=utf-8", text);
     }
     (404, "text/html", "<html>404</html>".into())
+}
+
+/// One `playlistVideoRenderer`: a known video as it is, an unknown one as YouTube lists a
+/// deleted video.
+fn playlist_item(
+    videos: &HashMap<String, (String, u64)>,
+    list: &str,
+    index: usize,
+    video_id: &str,
+) -> String {
+    let (title, length, playable) = match videos.get(video_id) {
+        Some((t, l)) => (t.as_str(), *l, true),
+        None => ("[Deleted video]", 0, false),
+    };
+    PLAYLIST_ITEM
+        .replace("__VIDEO__", video_id)
+        .replace("__TITLE_JSON__", &Value::from(title).to_string())
+        .replace("__INDEX__", &(index + 1).to_string())
+        .replace("__INDEX0__", &index.to_string())
+        .replace(
+            "__LENGTH_TEXT__",
+            &format!("{}:{:02}", length / 60, length % 60),
+        )
+        .replace("__LENGTH__", &length.to_string())
+        .replace("__PLAYABLE__", if playable { "true" } else { "false" })
+        .replace("__LIST__", list)
 }
 
 fn html_escape(s: &str) -> String {

@@ -2,11 +2,13 @@
 //! looks them up; the engine only says which videos it wants and applies what comes back).
 //! A title the adder typed is kept; a defaulted one (the video id) is replaced. The change
 //! reaches everyone as `queue.update` (queued entries) or `player.state` (the entry playing),
-//! and is persisted with the room.
+//! and is persisted with the room. A video upstream says cannot be played is marked
+//! `unavailable`; the room skips it now if it is playing, and later when its turn comes.
 
 use std::collections::BTreeSet;
 
 use lockstep_shared::protocol::Entry;
+use serde_json::json;
 
 use super::Room;
 
@@ -17,6 +19,8 @@ pub struct VideoMeta {
     pub title: Option<String>,
     /// `None` for live streams.
     pub duration_ms: Option<u64>,
+    /// Upstream says it cannot be played (embedded), and why.
+    pub unavailable: Option<String>,
 }
 
 /// Videos the room wants looked up, not yet handed to the shell.
@@ -67,6 +71,24 @@ impl Room {
         if queue_changed || current_changed {
             self.dirty = true;
         }
+        let skip = self
+            .d
+            .current
+            .as_ref()
+            .filter(|e| current_changed && e.unavailable.is_some())
+            .map(|e| (e.entry_id, e.unavailable.clone()));
+        if let Some((entry_id, reason)) = skip {
+            // `advance` announces the next entry and the queue (flags included).
+            self.audit(
+                now,
+                "system",
+                "player.unavailable",
+                json!({"entry_id": entry_id, "video_id": video_id, "reason": reason}),
+            );
+            self.clear_ad_pause();
+            self.advance(now, "system");
+            return self.finish();
+        }
         if queue_changed {
             self.emit_queue(now);
         }
@@ -77,10 +99,10 @@ impl Room {
     }
 }
 
-/// No duration yet. A live stream never gets one: a restored room asks again, which the
-/// shell's cache answers.
+/// No duration yet and not known to be unplayable. A live stream never gets one: a
+/// restored room asks again, which the shell's cache answers.
 fn lacks_metadata(e: &Entry) -> bool {
-    e.duration_ms.is_none()
+    e.duration_ms.is_none() && e.unavailable.is_none()
 }
 
 /// Fills what `e` lacks from `meta`; whether anything changed.
@@ -99,6 +121,10 @@ fn fill(e: &mut Entry, video_id: &str, meta: &VideoMeta) -> bool {
     }
     if e.duration_ms.is_none() && meta.duration_ms.is_some() {
         e.duration_ms = meta.duration_ms;
+        changed = true;
+    }
+    if e.unavailable.is_none() && meta.unavailable.is_some() {
+        e.unavailable = meta.unavailable.clone();
         changed = true;
     }
     changed

@@ -12,6 +12,14 @@ fn meta(title: &str, duration_ms: Option<u64>) -> VideoMeta {
     VideoMeta {
         title: Some(title.into()),
         duration_ms,
+        unavailable: None,
+    }
+}
+
+fn gone(reason: &str) -> VideoMeta {
+    VideoMeta {
+        unavailable: Some(reason.into()),
+        ..VideoMeta::default()
     }
 }
 
@@ -294,4 +302,63 @@ fn a_zero_grace_leaves_the_end_to_clients() {
     h.run("owner", 1, ClientCommand::PlayerPlay { room: ROOM.into() });
     h.tick(60_000);
     assert_eq!(current_video(&h).as_deref(), Some("aaaaaaaaaaa"));
+}
+
+#[test]
+fn an_unavailable_playing_entry_is_skipped_and_queued_ones_are_flagged() {
+    let mut h = Harness::new();
+    h.add("owner", 1, "aaaaaaaaaaa");
+    h.add("owner", 1, "bbbbbbbbbbb");
+    h.add("owner", 1, "aaaaaaaaaaa");
+    h.add("owner", 1, "ccccccccccc");
+    let (events, out) = apply(&mut h, "aaaaaaaaaaa", &gone("Video unavailable"));
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds, ["player.state", "queue.update"]);
+    assert_eq!(events[0]["entry"]["video_id"], "bbbbbbbbbbb");
+    let queue = events[1]["entries"].as_array().cloned().unwrap_or_default();
+    assert_eq!(queue.len(), 2);
+    assert_eq!(queue[0]["unavailable"], "Video unavailable");
+    assert!(queue[1].get("unavailable").is_none(), "absent unless set");
+    assert!(out.mutations.iter().any(
+        |m| matches!(m, Mutation::Audit { entry, .. } if entry.action == "player.unavailable")
+    ));
+    // Its turn comes: it is passed over (and dropped) for the next playable entry.
+    let r = h.run("owner", 1, ClientCommand::PlayerSkip { room: ROOM.into() });
+    assert_eq!(code(&r), "ack");
+    assert_eq!(current_video(&h).as_deref(), Some("ccccccccccc"));
+    assert!(h.room.durable().queue.is_empty());
+    // Nothing playable left: the room goes idle rather than play it.
+    h.add("owner", 1, "ddddddddddd");
+    apply(&mut h, "ddddddddddd", &gone("Video unavailable"));
+    let r = h.run("owner", 1, ClientCommand::PlayerSkip { room: ROOM.into() });
+    assert_eq!(code(&r), "ack");
+    assert_eq!(h.room.durable().clock.state, PlayState::Idle);
+    assert!(h.room.durable().queue.is_empty());
+}
+
+#[test]
+fn an_entry_known_unavailable_is_not_asked_for_again() {
+    let mut h = Harness::new();
+    h.add("owner", 1, "aaaaaaaaaaa");
+    h.add("owner", 1, "bbbbbbbbbbb");
+    h.room.take_wanted_metadata();
+    apply(&mut h, "bbbbbbbbbbb", &gone("Video unavailable"));
+    let loaded = LoadedRoom {
+        record: RoomRecord {
+            code: ROOM.into(),
+            seq: h.room.seq(),
+            state: serde_json::to_value(h.room.durable()).unwrap_or(Value::Null),
+        },
+        chat: Vec::new(),
+        commands: Vec::new(),
+        events: Vec::new(),
+    };
+    let Ok(mut room) = Room::restore(cfg(), loaded, h.now + 1) else {
+        panic!("restore failed")
+    };
+    assert_eq!(room.take_wanted_metadata(), vec!["aaaaaaaaaaa".to_owned()]);
+    assert_eq!(
+        room.durable().queue[0].unavailable.as_deref(),
+        Some("Video unavailable")
+    );
 }

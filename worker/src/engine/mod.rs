@@ -10,7 +10,8 @@
 //! - `chat.rs`: chat and signal relay.
 //! - `snapshot.rs`: the join snapshot, serialized from borrowed state.
 //! - `head.rs`: when a quiet room announces its latest seq.
-//! - `metadata.rs`: titles and durations arriving after `queue.add`.
+//! - `metadata.rs`: titles and durations arriving after `queue.add`; `playlist.rs`: adding
+//!   a playlist's videos.
 //! - `history.rs`, `idempotency.rs`, `bucket.rs`, `youtube.rs`, `durable.rs`: helpers.
 
 mod bucket;
@@ -25,6 +26,7 @@ mod ingest;
 mod metadata;
 mod moderation;
 mod player;
+mod playlist;
 mod presence;
 mod queue;
 mod snapshot;
@@ -37,6 +39,8 @@ mod ingest_tests;
 mod metadata_tests;
 #[cfg(test)]
 mod moderation_tests;
+#[cfg(test)]
+mod playlist_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -61,6 +65,7 @@ pub use bucket::TokenBucket;
 pub use durable::Durable;
 pub use ingest::{IngestItem, SourceReport};
 pub use metadata::VideoMeta;
+pub use playlist::PlaylistItem;
 
 /// What one step of the engine produced: deliveries in the order they must reach gateways,
 /// and the writes that must be durable before any of them is delivered.
@@ -149,6 +154,8 @@ pub struct Room {
     trimmed_below: u64,
     /// Videos whose title and duration the shell should look up.
     wanted: metadata::Wanted,
+    /// Playlists being added.
+    playlists: playlist::Pending,
 }
 
 /// Events the history's byte or age bound drops before the store is told to drop them too
@@ -242,6 +249,7 @@ impl Room {
             heads: Default::default(),
             trimmed_below: 0,
             wanted: Default::default(),
+            playlists: Default::default(),
         }
     }
 

@@ -177,8 +177,8 @@ impl Room {
         }
     }
 
-    /// When the room advances by itself: the playing entry's known duration has run out on
-    /// the room clock and `room.end_grace_ms` passed without a client's `player.ended`. Not
+    /// When the room advances by itself: the playing entry's position has passed its known
+    /// duration by `room.end_grace_ms` without a client's `player.ended`. Not
     /// while nobody is present (an empty room's deadline would keep it loaded); a joiner
     /// finds it overdue and the room advances at once.
     pub(super) fn end_due(&self) -> Option<u64> {
@@ -191,13 +191,10 @@ impl Room {
             return None;
         }
         let duration = self.d.current.as_ref()?.duration_ms?;
-        let left = duration.saturating_sub(clock.position_ms) as f64 / clock.rate;
-        Some(
-            clock
-                .at
-                .saturating_add(left.ceil() as u64)
-                .saturating_add(self.cfg.end_grace_ms),
-        )
+        // Measured in playback position, so a pause inside the grace does not restart it.
+        let end = duration.saturating_add(self.cfg.end_grace_ms);
+        let left = end.saturating_sub(clock.position_ms) as f64 / clock.rate;
+        Some(clock.at.saturating_add(left.ceil() as u64))
     }
 
     /// Advances past an entry whose end no client reported.
@@ -213,10 +210,21 @@ impl Room {
         self.advance(now, "system");
     }
 
-    /// Loads the next queued entry, or goes idle when the queue is empty.
+    /// Loads the next queued entry that can be played (passing over, and dropping, those
+    /// marked unavailable), or goes idle when there is none.
     pub(super) fn advance(&mut self, now: u64, actor: &str) {
         let queue_changed = !self.d.queue.is_empty();
-        match self.d.queue.pop_front() {
+        let mut next = self.d.queue.pop_front();
+        while let Some(e) = next.take_if(|e| e.unavailable.is_some()) {
+            self.audit(
+                now,
+                "system",
+                "queue.skip_unavailable",
+                json!({"entry_id": e.entry_id, "video_id": e.video_id, "reason": e.unavailable}),
+            );
+            next = self.d.queue.pop_front();
+        }
+        match next {
             Some(entry) => self.load_entry(now, entry, actor),
             None => {
                 self.d.current = None;

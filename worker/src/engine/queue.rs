@@ -1,4 +1,5 @@
-//! Queue commands: add (YouTube links only), remove, move.
+//! Queue commands: add (YouTube video links; playlist links go to `playlist.rs`), remove,
+//! move.
 
 use lockstep_shared::bus::Caller;
 use lockstep_shared::protocol::bounds;
@@ -6,7 +7,7 @@ use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{Entry, ErrorCode};
 use serde_json::json;
 
-use super::youtube::{canonical_url, parse_video_id};
+use super::youtube::{canonical_url, parse_playlist_id, parse_video_id};
 use super::{Ack, Handled, Room};
 
 impl Room {
@@ -17,7 +18,12 @@ impl Room {
         url: &str,
         title: Option<String>,
     ) -> Handled {
-        let video_id = parse_video_id(url).ok_or_else(bounds::not_a_video_link)?;
+        let Some(video_id) = parse_video_id(url) else {
+            return match parse_playlist_id(url) {
+                Some(list) => self.playlist_add(caller, list),
+                None => Err(bounds::not_a_video_link()),
+            };
+        };
         if let Some(t) = &title {
             bounds::entry_title(t)?;
         }
@@ -38,6 +44,7 @@ impl Room {
             title,
             duration_ms: None,
             added_by: caller.user_id.clone(),
+            unavailable: None,
         };
         self.d.next_entry_id += 1;
         self.dirty = true;

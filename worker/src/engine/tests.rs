@@ -1347,6 +1347,11 @@ fn arb_cmd() -> impl Strategy<Value = (u8, ClientCommand)> {
             url: format!("https://youtu.be/{v}"),
             title: None
         }),
+        (room(), "[a-c]{16}").prop_map(|(room, list)| ClientCommand::QueueAdd {
+            room,
+            url: format!("https://www.youtube.com/playlist?list=PL{list}"),
+            title: None
+        }),
         (room(), 0u64..8)
             .prop_map(|(room, entry_id)| ClientCommand::QueueRemove { room, entry_id }),
         (room(), 0u64..8, 0u64..8).prop_map(|(room, entry_id, index)| ClientCommand::QueueMove {
@@ -1454,11 +1459,31 @@ proptest! {
             if let (PlayState::Playing, Some(len), false) = (d.clock.state, d.current.as_ref().and_then(|e| e.duration_ms), room.is_empty()) {
                 prop_assert!(d.clock.position_at(now) <= len + cfg().end_grace_ms, "played past the end");
             }
-            // Lookups answer: 1-20 s per video, so entries end by the clock now and then.
+            // Lookups answer: 1-20 s per video, so entries end by the clock now and then, and
+            // one video in five cannot be played.
             for v in room.take_wanted_metadata() {
-                let len = 1_000 + u64::from(v.as_bytes()[0] % 20) * 1_000;
-                let meta = super::VideoMeta { title: Some(format!("T {v}")), duration_ms: Some(len) };
+                let b = v.as_bytes()[0];
+                let len = 1_000 + u64::from(b % 20) * 1_000;
+                let unavailable = (b % 5 == 0).then(|| "Video unavailable".to_owned());
+                let meta = super::VideoMeta { title: Some(format!("T {v}")), duration_ms: Some(len), unavailable };
                 for d in room.apply_metadata(now, &v, &meta).deliveries {
+                    if let ToGateway::RoomEvent { seq, .. } = d {
+                        prop_assert_eq!(seq, last_seq + 1);
+                        last_seq = seq;
+                    }
+                }
+            }
+            // Playlists answer with three videos (one unplayable, one without a length).
+            for list in room.take_wanted_playlists() {
+                let items = ["a", "b", "c"].map(|k| super::PlaylistItem {
+                    video_id: format!("{k}{}", &list[2..12]),
+                    meta: super::VideoMeta {
+                        title: None,
+                        duration_ms: (k != "c").then_some(4_000),
+                        unavailable: (k == "b").then(|| "Video unavailable".to_owned()),
+                    },
+                });
+                for d in room.apply_playlist(now, &list, Ok(items.to_vec())).deliveries {
                     if let ToGateway::RoomEvent { seq, .. } = d {
                         prop_assert_eq!(seq, last_seq + 1);
                         last_seq = seq;
@@ -1512,9 +1537,10 @@ proptest! {
                     prop_assert!(!room.member_conns().contains(&user_of(n).conn), "{} present", user);
                 }
             }
-            // The played entry is never also queued.
+            // The played entry is never also queued, and never one known to be unplayable.
             if let Some(cur) = &after.current {
                 prop_assert!(!after_ids.contains(&cur.entry_id));
+                prop_assert!(cur.unavailable.is_none(), "playing an unavailable entry");
             }
         }
     }

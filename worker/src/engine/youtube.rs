@@ -1,4 +1,5 @@
-//! YouTube URL → 11-character video id, for every link form people paste.
+//! YouTube URL → 11-character video id, for every link form people paste; and playlist
+//! links (`/playlist?list=…`) → the playlist id.
 
 use lockstep_shared::protocol::bounds::MAX_URL_BYTES;
 use url::Url;
@@ -49,9 +50,45 @@ pub fn parse_video_id(input: &str) -> Option<String> {
     is_video_id(&candidate).then_some(candidate)
 }
 
+/// The playlist id of a playlist page link (`youtube.com/playlist?list=PL…`). A watch link
+/// that also names a list (`watch?v=…&list=…`) is the one video, as YouTube's share links
+/// mean; [`parse_video_id`] takes those.
+pub fn parse_playlist_id(input: &str) -> Option<String> {
+    let input = input.trim();
+    if input.is_empty() || input.len() > MAX_URL_BYTES {
+        return None;
+    }
+    let url = if input.contains("://") {
+        Url::parse(input).ok()?
+    } else {
+        Url::parse(&format!("https://{input}")).ok()?
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    let host = url.host_str()?.to_ascii_lowercase();
+    let mut segments = url.path_segments()?.filter(|s| !s.is_empty());
+    if !HOSTS.contains(&host.as_str()) || segments.next() != Some("playlist") {
+        return None;
+    }
+    let id = url
+        .query_pairs()
+        .find(|(k, _)| k == "list")
+        .map(|(_, v)| v.into_owned())?;
+    is_playlist_id(&id).then_some(id)
+}
+
 /// The canonical watch URL stored in entries, so clients never echo arbitrary user URLs.
 pub fn canonical_url(video_id: &str) -> String {
     format!("https://www.youtube.com/watch?v={video_id}")
+}
+
+/// Playlist ids are 13-64 characters of the URL-safe alphabet (`PL` + 32 is the common form,
+/// `OLAK5uy_…` albums are longer).
+fn is_playlist_id(s: &str) -> bool {
+    (13..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn is_video_id(s: &str) -> bool {
@@ -108,6 +145,27 @@ mod tests {
             "javascript:alert(1)",
         ] {
             assert_eq!(parse_video_id(url), None, "{url}");
+        }
+    }
+
+    #[test]
+    fn playlist_links_give_the_list_and_watch_links_stay_videos() {
+        let list = Some("PLFgquLnL59alCl_2TQvOiD5Vgm1hCaGSI".to_string());
+        for url in [
+            "https://www.youtube.com/playlist?list=PLFgquLnL59alCl_2TQvOiD5Vgm1hCaGSI",
+            "youtube.com/playlist?list=PLFgquLnL59alCl_2TQvOiD5Vgm1hCaGSI&si=x",
+            "https://music.youtube.com/playlist?list=PLFgquLnL59alCl_2TQvOiD5Vgm1hCaGSI",
+        ] {
+            assert_eq!(parse_playlist_id(url), list, "{url}");
+        }
+        for url in [
+            "https://www.youtube.com/watch?v=dQw4w9WgXcQ&list=PLFgquLnL59alCl_2TQvOiD5Vgm1hCaGSI",
+            "https://www.youtube.com/playlist?list=short",
+            "https://www.youtube.com/playlist?list=PLFgquLnL59alCl%202TQvOiD5Vgm1hCaGSI",
+            "https://evil.example/playlist?list=PLFgquLnL59alCl_2TQvOiD5Vgm1hCaGSI",
+            "https://www.youtube.com/playlist",
+        ] {
+            assert_eq!(parse_playlist_id(url), None, "{url}");
         }
     }
 

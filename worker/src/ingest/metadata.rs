@@ -1,5 +1,5 @@
-//! Video metadata lookups for queued entries, shared by every room on the node. Each
-//! lookup reads the video's watch page (through the proxy pool, with a browser's headers)
+//! Video metadata lookups for queued entries, and playlist reads, shared by every room on
+//! the node. Each lookup reads the video's watch page (through the proxy pool, with a browser's headers)
 //! unless a recent answer is cached. The node as a whole is held to a fetch rate, a number
 //! of fetches at once and a number of lookups waiting; one circuit breaker stops all
 //! fetches while YouTube refuses them or serves a page we cannot read.
@@ -12,16 +12,18 @@ use std::time::Duration;
 use lockstep_shared::config::{BreakerConfig, MetadataConfig};
 use lockstep_shared::metrics as names;
 use lru::LruCache;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::breaker::{Breaker, Failure};
 use super::http::HttpClient;
-use super::youtube::video::{parse_video, VideoInfo};
+use super::youtube::page::PageError;
+use super::youtube::playlist::parse_playlist;
+use super::youtube::video::parse_video;
 use super::{forget_breaker, observe_breaker, profiles};
 use crate::clock::now_ms;
-use crate::engine::{TokenBucket, VideoMeta};
+use crate::engine::{PlaylistItem, TokenBucket, VideoMeta};
 
 /// The breaker's scope label.
 const SCOPE: &str = "youtube_metadata";
@@ -29,9 +31,8 @@ const SCOPE: &str = "youtube_metadata";
 /// What a lookup came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
+    /// Upstream's answer, which may be that the video cannot be played.
     Found(VideoMeta),
-    /// Upstream says the video cannot be played, and why.
-    Unavailable(String),
     /// No answer this time (upstream error, circuit open, node busy, shutting down).
     Failed(String),
 }
@@ -95,43 +96,30 @@ impl Metadata {
             count("cached");
             return hit;
         }
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.cfg.waiting_max {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            count("busy");
-            return Lookup::Failed("too many lookups waiting".into());
-        }
-        let waiting = WaitingGuard(&self.waiting);
-        let _permit = tokio::select! {
-            _ = cancel.cancelled() => return Lookup::Failed("cancelled".into()),
-            p = self.fetches.acquire() => match p {
-                Ok(p) => p,
-                Err(_) => return Lookup::Failed("closed".into()),
-            },
+        let _permit = match self.turn(cancel).await {
+            Ok(p) => p,
+            Err(why) => return Lookup::Failed(why),
         };
         // Another room may have fetched it while this one waited.
         if let Some(hit) = self.cached(video_id) {
             count("cached");
             return hit;
         }
-        if let Err(why) = self.admit(cancel).await {
-            count("failed");
-            return Lookup::Failed(why);
-        }
-        drop(waiting);
+        let path = format!("watch?v={video_id}");
         let lookup = tokio::select! {
             _ = cancel.cancelled() => return Lookup::Failed("cancelled".into()),
-            l = self.fetch(video_id) => l,
+            r = self.fetch(&path, |html| parse_video(html, video_id)) => match r {
+                Ok(meta) => Lookup::Found(meta),
+                Err(why) => Lookup::Failed(why),
+            },
         };
         let now = now_ms();
-        let ttl = match &lookup {
-            Lookup::Found(_) => self.cfg.cache_ttl_ms,
-            Lookup::Unavailable(_) | Lookup::Failed(_) => self.cfg.failure_ttl_ms,
+        let (ttl, outcome) = match &lookup {
+            Lookup::Found(m) if m.unavailable.is_none() => (self.cfg.cache_ttl_ms, "found"),
+            Lookup::Found(_) => (self.cfg.failure_ttl_ms, "unavailable"),
+            Lookup::Failed(_) => (self.cfg.failure_ttl_ms, "failed"),
         };
-        count(match &lookup {
-            Lookup::Found(_) => "found",
-            Lookup::Unavailable(_) => "unavailable",
-            Lookup::Failed(_) => "failed",
-        });
+        count(outcome);
         self.lock().cache.put(
             video_id.to_owned(),
             Cached {
@@ -140,6 +128,62 @@ impl Metadata {
             },
         );
         lookup
+    }
+
+    /// The first page of playlist `list_id`: its videos in order, unplayable ones marked
+    /// (the others seed the video cache with their titles and lengths), or why not. Waits its turn like a lookup.
+    pub async fn playlist(
+        &self,
+        list_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<PlaylistItem>, String> {
+        let _permit = self.turn(cancel).await?;
+        let path = format!("playlist?list={list_id}");
+        let page = tokio::select! {
+            _ = cancel.cancelled() => return Err("cancelled".into()),
+            r = self.fetch(&path, parse_playlist) => r,
+        };
+        let page = match page {
+            Ok(p) => p,
+            Err(why) => {
+                count("failed");
+                return Err(format!("the playlist could not be read: {why}"));
+            }
+        };
+        count("playlist");
+        if let Some(alert) = page.alert {
+            return Err(alert);
+        }
+        let until_ms = now_ms().saturating_add(self.cfg.cache_ttl_ms);
+        let mut s = self.lock();
+        let known =
+            |i: &&PlaylistItem| i.meta.duration_ms.is_some() && i.meta.unavailable.is_none();
+        for item in page.items.iter().filter(known) {
+            let lookup = Lookup::Found(item.meta.clone());
+            s.cache
+                .put(item.video_id.clone(), Cached { lookup, until_ms });
+        }
+        Ok(page.items)
+    }
+
+    /// Waits for a fetch slot and a token of the node's rate; refuses when too many wait,
+    /// while the breaker is open, and on `cancel`. The permit is the slot.
+    async fn turn(&self, cancel: &CancellationToken) -> Result<SemaphorePermit<'_>, String> {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.cfg.waiting_max {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            count("busy");
+            return Err("too many lookups waiting".into());
+        }
+        let _waiting = WaitingGuard(&self.waiting);
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return Err("cancelled".into()),
+            p = self.fetches.acquire() => p.map_err(|_| "closed".to_owned())?,
+        };
+        if let Err(why) = self.admit(cancel).await {
+            count("failed");
+            return Err(why);
+        }
+        Ok(permit)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -188,11 +232,16 @@ impl Metadata {
         }
     }
 
-    async fn fetch(&self, video_id: &str) -> Lookup {
-        let url = format!("{}/watch?v={video_id}", self.base_url);
-        let url = match Url::parse(&url) {
+    /// GETs `{base_url}/{path}` and parses it; upstream errors and unreadable pages count
+    /// against the breaker.
+    async fn fetch<T>(
+        &self,
+        path: &str,
+        parse: impl FnOnce(&str) -> Result<T, PageError>,
+    ) -> Result<T, String> {
+        let url = match Url::parse(&format!("{}/{path}", self.base_url)) {
             Ok(u) => u,
-            Err(e) => return Lookup::Failed(format!("bad URL: {e}")),
+            Err(e) => return Err(format!("bad URL: {e}")),
         };
         let outcome = match self
             .http
@@ -201,29 +250,22 @@ impl Metadata {
         {
             Ok(resp) => {
                 let html = String::from_utf8_lossy(&resp.body);
-                parse_video(&html, video_id).map_err(|e| (Failure::Format, e.to_string()))
+                parse(&html).map_err(|e| (Failure::Format, e.to_string()))
             }
             Err(e) => Err((Failure::Transient, e.to_string())),
         };
         let now = now_ms();
         let mut s = self.lock();
         let before = s.breaker.state();
-        let lookup = match outcome {
-            Ok(info) => {
-                s.breaker.on_success(now);
-                match info {
-                    VideoInfo::Found(meta) => Lookup::Found(meta),
-                    VideoInfo::Unavailable(why) => Lookup::Unavailable(why),
-                }
-            }
+        match &outcome {
+            Ok(_) => s.breaker.on_success(now),
             Err((kind, why)) => {
-                s.breaker.on_failure(now, kind, rand::random());
-                tracing::warn!(video = %video_id, cause = %why, "video metadata lookup failed");
-                Lookup::Failed(why)
+                s.breaker.on_failure(now, *kind, rand::random());
+                tracing::warn!(page = %path, cause = %why, "YouTube metadata read failed");
             }
-        };
+        }
         observe_breaker(SCOPE, before, s.breaker.state());
-        lookup
+        outcome.map_err(|(_, why)| why)
     }
 }
 

@@ -3,5 +3,6 @@
 
 pub mod chat;
 pub mod page;
+pub mod playlist;
 pub mod source;
 pub mod video;

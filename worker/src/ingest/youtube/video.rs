@@ -1,6 +1,10 @@
 //! A queued video's title and duration, read from its watch page's
-//! `ytInitialPlayerResponse` (`videoDetails.title`, `videoDetails.lengthSeconds`; a video
-//! that cannot be played has `playabilityStatus.status` other than `OK` and no details).
+//! `ytInitialPlayerResponse` (`videoDetails.title`, `videoDetails.lengthSeconds`), and
+//! whether an embedded player can play it at all. Only definite answers mark a video
+//! unavailable: `playabilityStatus.status` `ERROR` (removed, private, never existed) or
+//! `playableInEmbed: false`. Anything else without details (a sign-in or bot check, a
+//! region block of the server's own address) is a failed lookup, tried again later, so a
+//! throttled node never skips good videos.
 
 use lockstep_shared::protocol::bounds::MAX_TITLE_CHARS;
 use lockstep_shared::protocol::nul;
@@ -8,26 +12,32 @@ use lockstep_shared::protocol::nul;
 use super::page::{embedded_json, PageError};
 use crate::engine::VideoMeta;
 
-/// What a watch page says about one video.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VideoInfo {
-    Found(VideoMeta),
-    /// Removed, private, blocked…: upstream's reason.
-    Unavailable(String),
-}
+/// Why an embedded player cannot play a video whose details are known.
+const NOT_EMBEDDABLE: &str = "the uploader does not allow playing it on other sites";
 
 /// Reads `video_id`'s watch page.
-pub fn parse_video(html: &str, video_id: &str) -> Result<VideoInfo, PageError> {
+pub fn parse_video(html: &str, video_id: &str) -> Result<VideoMeta, PageError> {
     let player = embedded_json(html, "ytInitialPlayerResponse")
         .ok_or_else(|| PageError("no ytInitialPlayerResponse".into()))?;
+    let status = &player["playabilityStatus"];
     let details = &player["videoDetails"];
     if !details.is_object() {
-        let status = &player["playabilityStatus"];
-        let reason = status["reason"]
-            .as_str()
-            .or_else(|| status["status"].as_str())
-            .ok_or_else(|| PageError("neither videoDetails nor playabilityStatus".into()))?;
-        return Ok(VideoInfo::Unavailable(clip(reason, MAX_TITLE_CHARS)));
+        return match status["status"].as_str() {
+            Some("ERROR") => Ok(VideoMeta {
+                unavailable: Some(clip(
+                    status["reason"].as_str().unwrap_or("Video unavailable"),
+                    MAX_TITLE_CHARS,
+                )),
+                ..VideoMeta::default()
+            }),
+            Some(other) => Err(PageError(format!(
+                "no videoDetails; playability {other}: {}",
+                clip(status["reason"].as_str().unwrap_or(""), MAX_TITLE_CHARS)
+            ))),
+            None => Err(PageError(
+                "neither videoDetails nor playabilityStatus".into(),
+            )),
+        };
     }
     if details["videoId"].as_str() != Some(video_id) {
         return Err(PageError(format!(
@@ -49,7 +59,13 @@ pub fn parse_video(html: &str, video_id: &str) -> Result<VideoInfo, PageError> {
         .as_str()
         .map(|t| clip(t.trim(), MAX_TITLE_CHARS))
         .filter(|t| !t.is_empty());
-    Ok(VideoInfo::Found(VideoMeta { title, duration_ms }))
+    let unavailable =
+        (status["playableInEmbed"].as_bool() == Some(false)).then(|| NOT_EMBEDDABLE.to_owned());
+    Ok(VideoMeta {
+        title,
+        duration_ms,
+        unavailable,
+    })
 }
 
 /// At most `max` characters, NULs removed (titles reach every client and the store).
@@ -76,10 +92,11 @@ mod tests {
         );
         assert_eq!(
             parse_video(&html, "dQw4w9WgXcQ"),
-            Ok(VideoInfo::Found(VideoMeta {
+            Ok(VideoMeta {
                 title: Some("Rick Astley - Never Gonna Give You Up (Official Music Video)".into()),
                 duration_ms: Some(212_000),
-            }))
+                unavailable: None,
+            })
         );
     }
 
@@ -90,22 +107,41 @@ mod tests {
         );
         assert_eq!(
             parse_video(&html, "jfKfPfyJRdk"),
-            Ok(VideoInfo::Found(VideoMeta {
+            Ok(VideoMeta {
                 title: Some("lofi hip hop radio".into()),
                 duration_ms: None,
-            }))
+                unavailable: None,
+            })
         );
     }
 
     #[test]
-    fn an_unplayable_video_says_why() {
+    fn a_removed_or_unembeddable_video_says_why() {
         let html = page(
             r#"{"playabilityStatus":{"status":"ERROR","reason":"Video unavailable","errorScreen":{}}}"#,
         );
         assert_eq!(
-            parse_video(&html, "aaaaaaaaaaa"),
-            Ok(VideoInfo::Unavailable("Video unavailable".into()))
+            parse_video(&html, "aaaaaaaaaaa").map(|m| m.unavailable),
+            Ok(Some("Video unavailable".into()))
         );
+        let html = page(
+            r#"{"playabilityStatus":{"status":"OK","playableInEmbed":false},"videoDetails":{"videoId":"aaaaaaaaaaa","title":"Music video","lengthSeconds":"200"}}"#,
+        );
+        let meta = parse_video(&html, "aaaaaaaaaaa").unwrap_or_default();
+        assert_eq!(meta.title.as_deref(), Some("Music video"));
+        assert_eq!(meta.unavailable.as_deref(), Some(NOT_EMBEDDABLE));
+    }
+
+    #[test]
+    fn a_sign_in_or_bot_check_is_not_a_verdict_on_the_video() {
+        let html = page(
+            r#"{"playabilityStatus":{"status":"LOGIN_REQUIRED","reason":"Sign in to confirm you’re not a bot"}}"#,
+        );
+        assert!(parse_video(&html, "aaaaaaaaaaa").is_err());
+        let html = page(
+            r#"{"playabilityStatus":{"status":"UNPLAYABLE","reason":"The uploader has not made this video available in your country"}}"#,
+        );
+        assert!(parse_video(&html, "aaaaaaaaaaa").is_err());
     }
 
     #[test]
@@ -114,7 +150,7 @@ mod tests {
         let html = page(&format!(
             r#"{{"videoDetails":{{"videoId":"aaaaaaaaaaa","title":"{long}","lengthSeconds":"61"}}}}"#
         ));
-        let Ok(VideoInfo::Found(meta)) = parse_video(&html, "aaaaaaaaaaa") else {
+        let Ok(meta) = parse_video(&html, "aaaaaaaaaaa") else {
             panic!("not found")
         };
         let title = meta.title.unwrap_or_default();

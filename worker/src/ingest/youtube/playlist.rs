@@ -1,0 +1,193 @@
+//! A playlist page (`/playlist?list=…`): its `ytInitialData` lists the first page of videos
+//! (up to 100) as `playlistVideoRenderer`s with `videoId`, `title` and `lengthSeconds`;
+//! deleted and private ones have `isPlayable: false` and come back marked unavailable. They are found wherever they sit in
+//! the tree, so a reshuffled layout still reads. A playlist that does not exist (or is
+//! private) has no videos and an alert saying so.
+
+use lockstep_shared::protocol::bounds::MAX_TITLE_CHARS;
+use serde_json::Value;
+
+use super::page::{embedded_json, PageError};
+use crate::engine::{PlaylistItem, VideoMeta};
+
+/// Why a listed video is left out.
+const UNPLAYABLE: &str = "deleted or private video";
+/// Videos read from one page at most.
+const ITEMS_MAX: usize = 200;
+/// How deep the tree is searched.
+const DEPTH_MAX: usize = 32;
+
+/// What a playlist page says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlaylistPage {
+    /// Videos in playlist order; deleted and private ones marked `unavailable`.
+    pub items: Vec<PlaylistItem>,
+    /// Upstream's message when there is no playlist to show.
+    pub alert: Option<String>,
+}
+
+/// Reads a playlist page.
+pub fn parse_playlist(html: &str) -> Result<PlaylistPage, PageError> {
+    let data =
+        embedded_json(html, "ytInitialData").ok_or_else(|| PageError("no ytInitialData".into()))?;
+    let mut renderers = Vec::new();
+    collect(&data, 0, &mut renderers);
+    let mut page = PlaylistPage::default();
+    for r in renderers {
+        let Some(video_id) = r["videoId"].as_str().filter(|v| is_video_id(v)) else {
+            continue;
+        };
+        let unavailable = (r["isPlayable"].as_bool() == Some(false)).then(|| UNPLAYABLE.to_owned());
+        let title = r["title"]["runs"][0]["text"]
+            .as_str()
+            .or_else(|| r["title"]["simpleText"].as_str())
+            .map(|t| t.trim().chars().take(MAX_TITLE_CHARS).collect::<String>())
+            .filter(|t| !t.is_empty());
+        let duration_ms = r["lengthSeconds"]
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+            .and_then(|s| s.checked_mul(1000));
+        page.items.push(PlaylistItem {
+            video_id: video_id.to_owned(),
+            meta: VideoMeta {
+                title,
+                duration_ms,
+                unavailable,
+            },
+        });
+    }
+    if page.items.is_empty() {
+        page.alert = alert_text(&data["alerts"]);
+        if page.alert.is_none() {
+            return Err(PageError("no playlist videos and no alert".into()));
+        }
+    }
+    Ok(page)
+}
+
+/// Every `playlistVideoRenderer` under `v`, in document order, bounded in depth and count.
+fn collect<'a>(v: &'a Value, depth: usize, out: &mut Vec<&'a Value>) {
+    if depth > DEPTH_MAX || out.len() >= ITEMS_MAX {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            if let Some(r) = map.get("playlistVideoRenderer") {
+                out.push(r);
+                return;
+            }
+            for child in map.values() {
+                collect(child, depth + 1, out);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                collect(child, depth + 1, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The first alert's text (`alertWithButtonRenderer` or `alertRenderer`).
+fn alert_text(alerts: &Value) -> Option<String> {
+    alerts.as_array()?.iter().find_map(|a| {
+        let r = a
+            .get("alertWithButtonRenderer")
+            .or_else(|| a.get("alertRenderer"))?;
+        let text = r["text"]["simpleText"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| {
+                r["text"]["runs"].as_array().map(|runs| {
+                    runs.iter()
+                        .filter_map(|x| x["text"].as_str())
+                        .collect::<String>()
+                })
+            })?;
+        Some(text.chars().take(MAX_TITLE_CHARS).collect())
+    })
+}
+
+fn is_video_id(s: &str) -> bool {
+    s.len() == 11
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(data: &str) -> String {
+        format!(r#"<html><script nonce="x">var ytInitialData = {data};</script></html>"#)
+    }
+
+    fn item(id: &str, title: &str, len: &str, playable: bool) -> String {
+        format!(
+            r#"{{"playlistVideoRenderer":{{"videoId":"{id}","title":{{"runs":[{{"text":"{title}"}}]}},"index":{{"simpleText":"1"}},"lengthSeconds":"{len}","isPlayable":{playable}}}}}"#
+        )
+    }
+
+    #[test]
+    fn videos_in_order_with_titles_and_lengths_unplayable_ones_counted() {
+        let items = [
+            item("dQw4w9WgXcQ", "Never Gonna Give You Up", "212", true),
+            item("aaaaaaaaaaa", "[Private video]", "0", false),
+            item("kJQP7kiw5Fk", "Despacito", "282", true),
+        ]
+        .join(",");
+        let data = format!(
+            r#"{{"contents":{{"twoColumnBrowseResultsRenderer":{{"tabs":[{{"tabRenderer":{{"selected":true,"content":{{"sectionListRenderer":{{"contents":[{{"itemSectionRenderer":{{"contents":[{{"playlistVideoListRenderer":{{"contents":[{items},{{"continuationItemRenderer":{{}}}}],"playlistId":"PLx"}}}}]}}}}]}}}}}}}}]}}}}}}"#
+        );
+        let p = parse_playlist(&page(&data)).unwrap_or_default();
+        let got: Vec<(&str, Option<&str>, Option<u64>, bool)> = p
+            .items
+            .iter()
+            .map(|i| {
+                let m = &i.meta;
+                (
+                    i.video_id.as_str(),
+                    m.title.as_deref(),
+                    m.duration_ms,
+                    m.unavailable.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "dQw4w9WgXcQ",
+                    Some("Never Gonna Give You Up"),
+                    Some(212_000),
+                    false
+                ),
+                ("aaaaaaaaaaa", Some("[Private video]"), None, true),
+                ("kJQP7kiw5Fk", Some("Despacito"), Some(282_000), false),
+            ]
+        );
+        assert_eq!(p.alert, None);
+    }
+
+    #[test]
+    fn a_missing_playlist_says_so_and_a_changed_page_is_a_format_error() {
+        let data = r#"{"alerts":[{"alertWithButtonRenderer":{"type":"ERROR","text":{"simpleText":"The playlist does not exist."}}}]}"#;
+        let p = parse_playlist(&page(data)).unwrap_or_default();
+        assert_eq!(p.alert.as_deref(), Some("The playlist does not exist."));
+        assert!(p.items.is_empty());
+        assert!(parse_playlist(&page(r#"{"contents":{}}"#)).is_err());
+        assert!(parse_playlist("<html>consent</html>").is_err());
+    }
+
+    #[test]
+    fn a_huge_page_is_read_only_so_far() {
+        let items: Vec<String> = (0..500)
+            .map(|i| item(&format!("v{i:010}"), "t", "1", true))
+            .collect();
+        let data = format!(r#"{{"contents":[{}]}}"#, items.join(","));
+        let p = parse_playlist(&page(&data)).unwrap_or_default();
+        assert_eq!(p.items.len(), ITEMS_MAX);
+    }
+}
