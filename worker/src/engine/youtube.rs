@@ -19,19 +19,7 @@ const ID_PATHS: &[&str] = &["shorts", "embed", "live", "v", "e"];
 
 /// The video id in `input`, or `None` if it is not a YouTube video link.
 pub fn parse_video_id(input: &str) -> Option<String> {
-    let input = input.trim();
-    if input.is_empty() || input.len() > MAX_URL_BYTES {
-        return None;
-    }
-    let url = if input.contains("://") {
-        Url::parse(input).ok()?
-    } else {
-        Url::parse(&format!("https://{input}")).ok()?
-    };
-    if !matches!(url.scheme(), "http" | "https") {
-        return None;
-    }
-    let host = url.host_str()?.to_ascii_lowercase();
+    let (url, host) = web_url(input)?;
     let mut segments = url.path_segments()?.filter(|s| !s.is_empty());
     let candidate = if host == "youtu.be" || host == "www.youtu.be" {
         segments.next().map(str::to_owned)
@@ -54,6 +42,20 @@ pub fn parse_video_id(input: &str) -> Option<String> {
 /// that also names a list (`watch?v=…&list=…`) is the one video, as YouTube's share links
 /// mean; [`parse_video_id`] takes those.
 pub fn parse_playlist_id(input: &str) -> Option<String> {
+    let (url, host) = web_url(input)?;
+    let mut segments = url.path_segments()?.filter(|s| !s.is_empty());
+    if !HOSTS.contains(&host.as_str()) || segments.next() != Some("playlist") {
+        return None;
+    }
+    let id = url
+        .query_pairs()
+        .find(|(k, _)| k == "list")
+        .map(|(_, v)| v.into_owned())?;
+    is_playlist_id(&id).then_some(id)
+}
+
+/// `input` as an http(s) URL (scheme optional, as people paste them) and its lowercase host.
+fn web_url(input: &str) -> Option<(Url, String)> {
     let input = input.trim();
     if input.is_empty() || input.len() > MAX_URL_BYTES {
         return None;
@@ -67,15 +69,7 @@ pub fn parse_playlist_id(input: &str) -> Option<String> {
         return None;
     }
     let host = url.host_str()?.to_ascii_lowercase();
-    let mut segments = url.path_segments()?.filter(|s| !s.is_empty());
-    if !HOSTS.contains(&host.as_str()) || segments.next() != Some("playlist") {
-        return None;
-    }
-    let id = url
-        .query_pairs()
-        .find(|(k, _)| k == "list")
-        .map(|(_, v)| v.into_owned())?;
-    is_playlist_id(&id).then_some(id)
+    Some((url, host))
 }
 
 /// The canonical watch URL stored in entries, so clients never echo arbitrary user URLs.
@@ -91,7 +85,8 @@ fn is_playlist_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn is_video_id(s: &str) -> bool {
+/// An 11-character id of YouTube's URL-safe alphabet.
+pub fn is_video_id(s: &str) -> bool {
     s.len() == 11
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

@@ -8,6 +8,7 @@ use lockstep_shared::protocol::bounds::MAX_TITLE_CHARS;
 use serde_json::Value;
 
 use super::page::{embedded_json, PageError};
+use crate::engine::youtube::is_video_id;
 use crate::engine::{PlaylistItem, VideoMeta};
 
 /// Why a listed video is left out.
@@ -108,12 +109,6 @@ fn alert_text(alerts: &Value) -> Option<String> {
             })?;
         Some(text.chars().take(MAX_TITLE_CHARS).collect())
     })
-}
-
-fn is_video_id(s: &str) -> bool {
-    s.len() == 11
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
