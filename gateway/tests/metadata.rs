@@ -342,3 +342,23 @@ async fn a_playlist_on_a_node_without_lookups_is_refused_with_a_reason() {
     assert_eq!(r["code"], "bad_request");
     assert_eq!(r["message"], "url is not a YouTube video or playlist link");
 }
+
+#[tokio::test]
+async fn a_lookup_that_failed_is_tried_again_after_its_failure_is_forgotten() {
+    let yt = FakeYoutube::start("tky5A2gLuZo", "UCdyqAaZDKHXg4Ahi7VENThQ").await;
+    yt.add_video(SONG, "Song", 212);
+    yt.fault([Fault::Status(503)]);
+    let dir = TempDir::new("metadata-retry");
+    let node = start(&dir.0, |f| {
+        with_metadata(f, &yt.base_url())
+            .merge(Serialized::default("ingest.metadata.failure_ttl_ms", 300))
+    })
+    .await;
+    let (mut owner, _, room) = node.owner("ana").await;
+    add(&mut owner, &room, SONG, None).await;
+    let filled = owner
+        .recv_until(|v| v["type"] == "player.state" && v["entry"]["duration_ms"] == 212_000)
+        .await;
+    assert_eq!(filled["entry"]["title"], "Song");
+    assert_eq!(yt.watch_loads(SONG), 2, "one 503, one retry");
+}

@@ -233,6 +233,22 @@ async fn queue_and_ready_gate() {
             .len(),
         2
     );
+    // Shuffle keeps the entries (two: the same or swapped), clear empties the queue.
+    owner
+        .ok(json!({"type": "queue.shuffle", "room": room}))
+        .await;
+    let q = b.event("queue.update").await;
+    assert_eq!(q["entries"].as_array().unwrap().len(), 2);
+    let cleared = owner.ok(json!({"type": "queue.clear", "room": room})).await;
+    assert_eq!(cleared["removed"], 2);
+    assert_eq!(b.event("queue.update").await["entries"], json!([]));
+    for v in ["aaaaaaaaaaa", "bbbbbbbbbbb"] {
+        owner
+            .ok(json!({"type": "queue.add", "room": room, "url": format!("https://youtu.be/{v}")}))
+            .await;
+    }
+    b.recv_until(|v| v["type"] == "queue.update" && v["entries"].as_array().unwrap().len() == 2)
+        .await;
 
     // Ready gate: both ready → playing, scheduled in the future.
     owner

@@ -15,6 +15,10 @@ use crate::ingest::metadata::{Lookup, Metadata};
 
 /// Results waiting for the room actor.
 const RESULTS: usize = 64;
+/// Further tries of a video lookup that failed (upstream error, node busy, circuit open),
+/// each after the failure's cache time: a hiccup at `queue.add` time does not leave the
+/// entry without a duration for good.
+const RETRIES: u32 = 2;
 
 /// A finished lookup.
 pub(crate) enum LookupResult {
@@ -53,7 +57,17 @@ impl Lookups {
             }
             let (metadata, tx, cancel) = (metadata.clone(), self.tx.clone(), self.cancel.clone());
             self.tasks.spawn(async move {
-                let lookup = metadata.lookup(&video, &cancel).await;
+                let mut lookup = metadata.lookup(&video, &cancel).await;
+                for _ in 0..RETRIES {
+                    if !matches!(lookup, Lookup::Failed(_)) {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(metadata.retry_after()) => {}
+                    }
+                    lookup = metadata.lookup(&video, &cancel).await;
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = tx.send(LookupResult::Video(video, lookup)) => {}

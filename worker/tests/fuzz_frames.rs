@@ -42,6 +42,8 @@ const TEMPLATES: &[&str] = &[
     r#"{"id":"d","type":"queue.add","room":"r1","url":"https://youtu.be/dQw4w9WgXcQ","title":"t"}"#,
     r#"{"type":"queue.remove","room":"r1","entry_id":2}"#,
     r#"{"type":"queue.move","room":"r1","entry_id":3,"index":0}"#,
+    r#"{"type":"queue.shuffle","room":"r1"}"#,
+    r#"{"type":"queue.clear","room":"r1"}"#,
     r#"{"id":"e","type":"chat.send","room":"r1","text":"hello there"}"#,
     r#"{"type":"room.settings","room":"r1","control_mode":"anyone","ad_policy":"pause_all","name":"n"}"#,
     r#"{"type":"room.role","room":"r1","user_id":"u2","role":"operator"}"#,

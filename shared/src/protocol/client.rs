@@ -72,6 +72,12 @@ pub enum ClientCommand {
         entry_id: u64,
         index: u64,
     },
+    /// Puts the upcoming entries in a random order (the playing one stays).
+    #[serde(rename = "queue.shuffle")]
+    QueueShuffle { room: String },
+    /// Removes every upcoming entry (the playing one stays).
+    #[serde(rename = "queue.clear")]
+    QueueClear { room: String },
     #[serde(rename = "chat.send")]
     ChatSend { room: String, text: String },
     /// Deletes a chat message from view: its author, the owner or an operator.
@@ -151,6 +157,8 @@ impl ClientCommand {
             | QueueAdd { room, .. }
             | QueueRemove { room, .. }
             | QueueMove { room, .. }
+            | QueueShuffle { room }
+            | QueueClear { room }
             | ChatSend { room, .. }
             | ChatDelete { room, .. }
             | RoomSettings { room, .. }
@@ -183,6 +191,8 @@ impl ClientCommand {
             QueueAdd { .. } => "queue.add",
             QueueRemove { .. } => "queue.remove",
             QueueMove { .. } => "queue.move",
+            QueueShuffle { .. } => "queue.shuffle",
+            QueueClear { .. } => "queue.clear",
             ChatSend { .. } => "chat.send",
             ChatDelete { .. } => "chat.delete",
             RoomSettings { .. } => "room.settings",

@@ -465,6 +465,8 @@ impl Room {
             QueueMove {
                 entry_id, index, ..
             } => self.with_control(caller, |r| r.queue_move(now, caller, entry_id, index)),
+            QueueShuffle { .. } => self.with_control(caller, |r| r.queue_shuffle(now, caller)),
+            QueueClear { .. } => self.with_control(caller, |r| r.queue_clear(now, caller)),
             ChatSend { text, .. } => self.chat(now, caller, text),
             ChatDelete { message_id, .. } => self.delete_chat(now, caller, message_id),
             RoomSettings {

@@ -1,5 +1,5 @@
 //! Playlists: asked for at once, added when read, bounded by the queue, heard by the
-//! requester alone.
+//! requester alone; and what people do with a long queue: shuffle it, clear it.
 
 use lockstep_shared::bus::ToGateway;
 use lockstep_shared::protocol::{ClientCommand, ControlMode, PlayState};
@@ -183,4 +183,71 @@ fn a_playlist_link_follows_the_control_mode() {
             .map(|e| e.added_by.as_str()),
         Some("p1")
     );
+}
+
+fn queue_ids(h: &Harness) -> Vec<u64> {
+    h.room.durable().queue.iter().map(|e| e.entry_id).collect()
+}
+
+#[test]
+fn shuffle_reorders_only_the_upcoming_entries_and_clear_empties_them() {
+    let mut h = Harness::new();
+    add_list(&mut h, "owner", 1, LIST);
+    let out = h.room.apply_playlist(h.now, LIST, Ok(items(20)));
+    split(&mut h, &out);
+    let playing = h.room.durable().current.as_ref().map(|e| e.entry_id);
+    let before = queue_ids(&h);
+    let r = h.run(
+        "owner",
+        1,
+        ClientCommand::QueueShuffle { room: ROOM.into() },
+    );
+    assert_eq!(code(&r), "ack");
+    let after = queue_ids(&h);
+    assert_ne!(
+        after, before,
+        "19 entries keep their order with odds of 1 in 19!"
+    );
+    let mut sorted = after.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, before, "the same entries");
+    assert_eq!(
+        h.room.durable().current.as_ref().map(|e| e.entry_id),
+        playing
+    );
+    let update = h.last_event("queue.update");
+    let shown: Vec<u64> = update["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["entry_id"].as_u64())
+        .collect();
+    assert_eq!(shown, after);
+    // Participants cannot under the default control mode.
+    h.join("p1", 7);
+    assert_eq!(
+        code(&h.run("p1", 7, ClientCommand::QueueClear { room: ROOM.into() })),
+        "forbidden"
+    );
+    let r = h.run("owner", 1, ClientCommand::QueueClear { room: ROOM.into() });
+    assert_eq!(r["result"]["removed"], 19);
+    assert!(h.room.durable().queue.is_empty());
+    assert_eq!(
+        h.room.durable().current.as_ref().map(|e| e.entry_id),
+        playing
+    );
+    assert_eq!(
+        h.last_event("queue.update")["entries"],
+        serde_json::json!([])
+    );
+    // Nothing left to clear or shuffle: acked, no event.
+    let seq = h.room.seq();
+    let r = h.run("owner", 1, ClientCommand::QueueClear { room: ROOM.into() });
+    assert_eq!(r["result"]["removed"], 0);
+    h.run(
+        "owner",
+        1,
+        ClientCommand::QueueShuffle { room: ROOM.into() },
+    );
+    assert_eq!(h.room.seq(), seq);
 }

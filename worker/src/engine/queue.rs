@@ -1,10 +1,13 @@
 //! Queue commands: add (YouTube video links; playlist links go to `playlist.rs`), remove,
-//! move.
+//! move, shuffle, clear.
 
 use lockstep_shared::bus::Caller;
 use lockstep_shared::protocol::bounds;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{Entry, ErrorCode};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use serde_json::json;
 
 use super::youtube::{canonical_url, parse_playlist_id, parse_video_id};
@@ -103,6 +106,38 @@ impl Room {
             json!({"entry_id": entry_id, "index": to}),
         );
         Ok(Ack::empty())
+    }
+
+    /// A random order for the upcoming entries. The engine reads no randomness: the order
+    /// comes from a generator seeded with the room's seq and the time, so a replay of the
+    /// same commands at the same times shuffles the same way.
+    pub(super) fn queue_shuffle(&mut self, now: u64, caller: &Caller) -> Handled {
+        if self.d.queue.len() < 2 {
+            return Ok(Ack::empty());
+        }
+        let mut rng = StdRng::seed_from_u64(now ^ self.seq.rotate_left(32));
+        self.d.queue.make_contiguous().shuffle(&mut rng);
+        self.dirty = true;
+        self.emit_queue(now);
+        self.audit(now, &caller.user_id, "queue.shuffle", json!({}));
+        Ok(Ack::empty())
+    }
+
+    /// Empties the upcoming entries; the ack says how many went.
+    pub(super) fn queue_clear(&mut self, now: u64, caller: &Caller) -> Handled {
+        let removed = self.d.queue.len();
+        if removed > 0 {
+            self.d.queue.clear();
+            self.dirty = true;
+            self.emit_queue(now);
+            self.audit(
+                now,
+                &caller.user_id,
+                "queue.clear",
+                json!({"removed": removed}),
+            );
+        }
+        Ok(Ack::with(json!({"removed": removed})))
     }
 
     fn queued_index(&self, entry_id: u64) -> Result<usize, Refusal> {

@@ -1354,6 +1354,8 @@ fn arb_cmd() -> impl Strategy<Value = (u8, ClientCommand)> {
         }),
         (room(), 0u64..8)
             .prop_map(|(room, entry_id)| ClientCommand::QueueRemove { room, entry_id }),
+        room().prop_map(|room| ClientCommand::QueueShuffle { room }),
+        room().prop_map(|room| ClientCommand::QueueClear { room }),
         (room(), 0u64..8, 0u64..8).prop_map(|(room, entry_id, index)| ClientCommand::QueueMove {
             room,
             entry_id,
@@ -1494,7 +1496,7 @@ proptest! {
             let pos_before = before.clock.position_at(now);
             let c = user_of(who);
             let role = if c.user_id == "owner" { lockstep_shared::protocol::Role::Owner } else if before.operators.contains(&c.user_id) { lockstep_shared::protocol::Role::Operator } else { lockstep_shared::protocol::Role::Participant };
-            let is_control = matches!(cmd, ClientCommand::PlayerPlay{..} | ClientCommand::PlayerPause{..} | ClientCommand::PlayerSeek{..} | ClientCommand::PlayerRestart{..} | ClientCommand::PlayerSkip{..} | ClientCommand::QueueAdd{..} | ClientCommand::QueueRemove{..} | ClientCommand::QueueMove{..});
+            let is_control = matches!(cmd, ClientCommand::PlayerPlay{..} | ClientCommand::PlayerPause{..} | ClientCommand::PlayerSeek{..} | ClientCommand::PlayerRestart{..} | ClientCommand::PlayerSkip{..} | ClientCommand::QueueAdd{..} | ClientCommand::QueueRemove{..} | ClientCommand::QueueMove{..} | ClientCommand::QueueShuffle{..} | ClientCommand::QueueClear{..});
             let is_pause = matches!(cmd, ClientCommand::PlayerPause{..});
             let muted_chat = matches!(cmd, ClientCommand::ChatSend{..})
                 && before.mutes.get(&c.user_id).is_some_and(|u| u.is_none_or(|t| t > now));
@@ -1526,7 +1528,8 @@ proptest! {
             let after_ids: Vec<u64> = after.queue.iter().map(|e| e.entry_id).collect();
             let kept: Vec<u64> = before_ids.iter().copied().filter(|id| after_ids.contains(id)).collect();
             let after_kept: Vec<u64> = after_ids.iter().copied().filter(|id| before_ids.contains(id)).collect();
-            if !out.mutations.iter().any(|m| matches!(m, Mutation::Audit { entry, .. } if entry.action == "queue.move")) {
+            let reorders = |a: &str| a == "queue.move" || a == "queue.shuffle";
+            if !out.mutations.iter().any(|m| matches!(m, Mutation::Audit { entry, .. } if reorders(&entry.action))) {
                 prop_assert_eq!(kept, after_kept);
             }
             prop_assert!(after.queue.len() <= cfg().queue_max);

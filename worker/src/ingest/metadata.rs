@@ -131,7 +131,8 @@ impl Metadata {
     }
 
     /// The first page of playlist `list_id`: its videos in order, unplayable ones marked
-    /// (the others seed the video cache with their titles and lengths), or why not. Waits its turn like a lookup.
+    /// (the others seed the video cache with their titles and lengths), or why not. Waits
+    /// its turn like a lookup.
     pub async fn playlist(
         &self,
         list_id: &str,
@@ -184,6 +185,12 @@ impl Metadata {
             return Err(why);
         }
         Ok(permit)
+    }
+
+    /// How long after a failed lookup asking again can reach YouTube (the failure is
+    /// cached until then).
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_millis(self.cfg.failure_ttl_ms.saturating_add(100))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
