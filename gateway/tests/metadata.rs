@@ -362,3 +362,43 @@ async fn a_lookup_that_failed_is_tried_again_after_its_failure_is_forgotten() {
     assert_eq!(filled["entry"]["title"], "Song");
     assert_eq!(yt.watch_loads(SONG), 2, "one 503, one retry");
 }
+
+#[tokio::test]
+async fn a_long_playlist_is_read_page_by_page_until_the_queue_is_full() {
+    let yt = FakeYoutube::start("tky5A2gLuZo", "UCdyqAaZDKHXg4Ahi7VENThQ").await;
+    let ids: Vec<String> = (0..250).map(|i| format!("pl{i:09}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        yt.add_video(id, &format!("Track {i}"), 100 + i as u64);
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    yt.add_playlist(LIST, "Long", &refs);
+    let dir = TempDir::new("metadata-long-playlist");
+    let node = start(&dir.0, |f| {
+        with_metadata(f, &yt.base_url()).merge(Serialized::default("room.queue_max", 150))
+    })
+    .await;
+    let (mut owner, _, room) = node.owner("ana").await;
+    owner
+        .ok(json!({"type": "queue.add", "room": room, "url": list_url(LIST)}))
+        .await;
+    let queue = owner.recv_until(|v| v["type"] == "queue.update").await;
+    assert_eq!(queue["entries"].as_array().map(Vec::len), Some(150));
+    assert_eq!(queue["entries"][0]["title"], "Track 1");
+    assert_eq!(queue["entries"][149]["title"], "Track 150");
+    assert_eq!(queue["entries"][149]["duration_ms"], 250_000);
+    let summary = owner.event("queue.playlist").await;
+    // An idle room holds 150 queued plus the one playing.
+    assert_eq!(
+        (summary["added"].as_u64(), summary["left_out"].as_u64()),
+        (Some(151), Some(49)),
+        "{summary}"
+    );
+    // One page and one continuation were enough; the third page was never asked for.
+    let browses: Vec<String> = yt
+        .seen()
+        .into_iter()
+        .filter(|s| s.path.starts_with("/youtubei/v1/browse"))
+        .filter_map(|s| s.continuation)
+        .collect();
+    assert_eq!(browses, [format!("plc-100-{LIST}")]);
+}

@@ -77,11 +77,15 @@ impl Lookups {
     }
 
     /// Reads each playlist (the engine bounds how many a room asks for at once).
-    pub(crate) fn start_playlists(&mut self, metadata: &Arc<Metadata>, lists: Vec<String>) {
-        for list in lists {
+    pub(crate) fn start_playlists(
+        &mut self,
+        metadata: &Arc<Metadata>,
+        lists: Vec<(String, usize)>,
+    ) {
+        for (list, want) in lists {
             let (metadata, tx, cancel) = (metadata.clone(), self.tx.clone(), self.cancel.clone());
             self.tasks.spawn(async move {
-                let result = metadata.playlist(&list, &cancel).await;
+                let result = metadata.playlist(&list, want, &cancel).await;
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = tx.send(LookupResult::Playlist(list, result)) => {}

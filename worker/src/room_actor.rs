@@ -268,7 +268,7 @@ impl Actor {
                 let why = "this server does not read YouTube playlists (lookups are off)";
                 let outs: Vec<Output> = lists
                     .iter()
-                    .map(|list| room.apply_playlist(now_ms(), list, Err(why.into())))
+                    .map(|(list, _)| room.apply_playlist(now_ms(), list, Err(why.into())))
                     .collect();
                 for out in outs.into_iter().filter(|o| !o.is_empty()) {
                     self.release(out, None).await;

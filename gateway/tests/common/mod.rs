@@ -208,11 +208,7 @@ pub async fn audit_actions(addr: SocketAddr, token: &str, room: &str) -> Vec<Str
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    lockstep_testkit::free_port()
 }
 
 /// The child's exit status if it exits within `limit`, else `None` (it is left running).

@@ -4,7 +4,8 @@
 //! with `liveChatContinuation` actions and the next `invalidationContinuationData`. Bodies
 //! are gzipped when the client accepts it, as YouTube does. Other videos' watch pages
 //! carry their title and length (`add_video`), or say "Video unavailable" as YouTube's do;
-//! playlist pages (`add_playlist`) list their videos, or say the playlist does not exist. Built from the fixtures in
+//! playlist pages (`add_playlist`) list their videos 100 at a time, the rest through
+//! InnerTube `POST /youtubei/v1/browse` continuations, or say the playlist does not exist. Built from the fixtures in
 //! `fixtures/youtube/` (shapes of real captures). Tests queue actions and inject faults.
 
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +23,11 @@ const WATCH_VIDEO: &str = include_str!("../fixtures/youtube/watch_video.html");
 const WATCH_UNAVAILABLE: &str = include_str!("../fixtures/youtube/watch_unavailable.html");
 const PLAYLIST: &str = include_str!("../fixtures/youtube/playlist.html");
 const PLAYLIST_ITEM: &str = include_str!("../fixtures/youtube/playlist_item.json");
+const PLAYLIST_CONTINUATION: &str =
+    include_str!("../fixtures/youtube/playlist_continuation_item.json");
+const BROWSE: &str = include_str!("../fixtures/youtube/browse_continuation.json");
+/// Videos per playlist page, as YouTube shows them.
+const PLAYLIST_PAGE: usize = 100;
 const PLAYLIST_MISSING: &str = include_str!("../fixtures/youtube/playlist_missing.html");
 const CHANNEL_OFFLINE: &str = include_str!("../fixtures/youtube/channel_offline.html");
 const CHAT: &str = include_str!("../fixtures/youtube/get_live_chat.json");
@@ -403,16 +409,41 @@ fn answer(
             .replace("__CONVERSATION_BAR__", bar.trim());
         return (200, "text/html; charset=utf-8", text);
     }
+    if path.starts_with("/youtubei/v1/browse") {
+        if method != "POST" || !path.contains(&format!("key={API_KEY}")) {
+            return (403, "application/json", r#"{"error":{"code":403}}"#.into());
+        }
+        // Tokens are `plc-<offset>-<list>`.
+        let page = continuation
+            .as_deref()
+            .and_then(|c| c.strip_prefix("plc-"))
+            .and_then(|c| c.split_once('-'))
+            .and_then(|(offset, list)| Some((offset.parse::<usize>().ok()?, list)))
+            .and_then(|(offset, list)| {
+                let (_, videos) = s.playlists.get(list)?;
+                Some(playlist_items(&s.videos, list, videos, offset))
+            });
+        return match page {
+            Some(items) => (
+                200,
+                "application/json",
+                BROWSE
+                    .replace("__ITEMS__", &items)
+                    .replace("__VISITOR__", VISITOR),
+            ),
+            None => (
+                400,
+                "application/json",
+                r#"{"error":{"code":400,"status":"INVALID_ARGUMENT"}}"#.into(),
+            ),
+        };
+    }
     if let Some(id) = path.strip_prefix("/playlist?list=") {
         let text = match s.playlists.get(id) {
             Some((title, videos)) => {
-                let items: Vec<String> = videos
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| playlist_item(&s.videos, id, i, v))
-                    .collect();
+                let items = playlist_items(&s.videos, id, videos, 0);
                 PLAYLIST
-                    .replace("__ITEMS__", &format!("[{}]", items.join(",")))
+                    .replace("__ITEMS__", &items)
                     .replace("__TITLE_JSON__", &Value::from(title.as_str()).to_string())
                     .replace("__TITLE_HTML__", &html_escape(title))
                     .replace("__LIST__", id)
@@ -440,6 +471,28 @@ fn answer(
         return (200, "text/html; charset=utf-8", text);
     }
     (404, "text/html", "<html>404</html>".into())
+}
+
+/// A JSON array of the playlist's videos from `offset` on, one page of them, ending with a
+/// continuation when there are more.
+fn playlist_items(
+    known: &HashMap<String, (String, u64)>,
+    list: &str,
+    videos: &[String],
+    offset: usize,
+) -> String {
+    let end = (offset + PLAYLIST_PAGE).min(videos.len());
+    let mut items: Vec<String> = videos
+        .get(offset..end)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| playlist_item(known, list, offset + i, v))
+        .collect();
+    if end < videos.len() {
+        items.push(PLAYLIST_CONTINUATION.replace("__TOKEN__", &format!("plc-{end}-{list}")));
+    }
+    format!("[{}]", items.join(","))
 }
 
 /// One `playlistVideoRenderer`: a known video as it is, an unknown one as YouTube lists a

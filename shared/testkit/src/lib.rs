@@ -31,3 +31,4 @@ pub use redis::Redis;
 pub use redis_cluster::RedisCluster;
 pub use relay::Relay;
 pub use tls::TestCa;
+pub use util::free_port;

@@ -1,27 +1,42 @@
 //! Small helpers shared by the service launchers.
 
+use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago (bind to 0, read it, release it).
+/// A port that was free a moment ago and not handed out before in this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    free_ports(1).first().copied().unwrap_or(0)
 }
 
-/// `n` distinct ports that were free a moment ago (all bound at once, then released).
+/// `n` distinct ports that were free a moment ago (all bound at once, then released), none
+/// of them handed out before in this process: a port given to a node that has not bound it
+/// yet must not be given to the next server a parallel test starts (the OS would happily
+/// hand it out again, and a gateway then finds a Redis answering on its port).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .filter_map(|_| TcpListener::bind("127.0.0.1:0").ok())
-        .collect();
-    listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .map(|a| a.port())
-        .collect()
+    static HANDED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut handed = HANDED.lock().unwrap_or_else(|p| p.into_inner());
+    let handed = handed.get_or_insert_with(HashSet::new);
+    let mut ports = Vec::with_capacity(n);
+    // Kept bound until every port is chosen, so the OS cannot repeat one within the batch.
+    let mut held = Vec::new();
+    for _ in 0..n.saturating_mul(20).max(20) {
+        if ports.len() == n {
+            break;
+        }
+        let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        if let Ok(port) = l.local_addr().map(|a| a.port()) {
+            if handed.insert(port) {
+                ports.push(port);
+            }
+        }
+        held.push(l);
+    }
+    ports
 }
 
 /// Waits until something accepts on `port`.

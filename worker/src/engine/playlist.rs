@@ -31,8 +31,8 @@ pub struct PlaylistItem {
 pub(super) struct Pending {
     /// playlist id → who asked.
     by: BTreeMap<String, String>,
-    /// Not yet handed to the shell.
-    wanted: Vec<String>,
+    /// Not yet handed to the shell, with how many videos the queue had room for.
+    wanted: Vec<(String, usize)>,
 }
 
 impl Room {
@@ -59,14 +59,16 @@ impl Room {
         self.playlists
             .by
             .insert(playlist_id.clone(), caller.user_id.clone());
-        self.playlists.wanted.push(playlist_id.clone());
+        let room_for =
+            self.cfg.queue_max - self.d.queue.len() + usize::from(self.d.current.is_none());
+        self.playlists.wanted.push((playlist_id.clone(), room_for));
         Ok(Ack::with(
             json!({"playlist_id": playlist_id, "pending": true}),
         ))
     }
 
-    /// The playlists to read now (each handed out once).
-    pub fn take_wanted_playlists(&mut self) -> Vec<String> {
+    /// The playlists to read now (each handed out once), with how many videos are wanted.
+    pub fn take_wanted_playlists(&mut self) -> Vec<(String, usize)> {
         std::mem::take(&mut self.playlists.wanted)
     }
 

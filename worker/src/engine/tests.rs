@@ -1476,7 +1476,7 @@ proptest! {
                 }
             }
             // Playlists answer with three videos (one unplayable, one without a length).
-            for list in room.take_wanted_playlists() {
+            for (list, _) in room.take_wanted_playlists() {
                 let items = ["a", "b", "c"].map(|k| super::PlaylistItem {
                     video_id: format!("{k}{}", &list[2..12]),
                     meta: super::VideoMeta {

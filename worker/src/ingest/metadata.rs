@@ -19,11 +19,14 @@ use url::Url;
 use super::breaker::{Breaker, Failure};
 use super::http::HttpClient;
 use super::youtube::page::PageError;
-use super::youtube::playlist::parse_playlist;
+use super::youtube::playlist::{parse_more, parse_playlist};
 use super::youtube::video::parse_video;
 use super::{forget_breaker, observe_breaker, profiles};
 use crate::clock::now_ms;
 use crate::engine::{PlaylistItem, TokenBucket, VideoMeta};
+
+/// Pages of a playlist read at most (100 videos each).
+const PLAYLIST_PAGES: usize = 10;
 
 /// The breaker's scope label.
 const SCOPE: &str = "youtube_metadata";
@@ -108,7 +111,7 @@ impl Metadata {
         let path = format!("watch?v={video_id}");
         let lookup = tokio::select! {
             _ = cancel.cancelled() => return Lookup::Failed("cancelled".into()),
-            r = self.fetch(&path, |html| parse_video(html, video_id)) => match r {
+            r = self.fetch(&path, None, &[], |html| parse_video(html, video_id)) => match r {
                 Ok(meta) => Lookup::Found(meta),
                 Err(why) => Lookup::Failed(why),
             },
@@ -130,19 +133,21 @@ impl Metadata {
         lookup
     }
 
-    /// The first page of playlist `list_id`: its videos in order, unplayable ones marked
-    /// (the others seed the video cache with their titles and lengths), or why not. Waits
-    /// its turn like a lookup.
+    /// Playlist `list_id`'s videos in order, until `want` are read (a page of 100 at a time, at most
+    /// `PLAYLIST_PAGES` pages, each read at the node's rate), unplayable ones marked; the
+    /// others seed the video cache with their titles and lengths. A later page that fails
+    /// ends the list where it got to. Waits its turn like a lookup.
     pub async fn playlist(
         &self,
         list_id: &str,
+        want: usize,
         cancel: &CancellationToken,
     ) -> Result<Vec<PlaylistItem>, String> {
         let _permit = self.turn(cancel).await?;
         let path = format!("playlist?list={list_id}");
         let page = tokio::select! {
             _ = cancel.cancelled() => return Err("cancelled".into()),
-            r = self.fetch(&path, parse_playlist) => r,
+            r = self.fetch(&path, None, &[], parse_playlist) => r,
         };
         let page = match page {
             Ok(p) => p,
@@ -155,16 +160,50 @@ impl Metadata {
         if let Some(alert) = page.alert {
             return Err(alert);
         }
+        let mut items = page.items;
+        let mut next = page.continuation;
+        let mut pages = 1;
+        while let (Some(token), Some(client)) = (next.take(), page.client.as_ref()) {
+            if items.len() >= want || pages >= PLAYLIST_PAGES {
+                break;
+            }
+            if let Err(why) = self.admit(cancel).await {
+                tracing::warn!(playlist = %list_id, cause = %why, "playlist cut short");
+                break;
+            }
+            let path = format!(
+                "youtubei/v1/browse?key={}&prettyPrint=false",
+                client.api_key
+            );
+            let (body, extra) = client.continuation_request(&self.base_url, &token);
+            let more = tokio::select! {
+                _ = cancel.cancelled() => return Err("cancelled".into()),
+                r = self.fetch(&path, Some(body), &extra, parse_more) => r,
+            };
+            match more {
+                Ok((more, after)) => {
+                    count("playlist");
+                    items.extend(more);
+                    next = after;
+                    pages += 1;
+                }
+                Err(why) => {
+                    count("failed");
+                    tracing::warn!(playlist = %list_id, cause = %why, "playlist cut short");
+                    break;
+                }
+            }
+        }
         let until_ms = now_ms().saturating_add(self.cfg.cache_ttl_ms);
         let mut s = self.lock();
         let known =
             |i: &&PlaylistItem| i.meta.duration_ms.is_some() && i.meta.unavailable.is_none();
-        for item in page.items.iter().filter(known) {
+        for item in items.iter().filter(known) {
             let lookup = Lookup::Found(item.meta.clone());
             s.cache
                 .put(item.video_id.clone(), Cached { lookup, until_ms });
         }
-        Ok(page.items)
+        Ok(items)
     }
 
     /// Waits for a fetch slot and a token of the node's rate; refuses when too many wait,
@@ -239,11 +278,13 @@ impl Metadata {
         }
     }
 
-    /// GETs `{base_url}/{path}` and parses it; upstream errors and unreadable pages count
-    /// against the breaker.
+    /// GETs `{base_url}/{path}` (POSTs `json_body` when given) and parses the answer;
+    /// upstream errors and unreadable answers count against the breaker.
     async fn fetch<T>(
         &self,
         path: &str,
+        json_body: Option<String>,
+        extra: &[(&'static str, String)],
         parse: impl FnOnce(&str) -> Result<T, PageError>,
     ) -> Result<T, String> {
         let url = match Url::parse(&format!("{}/{path}", self.base_url)) {
@@ -252,7 +293,7 @@ impl Metadata {
         };
         let outcome = match self
             .http
-            .request("youtube", &url, None, profiles::pick(), &[])
+            .request("youtube", &url, json_body, profiles::pick(), extra)
             .await
         {
             Ok(resp) => {

@@ -33,6 +33,34 @@ pub struct ClientCfg {
     pub visitor_data: String,
 }
 
+impl ClientCfg {
+    /// The JSON body and headers of an InnerTube call that follows `continuation`, as the
+    /// web client sends them (`get_live_chat`, `browse`); `base` is the site's origin.
+    pub fn continuation_request(
+        &self,
+        base: &str,
+        continuation: &str,
+    ) -> (String, [(&'static str, String); 4]) {
+        let body = serde_json::json!({
+            "context": {"client": {
+                "clientName": "WEB",
+                "clientVersion": self.client_version,
+                "visitorData": self.visitor_data,
+                "hl": "en",
+                "gl": "US",
+            }},
+            "continuation": continuation,
+        });
+        let headers = [
+            ("x-youtube-client-name", "1".to_owned()),
+            ("x-youtube-client-version", self.client_version.clone()),
+            ("x-goog-visitor-id", self.visitor_data.clone()),
+            ("origin", base.to_owned()),
+        ];
+        (body.to_string(), headers)
+    }
+}
+
 /// The page is not what we know how to read: a format break.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("watch page format: {0}")]
@@ -40,14 +68,7 @@ pub struct PageError(pub String);
 
 /// Reads a watch or channel-live page.
 pub fn parse_page(html: &str) -> Result<PageInfo, PageError> {
-    let client = ClientCfg {
-        api_key: ytcfg_string(html, "INNERTUBE_API_KEY")
-            .ok_or_else(|| PageError("no INNERTUBE_API_KEY in ytcfg".into()))?,
-        client_version: ytcfg_string(html, "INNERTUBE_CONTEXT_CLIENT_VERSION")
-            .or_else(|| ytcfg_string(html, "INNERTUBE_CLIENT_VERSION"))
-            .ok_or_else(|| PageError("no client version in ytcfg".into()))?,
-        visitor_data: ytcfg_string(html, "VISITOR_DATA").unwrap_or_default(),
-    };
+    let client = client_cfg(html)?;
     let data =
         embedded_json(html, "ytInitialData").ok_or_else(|| PageError("no ytInitialData".into()))?;
     let player = embedded_json(html, "ytInitialPlayerResponse");
@@ -103,6 +124,18 @@ pub fn parse_page(html: &str) -> Result<PageInfo, PageError> {
             reason: format!("{video_id} is not live"),
         }),
     }
+}
+
+/// The InnerTube client settings of any YouTube page, for the API calls that follow it.
+pub fn client_cfg(html: &str) -> Result<ClientCfg, PageError> {
+    Ok(ClientCfg {
+        api_key: ytcfg_string(html, "INNERTUBE_API_KEY")
+            .ok_or_else(|| PageError("no INNERTUBE_API_KEY in ytcfg".into()))?,
+        client_version: ytcfg_string(html, "INNERTUBE_CONTEXT_CLIENT_VERSION")
+            .or_else(|| ytcfg_string(html, "INNERTUBE_CLIENT_VERSION"))
+            .ok_or_else(|| PageError("no client version in ytcfg".into()))?,
+        visitor_data: ytcfg_string(html, "VISITOR_DATA").unwrap_or_default(),
+    })
 }
 
 /// A string value in the page's `ytcfg.set({...})` calls (JSON string, unescaped).

@@ -1,13 +1,15 @@
 //! A playlist page (`/playlist?list=…`): its `ytInitialData` lists the first page of videos
 //! (up to 100) as `playlistVideoRenderer`s with `videoId`, `title` and `lengthSeconds`;
-//! deleted and private ones have `isPlayable: false` and come back marked unavailable. They are found wherever they sit in
-//! the tree, so a reshuffled layout still reads. A playlist that does not exist (or is
-//! private) has no videos and an alert saying so.
+//! deleted and private ones have `isPlayable: false` and come back marked unavailable. A
+//! longer playlist ends the page with a `continuationItemRenderer` whose token InnerTube
+//! `browse` turns into the next videos (`appendContinuationItemsAction`), and so on. Both
+//! are found wherever they sit in the tree, so a reshuffled layout still reads. A playlist
+//! that does not exist (or is private) has no videos and an alert saying so.
 
 use lockstep_shared::protocol::bounds::MAX_TITLE_CHARS;
 use serde_json::Value;
 
-use super::page::{embedded_json, PageError};
+use super::page::{client_cfg, embedded_json, ClientCfg, PageError};
 use crate::engine::youtube::is_video_id;
 use crate::engine::{PlaylistItem, VideoMeta};
 
@@ -25,39 +27,23 @@ pub struct PlaylistPage {
     pub items: Vec<PlaylistItem>,
     /// Upstream's message when there is no playlist to show.
     pub alert: Option<String>,
+    /// The token for the next videos, if there are more.
+    pub continuation: Option<String>,
+    /// The page's InnerTube settings, for `browse`.
+    pub client: Option<ClientCfg>,
 }
 
 /// Reads a playlist page.
 pub fn parse_playlist(html: &str) -> Result<PlaylistPage, PageError> {
     let data =
         embedded_json(html, "ytInitialData").ok_or_else(|| PageError("no ytInitialData".into()))?;
-    let mut renderers = Vec::new();
-    collect(&data, 0, &mut renderers);
-    let mut page = PlaylistPage::default();
-    for r in renderers {
-        let Some(video_id) = r["videoId"].as_str().filter(|v| is_video_id(v)) else {
-            continue;
-        };
-        let unavailable = (r["isPlayable"].as_bool() == Some(false)).then(|| UNPLAYABLE.to_owned());
-        let title = r["title"]["runs"][0]["text"]
-            .as_str()
-            .or_else(|| r["title"]["simpleText"].as_str())
-            .map(|t| t.trim().chars().take(MAX_TITLE_CHARS).collect::<String>())
-            .filter(|t| !t.is_empty());
-        let duration_ms = r["lengthSeconds"]
-            .as_str()
-            .and_then(|s| s.parse::<u64>().ok())
-            .filter(|s| *s > 0)
-            .and_then(|s| s.checked_mul(1000));
-        page.items.push(PlaylistItem {
-            video_id: video_id.to_owned(),
-            meta: VideoMeta {
-                title,
-                duration_ms,
-                unavailable,
-            },
-        });
-    }
+    let (items, continuation) = read(&data);
+    let mut page = PlaylistPage {
+        items,
+        alert: None,
+        continuation,
+        client: client_cfg(html).ok(),
+    };
     if page.items.is_empty() {
         page.alert = alert_text(&data["alerts"]);
         if page.alert.is_none() {
@@ -67,15 +53,76 @@ pub fn parse_playlist(html: &str) -> Result<PlaylistPage, PageError> {
     Ok(page)
 }
 
-/// Every `playlistVideoRenderer` under `v`, in document order, bounded in depth and count.
-fn collect<'a>(v: &'a Value, depth: usize, out: &mut Vec<&'a Value>) {
-    if depth > DEPTH_MAX || out.len() >= ITEMS_MAX {
+/// Reads a `browse` continuation answer: the next videos and the token after them.
+pub fn parse_more(body: &str) -> Result<(Vec<PlaylistItem>, Option<String>), PageError> {
+    let data: Value =
+        serde_json::from_str(body).map_err(|e| PageError(format!("browse answer: {e}")))?;
+    let actions = &data["onResponseReceivedActions"];
+    if !actions.is_array() {
+        return Err(PageError(
+            "browse answer without onResponseReceivedActions".into(),
+        ));
+    }
+    Ok(read(actions))
+}
+
+/// The videos under `v` and the first continuation token.
+fn read(v: &Value) -> (Vec<PlaylistItem>, Option<String>) {
+    let mut found = Found::default();
+    collect(v, 0, &mut found);
+    let items = found
+        .renderers
+        .into_iter()
+        .filter_map(|r| {
+            let video_id = r["videoId"].as_str().filter(|v| is_video_id(v))?;
+            let unavailable =
+                (r["isPlayable"].as_bool() == Some(false)).then(|| UNPLAYABLE.to_owned());
+            let title = r["title"]["runs"][0]["text"]
+                .as_str()
+                .or_else(|| r["title"]["simpleText"].as_str())
+                .map(|t| t.trim().chars().take(MAX_TITLE_CHARS).collect::<String>())
+                .filter(|t| !t.is_empty());
+            let duration_ms = r["lengthSeconds"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|s| *s > 0)
+                .and_then(|s| s.checked_mul(1000));
+            Some(PlaylistItem {
+                video_id: video_id.to_owned(),
+                meta: VideoMeta {
+                    title,
+                    duration_ms,
+                    unavailable,
+                },
+            })
+        })
+        .collect();
+    (items, found.continuation)
+}
+
+#[derive(Default)]
+struct Found<'a> {
+    renderers: Vec<&'a Value>,
+    continuation: Option<String>,
+}
+
+/// Every `playlistVideoRenderer` under `v`, in document order, bounded in depth and count,
+/// and the first `continuationItemRenderer`'s token.
+fn collect<'a>(v: &'a Value, depth: usize, out: &mut Found<'a>) {
+    if depth > DEPTH_MAX || out.renderers.len() >= ITEMS_MAX {
         return;
     }
     match v {
         Value::Object(map) => {
             if let Some(r) = map.get("playlistVideoRenderer") {
-                out.push(r);
+                out.renderers.push(r);
+                return;
+            }
+            if let Some(c) = map.get("continuationItemRenderer") {
+                let token = &c["continuationEndpoint"]["continuationCommand"]["token"];
+                if out.continuation.is_none() {
+                    out.continuation = token.as_str().map(str::to_owned);
+                }
                 return;
             }
             for child in map.values() {
@@ -174,6 +221,31 @@ mod tests {
         assert!(p.items.is_empty());
         assert!(parse_playlist(&page(r#"{"contents":{}}"#)).is_err());
         assert!(parse_playlist("<html>consent</html>").is_err());
+    }
+
+    #[test]
+    fn a_long_playlist_continues_through_browse() {
+        let cont = r#"{"continuationItemRenderer":{"trigger":"CONTINUATION_TRIGGER_ON_ITEM_SHOWN","continuationEndpoint":{"commandMetadata":{"webCommandMetadata":{"sendPost":true,"apiUrl":"/youtubei/v1/browse"}},"continuationCommand":{"token":"4qmFsgKlARIkVkxQTA","request":"CONTINUATION_REQUEST_TYPE_BROWSE"}}}}"#;
+        let html = format!(
+            r#"<script>ytcfg.set({{"INNERTUBE_API_KEY":"k1","INNERTUBE_CONTEXT_CLIENT_VERSION":"2.2024"}});</script>{}"#,
+            page(&format!(
+                r#"{{"contents":[{},{cont}]}}"#,
+                item("dQw4w9WgXcQ", "One", "1", true)
+            ))
+        );
+        let p = parse_playlist(&html).unwrap_or_default();
+        assert_eq!(p.continuation.as_deref(), Some("4qmFsgKlARIkVkxQTA"));
+        assert_eq!(p.client.map(|c| c.api_key), Some("k1".to_owned()));
+        let more = format!(
+            r#"{{"responseContext":{{}},"onResponseReceivedActions":[{{"appendContinuationItemsAction":{{"continuationItems":[{}],"targetId":"pl-video-list"}}}}]}}"#,
+            item("kJQP7kiw5Fk", "Two", "2", true)
+        );
+        let (items, next) = parse_more(&more).unwrap_or_default();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].video_id, "kJQP7kiw5Fk");
+        assert_eq!(next, None);
+        assert!(parse_more(r#"{"error":{"code":400}}"#).is_err());
+        assert!(parse_more("<html>").is_err());
     }
 
     #[test]

@@ -263,34 +263,12 @@ impl YoutubeSource {
             cursor.client.api_key
         );
         let url = Url::parse(&url).map_err(|e| StepError::Format(e.to_string()))?;
-        let body = serde_json::json!({
-            "context": {"client": {
-                "clientName": "WEB",
-                "clientVersion": cursor.client.client_version,
-                "visitorData": cursor.client.visitor_data,
-                "hl": "en",
-                "gl": "US",
-            }},
-            "continuation": cursor.continuation,
-        });
-        let extra = [
-            ("x-youtube-client-name", "1".to_owned()),
-            (
-                "x-youtube-client-version",
-                cursor.client.client_version.clone(),
-            ),
-            ("x-goog-visitor-id", cursor.client.visitor_data.clone()),
-            ("origin", base.to_owned()),
-        ];
+        let (body, extra) = cursor
+            .client
+            .continuation_request(base, &cursor.continuation);
         let resp = self
             .http
-            .request(
-                "youtube",
-                &url,
-                Some(body.to_string()),
-                self.profile,
-                &extra,
-            )
+            .request("youtube", &url, Some(body), self.profile, &extra)
             .await
             .map_err(StepError::Net)?;
         let ChatPage { items, next } =
