@@ -2,11 +2,11 @@
 
 use lockstep_shared::bus::ToGateway;
 use lockstep_shared::protocol::{ClientCommand, PlayState};
-use lockstep_shared::store::{LoadedRoom, Mutation, RoomRecord};
+use lockstep_shared::store::Mutation;
 use serde_json::Value;
 
 use super::tests::{cfg, code, Harness, ROOM};
-use super::{Output, Room, VideoMeta};
+use super::{Output, VideoMeta};
 
 fn meta(title: &str, duration_ms: Option<u64>) -> VideoMeta {
     VideoMeta {
@@ -36,24 +36,6 @@ fn apply(h: &mut Harness, video: &str, m: &VideoMeta) -> (Vec<Value>, Output) {
         .collect();
     h.events.extend(events.iter().cloned());
     (events, out)
-}
-
-/// The room as a new owner loads it from what was persisted.
-fn reloaded(h: &Harness) -> Room {
-    let loaded = LoadedRoom {
-        record: RoomRecord {
-            code: ROOM.into(),
-            seq: h.room.seq(),
-            state: serde_json::to_value(h.room.durable()).unwrap_or(Value::Null),
-        },
-        chat: Vec::new(),
-        commands: Vec::new(),
-        events: Vec::new(),
-    };
-    let Ok(room) = Room::restore(cfg(), loaded, h.now + 1) else {
-        panic!("restore failed")
-    };
-    room
 }
 
 fn persisted(out: &Output) -> bool {
@@ -169,7 +151,7 @@ fn a_restored_room_asks_again_for_entries_still_without_duration() {
     h.add("owner", 1, "ccccccccccc");
     h.room.take_wanted_metadata();
     apply(&mut h, "bbbbbbbbbbb", &meta("Known", Some(3_000)));
-    let mut room = reloaded(&h);
+    let mut room = h.reloaded(h.room.seq(), Vec::new());
     assert_eq!(
         room.take_wanted_metadata(),
         vec!["aaaaaaaaaaa".to_owned(), "ccccccccccc".to_owned()]
@@ -349,7 +331,7 @@ fn an_entry_known_unavailable_is_not_asked_for_again() {
     h.add("owner", 1, "bbbbbbbbbbb");
     h.room.take_wanted_metadata();
     apply(&mut h, "bbbbbbbbbbb", &gone("Video unavailable"));
-    let mut room = reloaded(&h);
+    let mut room = h.reloaded(h.room.seq(), Vec::new());
     assert_eq!(room.take_wanted_metadata(), vec!["aaaaaaaaaaa".to_owned()]);
     assert_eq!(
         room.durable().queue[0].unavailable.as_deref(),

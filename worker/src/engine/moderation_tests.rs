@@ -265,20 +265,7 @@ fn a_reloaded_room_can_still_delete_the_chat_it_loaded() {
         })
         .collect();
     let id = chat.first().map(|m| m.id).unwrap_or_default();
-    let loaded = lockstep_shared::store::LoadedRoom {
-        record: lockstep_shared::store::RoomRecord {
-            code: ROOM.into(),
-            seq: h.room.seq(),
-            state: serde_json::to_value(h.room.durable()).unwrap_or(Value::Null),
-        },
-        chat,
-        commands: Vec::new(),
-        events: Vec::new(),
-    };
-    let Ok(room) = super::Room::restore(cfg(), loaded, h.now + 1) else {
-        panic!("restore failed")
-    };
-    h.room = room;
+    h.room = h.reloaded(h.room.seq(), chat);
     h.join("owner", 1);
     assert_eq!(code(&h.run("owner", 1, delete(id))), "ack");
 }
@@ -361,20 +348,7 @@ fn a_reloaded_room_shows_no_deleted_message_and_no_moderation_item() {
             Some(serde_json::json!({"kind": "deletion", "source_id": "s1", "targets": [3]})),
         ),
     ];
-    let loaded = lockstep_shared::store::LoadedRoom {
-        record: lockstep_shared::store::RoomRecord {
-            code: ROOM.into(),
-            seq: 4,
-            state: serde_json::to_value(h.room.durable()).unwrap_or(Value::Null),
-        },
-        chat,
-        commands: Vec::new(),
-        events: Vec::new(),
-    };
-    let Ok(room) = super::Room::restore(cfg(), loaded, h.now + 1) else {
-        panic!("restore failed")
-    };
-    h.room = room;
+    h.room = h.reloaded(4, chat);
     let snap = h.join("owner", 1);
     let texts: Vec<&str> = snap["result"]["snapshot"]["chat"]
         .as_array()

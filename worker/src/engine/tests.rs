@@ -110,6 +110,29 @@ impl Harness {
         )
     }
 
+    /// The room as a new owner loads it: the persisted state at `seq`, with `chat` as the
+    /// store's last chat rows.
+    pub(super) fn reloaded(
+        &self,
+        seq: u64,
+        chat: Vec<lockstep_shared::protocol::ChatMessage>,
+    ) -> Room {
+        let loaded = lockstep_shared::store::LoadedRoom {
+            record: lockstep_shared::store::RoomRecord {
+                code: ROOM.into(),
+                seq,
+                state: serde_json::to_value(self.room.durable()).unwrap_or(Value::Null),
+            },
+            chat,
+            commands: Vec::new(),
+            events: Vec::new(),
+        };
+        let Ok(room) = Room::restore(cfg(), loaded, self.now + 1) else {
+            panic!("restore failed")
+        };
+        room
+    }
+
     pub(super) fn tick(&mut self, ms: u64) -> Output {
         self.now += ms;
         let out = self.room.tick(self.now);
