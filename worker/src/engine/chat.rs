@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lockstep_shared::bus::{Caller, ToGateway};
+use lockstep_shared::bus::Caller;
 use lockstep_shared::protocol::bounds;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::server::signal_frame;
@@ -112,15 +112,14 @@ impl Room {
     /// Relays `payload` to the target's connections in this room only: no seq, no history.
     pub(super) fn signal(&mut self, caller: &Caller, to: &str, payload: &Value) -> Handled {
         bounds::signal_target(to)?;
-        let Some(target) = self.members.get(to) else {
+        if !self.members.contains_key(to) {
             return Err(Refusal::new(
                 ErrorCode::NotFound,
                 format!("user {to} is not in the room"),
             ));
-        };
-        let conns = target.conns.iter().copied().collect();
-        let frame: Arc<str> = Arc::from(signal_frame(&self.code, &caller.user_id, payload));
-        self.out.deliveries.push(ToGateway::Direct { conns, frame });
+        }
+        let frame = Arc::from(signal_frame(&self.code, &caller.user_id, payload));
+        self.direct(to, frame);
         Ok(Ack::empty())
     }
 }

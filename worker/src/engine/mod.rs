@@ -618,6 +618,15 @@ impl Room {
         self.emit(now, EventBody::PlayerState(view));
     }
 
+    /// An unsequenced frame to every connection `user_id` has in the room (none if absent):
+    /// not in the history, not replayed.
+    fn direct(&mut self, user_id: &str, frame: Arc<str>) {
+        if let Some(member) = self.members.get(user_id) {
+            let conns = member.conns.iter().copied().collect();
+            self.out.deliveries.push(ToGateway::Direct { conns, frame });
+        }
+    }
+
     fn emit_queue(&mut self, now: u64) {
         let entries = self.d.queue.iter().cloned().collect();
         self.emit(now, EventBody::QueueUpdate { entries });

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lockstep_shared::bus::{Caller, ToGateway};
+use lockstep_shared::bus::Caller;
 use lockstep_shared::protocol::error::Refusal;
 use lockstep_shared::protocol::{Entry, ErrorCode};
 use serde_json::json;
@@ -85,11 +85,9 @@ impl Room {
         let items = match result {
             Ok(items) => items,
             Err(why) => {
-                self.tell(
-                    &user_id,
-                    json!({"type": "queue.playlist", "room": &*self.code,
-                        "playlist_id": playlist_id, "error": why}),
-                );
+                let frame = json!({"type": "queue.playlist", "room": &*self.code,
+                    "playlist_id": playlist_id, "error": why});
+                self.direct(&user_id, Arc::from(frame.to_string()));
                 return self.finish();
             }
         };
@@ -129,23 +127,9 @@ impl Room {
             "queue.add_playlist",
             json!({"playlist_id": playlist_id, "added": added, "left_out": total - added}),
         );
-        self.tell(
-            &user_id,
-            json!({"type": "queue.playlist", "room": &*self.code, "playlist_id": playlist_id,
-                "added": added, "left_out": total - added}),
-        );
+        let frame = json!({"type": "queue.playlist", "room": &*self.code,
+            "playlist_id": playlist_id, "added": added, "left_out": total - added});
+        self.direct(&user_id, Arc::from(frame.to_string()));
         self.finish()
-    }
-
-    /// A direct (unsequenced) frame to every connection `user_id` has in the room.
-    fn tell(&mut self, user_id: &str, frame: serde_json::Value) {
-        let Some(member) = self.members.get(user_id) else {
-            return;
-        };
-        let conns = member.conns.iter().copied().collect();
-        self.out.deliveries.push(ToGateway::Direct {
-            conns,
-            frame: Arc::from(frame.to_string()),
-        });
     }
 }

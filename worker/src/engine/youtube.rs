@@ -80,16 +80,18 @@ pub fn canonical_url(video_id: &str) -> String {
 /// Playlist ids are 13-64 characters of the URL-safe alphabet (`PL` + 32 is the common form,
 /// `OLAK5uy_…` albums are longer).
 fn is_playlist_id(s: &str) -> bool {
-    (13..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (13..=64).contains(&s.len()) && url_safe(s)
 }
 
 /// An 11-character id of YouTube's URL-safe alphabet.
 pub fn is_video_id(s: &str) -> bool {
-    s.len() == 11
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 11 && url_safe(s)
+}
+
+/// Only YouTube's id alphabet: letters, digits, `-`, `_`.
+fn url_safe(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use lockstep_shared::protocol::bounds::MAX_TITLE_CHARS;
 use serde_json::Value;
 
 use super::page::{client_cfg, embedded_json, ClientCfg, PageError};
+use super::video::{length_ms, title_of};
 use crate::engine::youtube::is_video_id;
 use crate::engine::{PlaylistItem, VideoMeta};
 
@@ -80,13 +81,8 @@ fn read(v: &Value) -> (Vec<PlaylistItem>, Option<String>) {
             let title = r["title"]["runs"][0]["text"]
                 .as_str()
                 .or_else(|| r["title"]["simpleText"].as_str())
-                .map(|t| t.trim().chars().take(MAX_TITLE_CHARS).collect::<String>())
-                .filter(|t| !t.is_empty());
-            let duration_ms = r["lengthSeconds"]
-                .as_str()
-                .and_then(|s| s.parse::<u64>().ok())
-                .filter(|s| *s > 0)
-                .and_then(|s| s.checked_mul(1000));
+                .and_then(title_of);
+            let duration_ms = length_ms(&r["lengthSeconds"]);
             Some(PlaylistItem {
                 video_id: video_id.to_owned(),
                 meta: VideoMeta {

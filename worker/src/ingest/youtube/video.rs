@@ -8,6 +8,7 @@
 
 use lockstep_shared::protocol::bounds::MAX_TITLE_CHARS;
 use lockstep_shared::protocol::nul;
+use serde_json::Value;
 
 use super::page::{embedded_json, PageError};
 use crate::engine::VideoMeta;
@@ -47,18 +48,8 @@ pub fn parse_video(html: &str, video_id: &str) -> Result<VideoMeta, PageError> {
     }
     let live =
         details["isLive"].as_bool() == Some(true) || details["isUpcoming"].as_bool() == Some(true);
-    let seconds = details["lengthSeconds"]
-        .as_str()
-        .and_then(|s| s.parse::<u64>().ok())
-        .or_else(|| details["lengthSeconds"].as_u64());
-    let duration_ms = match seconds {
-        Some(s) if s > 0 && !live => s.checked_mul(1000),
-        _ => None,
-    };
-    let title = details["title"]
-        .as_str()
-        .map(|t| clip(t.trim(), MAX_TITLE_CHARS))
-        .filter(|t| !t.is_empty());
+    let duration_ms = length_ms(&details["lengthSeconds"]).filter(|_| !live);
+    let title = details["title"].as_str().and_then(title_of);
     let unavailable =
         (status["playableInEmbed"].as_bool() == Some(false)).then(|| NOT_EMBEDDABLE.to_owned());
     Ok(VideoMeta {
@@ -66,6 +57,21 @@ pub fn parse_video(html: &str, video_id: &str) -> Result<VideoMeta, PageError> {
         duration_ms,
         unavailable,
     })
+}
+
+/// A title as entries keep it: trimmed, clipped, NULs removed; `None` when empty.
+pub(super) fn title_of(raw: &str) -> Option<String> {
+    Some(clip(raw.trim(), MAX_TITLE_CHARS)).filter(|t| !t.is_empty())
+}
+
+/// `lengthSeconds` (a string, as YouTube sends it, or a number) in milliseconds; `None`
+/// when absent or zero (live streams say "0").
+pub(super) fn length_ms(v: &Value) -> Option<u64> {
+    v.as_str()
+        .and_then(|s| s.parse::<u64>().ok())
+        .or_else(|| v.as_u64())
+        .filter(|s| *s > 0)
+        .and_then(|s| s.checked_mul(1000))
 }
 
 /// At most `max` characters, NULs removed (titles reach every client and the store).
